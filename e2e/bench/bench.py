@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Engine benchmark: rbee vs llama.cpp on the same GGUF, in one invocation.
+
+Same 128-token prompt, 128 greedy tokens, 1 and 2 threads. Reports prompt
+and decode tokens/s, peak RSS, load time, and rbee/llama.cpp ratios.
+
+Usage: e2e/bench/run.sh  (builds rbee in release, needs llama-cpp-python).
+Each measurement runs in its own process so peak RSS is per engine.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+PROMPT_TOKENS = 128
+GEN_TOKENS = 128
+
+
+def llama_worker(model, threads, prompt_ids, out):
+    """Runs inside a child process: load, prefill, greedy decode; timings from llama.cpp's own counters."""
+    import llama_cpp
+    from llama_cpp import Llama
+    t0 = time.perf_counter()
+    llm = Llama(model_path=model, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    load = time.perf_counter() - t0
+    llm.reset()
+    llama_cpp.llama_perf_context_reset(llm.ctx)
+    n = 0
+    for _ in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        n += 1
+        if n == GEN_TOKENS:
+            break
+    perf = llama_cpp.llama_perf_context(llm.ctx)
+    json.dump({
+        "load_secs": load,
+        "prompt_tokens_per_sec": perf.n_p_eval / (perf.t_p_eval_ms / 1000),
+        "decode_tokens_per_sec": perf.n_eval / (perf.t_eval_ms / 1000),
+        "prompt_tokens": perf.n_p_eval,
+        "decode_evals": perf.n_eval,
+    }, open(out, "w"))
+
+
+def peak_rss_mib(cmd, env=None):
+    """Runs cmd to completion; returns (stdout, stderr, peak RSS MiB) using wait4."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    if status != 0:
+        sys.exit(f"{' '.join(cmd[:3])} failed:\n{err.decode()}")
+    return out, err, ru.ru_maxrss / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--rbee", required=True, help="path to the release rbee binary")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--worker", nargs=3, metavar=("THREADS", "PROMPT_IDS", "OUT"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        llama_worker(a.model, int(a.worker[0]), json.loads(a.worker[1]), a.worker[2])
+        return
+
+    from llama_cpp import Llama
+    tok = Llama(model_path=a.model, vocab_only=True, verbose=False)
+    base = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+            "combined movable metal type, oil-based ink and a wooden press adapted from wine making. ") * 8
+    ids = tok.tokenize(base.encode(), add_bos=True)[:PROMPT_TOKENS]
+    # A text that tokenizes back to exactly these ids (checked), so both engines see one prompt.
+    text = tok.detokenize(ids[1:]).decode()
+    assert tok.tokenize(text.encode(), add_bos=True) == ids, "prompt does not round-trip"
+    del tok
+
+    # Python + llama_cpp imported, no model: subtracted to compare engines, not interpreters.
+    _, _, py_base = peak_rss_mib([sys.executable, "-c", "import llama_cpp, numpy"])
+
+    data = tempfile.mkdtemp(prefix="rbee-bench-")
+    subprocess.run([a.rbee, "--data-dir", data, "models", "import", a.model], check=True, stdout=subprocess.DEVNULL)
+    model_id = os.path.basename(a.model)[: -len(".gguf")].lower()
+
+    rows = []
+    for threads in [int(t) for t in a.threads.split(",")]:
+        out = os.path.join(data, f"llama-{threads}.json")
+        _, _, l_rss = peak_rss_mib([sys.executable, __file__, "--model", a.model, "--rbee", a.rbee, "--worker", str(threads), json.dumps(ids), out])
+        l = json.load(open(out))
+        env = dict(os.environ, CANDLE_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
+        _, err, r_rss = peak_rss_mib([a.rbee, "--data-dir", data, "generate", model_id, text, "--temperature", "0",
+                                      "--max-tokens", str(GEN_TOKENS), "--ignore-eos", "--stats-json"], env=env)
+        r = json.loads(err.decode().strip().splitlines()[-1])
+        assert r["prompt_tokens"] == PROMPT_TOKENS, r
+        assert r["completion_tokens"] == GEN_TOKENS, r
+        rows.append((threads, l, l_rss - py_base, l_rss, r, r_rss))
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    print(f"machine: {cpu}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB; "
+          f"model: {os.path.basename(a.model)}; prompt {PROMPT_TOKENS} tokens, {GEN_TOKENS} greedy tokens")
+    print(f"{'threads':>7} | {'engine':<9} | {'prompt tok/s':>12} | {'decode tok/s':>12} | {'peak RSS MiB':>12} | {'load s':>6}")
+    print("-" * 75)
+    for threads, l, l_rss_net, l_rss, r, r_rss in rows:
+        print(f"{threads:>7} | {'llama.cpp':<9} | {l['prompt_tokens_per_sec']:>12.1f} | {l['decode_tokens_per_sec']:>12.1f} | {l_rss_net:>12.0f} | {l['load_secs']:>6.2f}")
+        print(f"{threads:>7} | {'rbee':<9} | {r['prompt_tokens_per_sec']:>12.1f} | {r['decode_tokens_per_sec']:>12.1f} | {r_rss:>12.0f} | {r['load_secs']:>6.2f}")
+        print(f"{threads:>7} | {'ratio':<9} | {r['prompt_tokens_per_sec'] / l['prompt_tokens_per_sec']:>11.2f}x | "
+              f"{r['decode_tokens_per_sec'] / l['decode_tokens_per_sec']:>11.2f}x | {r_rss / l_rss_net:>11.2f}x | {r['load_secs'] / l['load_secs']:>5.2f}x")
+    print(f"(llama.cpp RSS is net of the Python interpreter with llama_cpp imported: {py_base:.0f} MiB; raw: "
+          + ", ".join(f"{l_rss:.0f}" for *_, l_rss, _, _ in rows) + " MiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what is missing (Debian packages, the
+# fixture model), builds once, runs every test. Used by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for p in build-essential pkg-config python3 python3-pip ca-certificates; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  else
+    echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+
+# One target directory outside the clone, reused between runs and clones.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
+RBEE_FIXTURE="$(e2e/fetch-fixture.sh)"
+export RBEE_FIXTURE
+# Tests run in parallel; each engine uses one compute thread so two tests
+# share the two cores instead of fighting over them.
+export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --failure-output final "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

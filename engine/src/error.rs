@@ -1,0 +1,74 @@
+//! The engine's one error type.
+
+use std::path::PathBuf;
+
+/// Everything the engine can fail with. Callers branch on the variant (the
+/// HTTP layer maps them to status codes); the message says what went wrong and,
+/// where the user can act, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is not a GGUF model we can read (bad magic, truncated, corrupt).
+    #[error("{path}: not a usable GGUF file: {reason}")]
+    InvalidModel { path: PathBuf, reason: String },
+
+    /// The GGUF is well formed but holds an architecture we have no code for.
+    #[error("unsupported model architecture `{0}` (supported: gemma3, llama, mistral, qwen2, qwen3, phi3)")]
+    UnsupportedArchitecture(String),
+
+    /// No model with this id (or name) is in the catalog.
+    #[error("model `{0}` not found; `rbee models ls` lists the models on this machine")]
+    ModelNotFound(String),
+
+    /// Loading would not fit in the memory that is free now.
+    #[error(
+        "not enough memory to load `{model}`: needs about {needed_mib} MiB, {available_mib} MiB available"
+    )]
+    OutOfMemory { model: String, needed_mib: u64, available_mib: u64 },
+
+    /// Every slot is busy and the wait queue is full.
+    #[error("model `{model}` is busy: all {slots} slots are in use and {queued} requests are waiting; retry later")]
+    QueueFull { model: String, slots: usize, queued: usize },
+
+    /// The request itself is invalid (bad sampling parameters, empty prompt, prompt too long).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// A chat template failed to render.
+    #[error("chat template error: {0}")]
+    Template(String),
+
+    /// Tokenizer construction or use failed.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+
+    /// Downloading a model failed.
+    #[error("download failed: {0}")]
+    Download(String),
+
+    /// The checksum of a file did not match what was expected.
+    #[error("checksum mismatch for {path}: expected {expected}, got {actual}")]
+    Checksum { path: PathBuf, expected: String, actual: String },
+
+    /// The engine was shut down while the request was pending.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+
+    #[error("catalog database error: {0}")]
+    Catalog(#[from] rusqlite::Error),
+
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// `Result` with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}

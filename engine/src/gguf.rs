@@ -1,0 +1,362 @@
+//! Reading GGUF files: metadata, validation, and quantized tensors that point
+//! straight into a memory map of the file.
+//!
+//! candle's own loader copies every tensor into a heap `Vec`; here a tensor on
+//! the CPU is a view of the mapped file, so loading costs no copy, pages are
+//! read on first touch, and several loads of one file share the page cache.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
+use candle_core::{CpuStorage, Device, Tensor};
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// An open, validated GGUF file.
+#[derive(Debug)]
+pub struct Gguf {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    metadata: HashMap<String, Value>,
+    tensors: HashMap<String, TensorInfo>,
+    data_offset: u64,
+}
+
+impl Gguf {
+    /// Maps `path` and parses its header, checking that every tensor lies
+    /// inside the file.
+    ///
+    /// # Errors
+    /// [`Error::InvalidModel`] for a file that is not GGUF, is truncated, or
+    /// whose header is corrupt; [`Error::Io`] if it cannot be opened.
+    pub fn open(path: &Path) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidModel { path: path.to_path_buf(), reason };
+        let file = std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+        let len = file.metadata().map_err(Error::io("reading file size"))?.len();
+        if len < 8 {
+            return Err(invalid(format!("file is {len} bytes long, too short for a GGUF header")));
+        }
+        // SAFETY: the map is read-only; a model file changed underneath a
+        // running engine is outside what we can defend against, as with any
+        // mmap-based loader (llama.cpp does the same).
+        let map = unsafe { Mmap::map(&file) }.map_err(Error::io(format!("mapping {}", path.display())))?;
+        if &map[..4] != b"GGUF" {
+            return Err(invalid("it does not start with the GGUF magic bytes".into()));
+        }
+        let mut cursor = std::io::Cursor::new(&map[..]);
+        let content = Content::read(&mut cursor)
+            .map_err(|e| invalid(format!("header cannot be parsed ({e}); the file may be truncated or corrupt")))?;
+        for (name, info) in &content.tensor_infos {
+            let elems: usize = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            if elems % block != 0 {
+                return Err(invalid(format!("tensor `{name}` has {elems} elements, not a multiple of its block size {block}")));
+            }
+            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let end = content.tensor_data_offset + info.offset + bytes;
+            if end > len {
+                return Err(invalid(format!(
+                    "truncated: tensor `{name}` ends at byte {end} but the file has only {len} bytes"
+                )));
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            metadata: content.metadata,
+            tensors: content.tensor_infos,
+            data_offset: content.tensor_data_offset,
+        })
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `general.architecture`.
+    ///
+    /// # Errors
+    /// When the key is missing.
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.metadata.contains_key(key)
+    }
+
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    fn missing(&self, key: &str, want: &str) -> Error {
+        Error::InvalidModel { path: self.path.clone(), reason: format!("metadata `{key}` is missing or not {want}") }
+    }
+
+    pub fn get_u32(&self, key: &str) -> Result<u32> {
+        match self.metadata.get(key) {
+            Some(Value::U8(v)) => Ok(u32::from(*v)),
+            Some(Value::U16(v)) => Ok(u32::from(*v)),
+            Some(Value::U32(v)) => Ok(*v),
+            Some(Value::I32(v)) if *v >= 0 => Ok(*v as u32),
+            Some(Value::U64(v)) if *v <= u64::from(u32::MAX) => Ok(*v as u32),
+            Some(Value::I64(v)) if *v >= 0 && *v <= i64::from(u32::MAX) => Ok(*v as u32),
+            _ => Err(self.missing(key, "an unsigned integer")),
+        }
+    }
+
+    pub fn get_u64(&self, key: &str) -> Result<u64> {
+        match self.metadata.get(key) {
+            Some(Value::U64(v)) => Ok(*v),
+            Some(Value::I64(v)) if *v >= 0 => Ok(*v as u64),
+            _ => self.get_u32(key).map(u64::from),
+        }
+    }
+
+    pub fn get_f32(&self, key: &str) -> Result<f32> {
+        match self.metadata.get(key) {
+            Some(Value::F32(v)) => Ok(*v),
+            Some(Value::F64(v)) => Ok(*v as f32),
+            _ => Err(self.missing(key, "a float")),
+        }
+    }
+
+    pub fn get_bool(&self, key: &str) -> Result<bool> {
+        match self.metadata.get(key) {
+            Some(Value::Bool(v)) => Ok(*v),
+            _ => Err(self.missing(key, "a bool")),
+        }
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<&str> {
+        match self.metadata.get(key) {
+            Some(Value::String(v)) => Ok(v),
+            _ => Err(self.missing(key, "a string")),
+        }
+    }
+
+    pub fn get_array(&self, key: &str) -> Result<&[Value]> {
+        match self.metadata.get(key) {
+            Some(Value::Array(v)) => Ok(v),
+            _ => Err(self.missing(key, "an array")),
+        }
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors.get(name).ok_or_else(|| Error::InvalidModel {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}` is missing"),
+        })
+    }
+
+    /// The most common quantized type among the 2-D weights, e.g. `Q4_K`.
+    pub fn quantization(&self) -> String {
+        if let Ok(ft) = self.get_u32("general.file_type") {
+            if let Some(name) = file_type_name(ft) {
+                return name.to_string();
+            }
+        }
+        let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
+        for info in self.tensors.values().filter(|i| i.shape.rank() == 2) {
+            *counts.entry(info.ggml_dtype).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| format!("{d:?}")).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Bytes of tensor data (what the weights occupy once resident).
+    pub fn weights_bytes(&self) -> u64 {
+        self.tensors.values().map(|i| (i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size()) as u64).sum()
+    }
+
+    fn bytes_of(&self, info: &TensorInfo) -> (usize, usize) {
+        let start = (self.data_offset + info.offset) as usize;
+        let len = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        (start, len)
+    }
+
+    /// A quantized tensor. On the CPU it reads the mapped file in place.
+    ///
+    /// # Errors
+    /// When the tensor is missing or the device cannot take it.
+    pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let info = self.tensor_info(name)?;
+        let (start, len) = self.bytes_of(info);
+        let storage = match device {
+            Device::Cpu => QStorage::Cpu(mapped_storage(info.ggml_dtype, self.map.clone(), start, len)),
+            _ => QStorage::from_data(std::borrow::Cow::Borrowed(&self.map[start..start + len]), device, info.ggml_dtype)?,
+        };
+        Ok(QTensor::new(storage, info.shape.clone())?)
+    }
+
+    /// A tensor dequantized to f32 (norm weights, biases: small ones only).
+    ///
+    /// # Errors
+    /// When the tensor is missing.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        Ok(self.qtensor(name, device)?.dequantize(device)?)
+    }
+}
+
+/// Names of llama.cpp's `general.file_type` values (`llama_ftype`).
+fn file_type_name(ft: u32) -> Option<&'static str> {
+    Some(match ft {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+fn mapped_storage(dtype: GgmlDType, map: Arc<Mmap>, start: usize, len: usize) -> Box<dyn QuantizedType> {
+    fn make<T: GgmlType + Send + Sync + 'static>(map: Arc<Mmap>, start: usize, len: usize) -> Box<dyn QuantizedType> {
+        Box::new(Mapped::<T>::new(map, start, len))
+    }
+    match dtype {
+        GgmlDType::F32 => make::<f32>(map, start, len),
+        GgmlDType::F16 => make::<f16>(map, start, len),
+        GgmlDType::BF16 => make::<bf16>(map, start, len),
+        GgmlDType::Q4_0 => make::<k_quants::BlockQ4_0>(map, start, len),
+        GgmlDType::Q4_1 => make::<k_quants::BlockQ4_1>(map, start, len),
+        GgmlDType::Q5_0 => make::<k_quants::BlockQ5_0>(map, start, len),
+        GgmlDType::Q5_1 => make::<k_quants::BlockQ5_1>(map, start, len),
+        GgmlDType::Q8_0 => make::<k_quants::BlockQ8_0>(map, start, len),
+        GgmlDType::Q8_1 => make::<k_quants::BlockQ8_1>(map, start, len),
+        GgmlDType::Q2K => make::<k_quants::BlockQ2K>(map, start, len),
+        GgmlDType::Q3K => make::<k_quants::BlockQ3K>(map, start, len),
+        GgmlDType::Q4K => make::<k_quants::BlockQ4K>(map, start, len),
+        GgmlDType::Q5K => make::<k_quants::BlockQ5K>(map, start, len),
+        GgmlDType::Q6K => make::<k_quants::BlockQ6K>(map, start, len),
+        GgmlDType::Q8K => make::<k_quants::BlockQ8K>(map, start, len),
+    }
+}
+
+/// Blocks of one tensor: a view into the mapped file, or an owned copy when
+/// the view would be misaligned or the blocks are overwritten.
+enum Blocks<T> {
+    Mapped { map: Arc<Mmap>, start: usize, count: usize, _t: PhantomData<T> },
+    Owned(Vec<T>),
+}
+
+struct Mapped<T>(Blocks<T>);
+
+impl<T: GgmlType> Mapped<T> {
+    fn new(map: Arc<Mmap>, start: usize, len: usize) -> Self {
+        let size = std::mem::size_of::<T>();
+        let count = len / size;
+        let ptr = map[start..].as_ptr();
+        if (ptr as usize) % std::mem::align_of::<T>() == 0 {
+            Self(Blocks::Mapped { map, start, count, _t: PhantomData })
+        } else {
+            let mut owned: Vec<T> = (0..count).map(|_| T::zeros()).collect();
+            // SAFETY: GgmlType blocks are plain old data (ints, floats, byte
+            // arrays); any byte pattern is a valid value.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, owned.as_mut_ptr() as *mut u8, count * size) };
+            Self(Blocks::Owned(owned))
+        }
+    }
+
+    fn blocks(&self) -> &[T] {
+        match &self.0 {
+            // SAFETY: `Gguf::open` checked the range lies inside the map, `new`
+            // checked alignment, and GgmlType blocks are plain old data.
+            Blocks::Mapped { map, start, count, .. } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*start) as *const T, *count)
+            },
+            Blocks::Owned(v) => v,
+        }
+    }
+
+    fn blocks_mut(&mut self) -> &mut Vec<T> {
+        if let Blocks::Mapped { count, .. } = &self.0 {
+            let mut owned: Vec<T> = (0..*count).map(|_| T::zeros()).collect();
+            let src = self.blocks();
+            // SAFETY: same length, fresh allocation, plain-old-data blocks.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), owned.as_mut_ptr(), src.len()) };
+            self.0 = Blocks::Owned(owned);
+        }
+        match &mut self.0 {
+            Blocks::Owned(v) => v,
+            Blocks::Mapped { .. } => unreachable!("converted to owned above"),
+        }
+    }
+}
+
+impl<T: GgmlType + Send + Sync + 'static> QuantizedType for Mapped<T> {
+    fn dtype(&self) -> GgmlDType {
+        T::DTYPE
+    }
+    fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
+        k_quants::matmul(mkn, lhs, self.blocks(), dst)
+    }
+    fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> candle_core::Result<()> {
+        k_quants::matmul_f16(mkn, lhs, self.blocks(), dst)
+    }
+    fn embedding(&self, ids: &[u32], rows: usize, hidden: usize) -> candle_core::Result<CpuStorage> {
+        if hidden % T::BLCK_SIZE != 0 {
+            candle_core::bail!("embedding width {hidden} is not a multiple of the block size {}", T::BLCK_SIZE)
+        }
+        let per_row = hidden / T::BLCK_SIZE;
+        let blocks = self.blocks();
+        if blocks.len() != rows * per_row {
+            candle_core::bail!("embedding has {} blocks, expected {}", blocks.len(), rows * per_row)
+        }
+        let mut out = vec![0f32; ids.len() * hidden];
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= rows {
+                candle_core::bail!("token id {id} is out of range for a vocabulary of {rows}")
+            }
+            T::to_float(&blocks[id * per_row..(id + 1) * per_row], &mut out[i * hidden..(i + 1) * hidden]);
+        }
+        Ok(CpuStorage::F32(out))
+    }
+    fn dequantize(&self, elem_count: usize) -> candle_core::Result<CpuStorage> {
+        let mut ys = vec![0f32; elem_count];
+        T::to_float(self.blocks(), &mut ys);
+        Ok(CpuStorage::F32(ys))
+    }
+    fn storage_size_in_bytes(&self) -> usize {
+        std::mem::size_of_val(self.blocks())
+    }
+    fn as_ptr(&self) -> *const u8 {
+        self.blocks().as_ptr() as *const u8
+    }
+    fn block_size(&self) -> usize {
+        T::BLCK_SIZE
+    }
+    fn from_float(&mut self, xs: &[f32]) {
+        T::from_float(xs, self.blocks_mut())
+    }
+    fn from_float_imatrix(&mut self, xs: &[f32], imatrix_weights: &[f32], n_per_row: usize) {
+        T::from_float_imatrix(xs, self.blocks_mut(), imatrix_weights, n_per_row)
+    }
+    fn size(&self) -> usize {
+        self.storage_size_in_bytes()
+    }
+}

@@ -1,0 +1,28 @@
+//! rbee-engine runs GGUF language models on this machine with candle.
+//!
+//! - [`store`]: the model files and their SQLite catalog; import, pull from
+//!   Hugging Face, remove; the catalog rebuilds itself from the files.
+//! - [`gguf`] and [`model`]: reading GGUF (weights mapped, not copied) and one
+//!   decoder for gemma3, llama/mistral, qwen2, qwen3 and phi3.
+//! - [`tokenizer`] and [`template`]: text in and out, chat templates.
+//! - [`sampling`] and [`generate`]: choosing tokens, one streamed generation.
+//! - [`runtime`]: the [`Engine`] — models loaded on first use, slots, queue,
+//!   idle unload.
+//! - [`hardware`]: RAM, CPU, GPU adapters, usable candle devices.
+
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod hardware;
+pub mod model;
+pub mod runtime;
+pub mod sampling;
+pub mod store;
+pub mod template;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use generate::{Event, FinishReason, Model, Prompt, Request, Usage};
+pub use runtime::{Config, Engine, Generation, LoadedInfo};
+pub use sampling::SamplingParams;
+pub use template::Message;

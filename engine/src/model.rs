@@ -1,0 +1,510 @@
+//! The transformer: one decoder that covers every supported architecture,
+//! configured from GGUF metadata.
+//!
+//! The supported families differ only in a handful of switches (rotary
+//! layout, activation, extra norms, biases, fused projections, sliding-window
+//! layers), so they share one forward pass instead of a copy per family.
+//! Written on candle-core ops rather than candle-transformers' per-family
+//! models because those allocate rotary tables for the whole trained context,
+//! copy embeddings to f32, cannot prefill a chunk at a non-zero position, and
+//! (gemma3) use SiLU where the model was trained with GELU-tanh.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+
+/// Model families the engine runs, by GGUF `general.architecture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `llama` (also Mistral-style files, which GGUF tags `llama`).
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+    Phi3,
+}
+
+impl Arch {
+    /// Maps a GGUF architecture name.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedArchitecture`] for any other name.
+    pub fn from_gguf(name: &str) -> Result<Self> {
+        Ok(match name {
+            "llama" | "mistral" => Self::Llama,
+            "qwen2" => Self::Qwen2,
+            "qwen3" => Self::Qwen3,
+            "gemma3" => Self::Gemma3,
+            "phi3" => Self::Phi3,
+            other => return Err(Error::UnsupportedArchitecture(other.to_string())),
+        })
+    }
+
+    /// The name used in GGUF metadata keys and in the catalog.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
+        }
+    }
+}
+
+/// Hyper-parameters read from the GGUF header.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub context_length: usize,
+    pub eps: f64,
+    pub rope_base: f32,
+    /// Rotary base of the sliding-window layers (Gemma 3 uses 10 000 there).
+    pub rope_base_local: f32,
+    pub sliding_window: Option<usize>,
+    pub attn_scale: f64,
+    pub final_softcap: Option<f64>,
+}
+
+impl Config {
+    /// Reads the hyper-parameters of `gguf`.
+    ///
+    /// # Errors
+    /// When a required key is missing or the architecture is unsupported.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let arch = Arch::from_gguf(gguf.architecture()?)?;
+        let key = |k: &str| format!("{}.{k}", gguf.architecture().unwrap_or_default());
+        let n_embd = gguf.get_u32(&key("embedding_length"))? as usize;
+        let n_head = gguf.get_u32(&key("attention.head_count"))? as usize;
+        let n_head_kv = gguf.get_u32(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
+        let head_dim = gguf.get_u32(&key("attention.key_length")).map(|v| v as usize).unwrap_or(n_embd / n_head.max(1));
+        let n_layer = gguf.get_u32(&key("block_count"))? as usize;
+        let invalid = |reason: String| Error::InvalidModel { path: gguf.path().to_path_buf(), reason };
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_layer == 0 || head_dim == 0 || head_dim % 2 != 0 {
+            return Err(invalid(format!(
+                "inconsistent attention shape: {n_head} heads, {n_head_kv} kv heads, head dim {head_dim}, {n_layer} layers"
+            )));
+        }
+        let rope_dim = gguf.get_u32(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
+        let sliding_window = gguf.get_u32(&key("attention.sliding_window")).ok().map(|v| v as usize).filter(|w| *w > 0);
+        let attn_scale = match arch {
+            // Gemma 3 scales queries by query_pre_attn_scalar, which is
+            // n_embd / n_head for the 27B model and the head dim otherwise.
+            Arch::Gemma3 if n_layer == 62 => 1.0 / ((n_embd / n_head) as f64).sqrt(),
+            _ => 1.0 / (head_dim as f64).sqrt(),
+        };
+        let rope_base = gguf.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0);
+        Ok(Self {
+            arch,
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            rope_dim,
+            context_length: gguf.get_u64(&key("context_length")).map(|v| usize::try_from(v).unwrap_or(usize::MAX)).unwrap_or(4096),
+            eps: f64::from(gguf.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)),
+            rope_base,
+            rope_base_local: if arch == Arch::Gemma3 { 10_000.0 } else { rope_base },
+            sliding_window,
+            attn_scale,
+            final_softcap: gguf.get_f32(&key("final_logit_softcapping")).ok().map(f64::from).filter(|c| *c > 0.0),
+        })
+    }
+
+    /// Whether layer `i` attends through the sliding window only.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        match (self.arch, self.sliding_window) {
+            (_, None) => false,
+            // Gemma 3: five local layers, then one global, repeating.
+            (Arch::Gemma3, Some(_)) => (i + 1) % 6 != 0,
+            (_, Some(_)) => true,
+        }
+    }
+
+    /// Bytes of KV cache one token needs (f32 keys and values, every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layer * self.n_head_kv * self.head_dim * std::mem::size_of::<f32>()
+    }
+}
+
+/// A linear layer over quantized weights with an optional bias.
+#[derive(Debug)]
+struct Linear {
+    w: QMatMul,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(g: &Gguf, name: &str, dev: &Device) -> Result<Self> {
+        let w = QMatMul::from_qtensor(g.qtensor(&format!("{name}.weight"), dev)?)?;
+        let bias = format!("{name}.bias");
+        let b = if g.has_tensor(&bias) { Some(g.tensor(&bias, dev)?) } else { None };
+        Ok(Self { w, b })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+#[derive(Debug)]
+enum Ffn {
+    Gated { gate: Linear, up: Linear },
+    /// Phi-3: gate and up stacked in one matrix, gate first.
+    FusedGateUp(Linear),
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Qkv,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    wo: Linear,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    ffn: Ffn,
+    down: Linear,
+    post_ffn_norm: Option<Tensor>,
+    sliding: bool,
+}
+
+/// Loaded weights; shared (read-only) by every slot of a model.
+#[derive(Debug)]
+pub struct Weights {
+    pub cfg: Config,
+    embed: Arc<QTensor>,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: QMatMul,
+    device: Device,
+    /// Per-dimension divisors of the rotary frequencies (Llama 3.1 `rope_freqs`).
+    rope_factors: Option<Vec<f32>>,
+}
+
+fn optional(g: &Gguf, name: &str, dev: &Device) -> Result<Option<Tensor>> {
+    if g.has_tensor(name) { Ok(Some(g.tensor(name, dev)?)) } else { Ok(None) }
+}
+
+impl Weights {
+    /// Builds the model from an open GGUF on `device`.
+    ///
+    /// # Errors
+    /// When a tensor is missing or has the wrong shape for the header.
+    pub fn load(g: &Gguf, device: &Device) -> Result<Self> {
+        let cfg = Config::from_gguf(g)?;
+        let embed = Arc::new(g.qtensor("token_embd.weight", device)?);
+        let (_, embd_width) = embed.shape().dims2()?;
+        if embd_width != cfg.n_embd {
+            return Err(Error::InvalidModel {
+                path: g.path().to_path_buf(),
+                reason: format!("token_embd width {embd_width} does not match embedding_length {}", cfg.n_embd),
+            });
+        }
+        let output = if g.has_tensor("output.weight") {
+            QMatMul::from_qtensor(g.qtensor("output.weight", device)?)?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let qkv = if g.has_tensor(&p("attn_qkv.weight")) {
+                Qkv::Fused(Linear::load(g, &p("attn_qkv"), device)?)
+            } else {
+                Qkv::Separate {
+                    q: Linear::load(g, &p("attn_q"), device)?,
+                    k: Linear::load(g, &p("attn_k"), device)?,
+                    v: Linear::load(g, &p("attn_v"), device)?,
+                }
+            };
+            let ffn = if g.has_tensor(&p("ffn_gate.weight")) {
+                Ffn::Gated { gate: Linear::load(g, &p("ffn_gate"), device)?, up: Linear::load(g, &p("ffn_up"), device)? }
+            } else {
+                Ffn::FusedGateUp(Linear::load(g, &p("ffn_up"), device)?)
+            };
+            layers.push(Layer {
+                attn_norm: g.tensor(&p("attn_norm.weight"), device)?,
+                qkv,
+                q_norm: optional(g, &p("attn_q_norm.weight"), device)?,
+                k_norm: optional(g, &p("attn_k_norm.weight"), device)?,
+                wo: Linear::load(g, &p("attn_output"), device)?,
+                post_attn_norm: optional(g, &p("post_attention_norm.weight"), device)?,
+                ffn_norm: g.tensor(&p("ffn_norm.weight"), device)?,
+                ffn,
+                down: Linear::load(g, &p("ffn_down"), device)?,
+                post_ffn_norm: optional(g, &p("post_ffw_norm.weight"), device)?,
+                sliding: cfg.is_sliding(i),
+            });
+        }
+        let rope_factors = if g.has_tensor("rope_freqs.weight") {
+            Some(g.tensor("rope_freqs.weight", &Device::Cpu)?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            output_norm: g.tensor("output_norm.weight", device)?,
+            cfg,
+            embed,
+            layers,
+            output,
+            device: device.clone(),
+            rope_factors,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty KV cache for one sequence.
+    pub fn new_cache(&self) -> Cache {
+        Cache { layers: (0..self.cfg.n_layer).map(|_| LayerKv::default()).collect(), len: 0 }
+    }
+
+    fn rope_tables(&self, base: f32, pos: usize, n: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.cfg.rope_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0 / base.powf(2.0 * i as f32 / self.cfg.rope_dim as f32);
+                match &self.rope_factors {
+                    Some(fs) if i < fs.len() => f / fs[i],
+                    _ => f,
+                }
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in pos..pos + n {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok((Tensor::from_vec(cos, (n, half), &self.device)?, Tensor::from_vec(sin, (n, half), &self.device)?))
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let rot = |x: &Tensor| -> Result<Tensor> {
+            let x = x.contiguous()?;
+            Ok(if self.cfg.arch == Arch::Llama {
+                candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+            } else {
+                candle_nn::rotary_emb::rope(&x, cos, sin)?
+            })
+        };
+        let hd = self.cfg.head_dim;
+        let rd = self.cfg.rope_dim;
+        if rd == hd {
+            rot(x)
+        } else {
+            let head = rot(&x.narrow(D::Minus1, 0, rd)?)?;
+            Ok(Tensor::cat(&[&head, &x.narrow(D::Minus1, rd, hd - rd)?], D::Minus1)?)
+        }
+    }
+
+    /// Runs `tokens` at positions `cache.len()..` and returns the logits of
+    /// the last one as a `(vocab,)` f32 tensor. Works for a whole prompt, a
+    /// chunk of one at any position, or a single decode step.
+    ///
+    /// # Errors
+    /// On an out-of-range token id or a tensor failure.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::InvalidRequest("nothing to run: empty token list".into()));
+        }
+        let pos = cache.len;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?; // (1, n, d)
+        if c.arch == Arch::Gemma3 {
+            x = (x * (c.n_embd as f64).sqrt())?;
+        }
+        let global_rope = self.rope_tables(c.rope_base, pos, n)?;
+        let local_rope = if c.rope_base_local != c.rope_base { Some(self.rope_tables(c.rope_base_local, pos, n)?) } else { None };
+        let total = pos + n;
+        let window = c.sliding_window.unwrap_or(usize::MAX);
+        let local_start = (pos + 1).saturating_sub(window);
+        let global_mask = if n > 1 { Some(self.mask(pos, n, 0, total, usize::MAX)?) } else { None };
+        let local_mask = match c.sliding_window {
+            Some(w) if n > 1 => Some(self.mask(pos, n, local_start, total, w)?),
+            _ => None,
+        };
+        let g = c.n_head / c.n_head_kv;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
+            let (q, k, v) = match &layer.qkv {
+                Qkv::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+                Qkv::Fused(w) => {
+                    let qkv = w.forward(&h)?;
+                    let (qd, kd) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+                    (qkv.narrow(D::Minus1, 0, qd)?, qkv.narrow(D::Minus1, qd, kd)?, qkv.narrow(D::Minus1, qd + kd, kd)?)
+                }
+            };
+            let q = q.reshape((1, n, c.n_head, c.head_dim))?.transpose(1, 2)?;
+            let k = k.reshape((1, n, c.n_head_kv, c.head_dim))?.transpose(1, 2)?;
+            let v = v.reshape((1, n, c.n_head_kv, c.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let q = match &layer.q_norm {
+                Some(w) => candle_nn::ops::rms_norm(&q.contiguous()?, w, c.eps as f32)?,
+                None => q,
+            };
+            let k = match &layer.k_norm {
+                Some(w) => candle_nn::ops::rms_norm(&k.contiguous()?, w, c.eps as f32)?,
+                None => k,
+            };
+            let (cos, sin) = match (&local_rope, layer.sliding) {
+                (Some(t), true) => (&t.0, &t.1),
+                _ => (&global_rope.0, &global_rope.1),
+            };
+            let q = (self.rope(&q, cos, sin)? * c.attn_scale)?;
+            let k = self.rope(&k, cos, sin)?;
+            let (k_all, v_all) = cache.layers[i].append(&k, &v, pos)?;
+            let (start, mask) = if layer.sliding { (local_start, local_mask.as_ref()) } else { (0, global_mask.as_ref()) };
+            let k_all = k_all.narrow(2, start, total - start)?;
+            let v_all = v_all.narrow(2, start, total - start)?;
+            // Grouped-query attention without repeating K/V: the g query heads
+            // that share a KV head become g*n rows of one matmul.
+            let q = q.contiguous()?.reshape((1, c.n_head_kv, g * n, c.head_dim))?;
+            let scores = q.matmul(&k_all.t()?)?; // (1, kv, g*n, L)
+            let scores = match mask {
+                Some(m) => scores.reshape((c.n_head_kv, g, n, total - start))?.broadcast_add(m)?.reshape((1, c.n_head_kv, g * n, total - start))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let attn = probs.matmul(&v_all)?; // (1, kv, g*n, hd)
+            let attn = attn.reshape((1, c.n_head, n, c.head_dim))?.transpose(1, 2)?.reshape((1, n, c.n_head * c.head_dim))?;
+            let mut o = layer.wo.forward(&attn)?;
+            if let Some(w) = &layer.post_attn_norm {
+                o = candle_nn::ops::rms_norm(&o, w, c.eps as f32)?;
+            }
+            x = (x + o)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps as f32)?;
+            let act = |t: Tensor| -> Result<Tensor> {
+                Ok(if c.arch == Arch::Gemma3 { t.gelu()? } else { t.silu()? })
+            };
+            let hidden = match &layer.ffn {
+                Ffn::Gated { gate, up } => (act(gate.forward(&h)?)? * up.forward(&h)?)?,
+                Ffn::FusedGateUp(w) => {
+                    let gu = w.forward(&h)?;
+                    let half = gu.dim(D::Minus1)? / 2;
+                    (act(gu.narrow(D::Minus1, 0, half)?)? * gu.narrow(D::Minus1, half, half)?)?
+                }
+            };
+            let mut f = layer.down.forward(&hidden)?;
+            if let Some(w) = &layer.post_ffn_norm {
+                f = candle_nn::ops::rms_norm(&f, w, c.eps as f32)?;
+            }
+            x = (x + f)?;
+        }
+        cache.len = total;
+        let last = x.narrow(1, n - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, c.eps as f32)?;
+        let mut logits = self.output.forward(&last)?.flatten_all()?;
+        if let Some(cap) = c.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Additive mask for queries at `pos..pos+n` over keys `start..total`:
+    /// causal, and within `window` positions.
+    fn mask(&self, pos: usize, n: usize, start: usize, total: usize, window: usize) -> Result<Tensor> {
+        let l = total - start;
+        let mut m = vec![0f32; n * l];
+        for j in 0..n {
+            let qp = pos + j;
+            for (ki, slot) in m[j * l..(j + 1) * l].iter_mut().enumerate() {
+                let kp = start + ki;
+                if kp > qp || qp - kp >= window {
+                    *slot = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (n, l), &self.device)?)
+    }
+}
+
+/// One sequence's keys and values for every layer.
+#[derive(Debug)]
+pub struct Cache {
+    layers: Vec<LayerKv>,
+    len: usize,
+}
+
+impl Cache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets everything past the first `len` tokens (keeps a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Bytes allocated for keys and values.
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.k.as_ref().map_or(0, |k| 2 * k.elem_count() * 4)).sum()
+    }
+}
+
+/// Keys and values of one layer in a buffer that doubles when full, so the
+/// cache is sized to the context in use, not the model's trained maximum.
+#[derive(Debug, Default)]
+struct LayerKv {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+impl LayerKv {
+    /// Writes `k`, `v` (1, kv, n, hd) at `pos` and returns the buffers.
+    fn append(&mut self, k: &Tensor, v: &Tensor, pos: usize) -> Result<(Tensor, Tensor)> {
+        let (_, kv, n, hd) = k.dims4()?;
+        let need = pos + n;
+        let cap = self.k.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
+        if need > cap {
+            let new_cap = need.next_power_of_two().max(256);
+            let nk = Tensor::zeros((1, kv, new_cap, hd), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((1, kv, new_cap, hd), v.dtype(), v.device())?;
+            if let (Some(ok), Some(ov)) = (&self.k, &self.v) {
+                if pos > 0 {
+                    nk.slice_set(&ok.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&ov.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
+                }
+            }
+            self.k = Some(nk);
+            self.v = Some(nv);
+        }
+        let (kb, vb) = (self.k.as_ref().expect("allocated above"), self.v.as_ref().expect("allocated above"));
+        kb.slice_set(&k.contiguous()?, 2, pos)?;
+        vb.slice_set(&v.contiguous()?, 2, pos)?;
+        Ok((kb.clone(), vb.clone()))
+    }
+}

@@ -1,0 +1,206 @@
+//! The model store: catalog, import, remove, rebuild, and pulls from a local
+//! server that speaks the Hugging Face hub's download protocol.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use rbee_engine::store::{Progress, ProgressFn, Source, Store, hash_file};
+use rbee_engine::Error;
+use support::{Tiny, tiny};
+
+#[test]
+fn import_list_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny("qwen3").write_in(dir.path(), "My Model");
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let e = store.import(&src, None).unwrap();
+    assert_eq!(e.id, "my-model");
+    assert_eq!((e.architecture.as_str(), e.context_length), ("qwen3", 4096));
+    assert_eq!(e.sha256, hash_file(&src).unwrap());
+    assert!(e.path.starts_with(dir.path().join("data/models")));
+    assert_eq!(store.import(&src, None).unwrap().id, "my-model", "importing the same file again is a no-op");
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(store.get("my-").unwrap().id, "my-model", "unique prefixes resolve");
+    store.remove("my-model").unwrap();
+    assert!(store.list().unwrap().is_empty());
+    assert!(!e.path.exists());
+    assert!(matches!(store.remove("my-model"), Err(Error::ModelNotFound(_))));
+}
+
+#[test]
+fn bad_files_are_refused_and_nothing_is_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny("llama").write_in(dir.path(), "m");
+    let bytes = std::fs::read(&src).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let err = store.import(&cut, None).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let err = store.import(&dir.path().join("missing.gguf"), None).unwrap_err();
+    assert!(err.to_string().contains("missing.gguf"), "{err}");
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("data/models")).unwrap().count(), 0, "no leftovers");
+}
+
+#[test]
+fn corrupt_or_deleted_catalog_is_rebuilt_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, b) = (tiny("llama").write_in(dir.path(), "alpha"), tiny("gemma3").write_in(dir.path(), "beta"));
+    let before = {
+        let store = Store::open(&data).unwrap();
+        store.import(&a, None).unwrap();
+        store.import(&b, None).unwrap();
+        store.list().unwrap()
+    };
+    std::fs::write(data.join("catalog.sqlite"), vec![0xA5u8; 8192]).unwrap();
+    let store = Store::open(&data).unwrap();
+    assert!(store.warnings().iter().any(|w| w.contains("unreadable")), "{:?}", store.warnings());
+    assert_eq!(store.list().unwrap(), before, "same models, same sources, same checksums");
+    drop(store);
+
+    std::fs::remove_file(data.join("catalog.sqlite")).unwrap();
+    let store = Store::open(&data).unwrap();
+    assert!(store.warnings().iter().any(|w| w.contains("missing")), "{:?}", store.warnings());
+    assert_eq!(store.list().unwrap(), before);
+    drop(store);
+
+    // A file deleted behind the catalog's back is dropped with a warning.
+    std::fs::remove_file(&before[0].path).unwrap();
+    let store = Store::open(&data).unwrap();
+    assert!(store.warnings().iter().any(|w| w.contains("is gone")), "{:?}", store.warnings());
+    assert_eq!(store.list().unwrap(), before[1..]);
+}
+
+/// A stand-in for the hub: serves one file at `/{owner}/{repo}/resolve/{rev}/{file}`
+/// with range requests, and can cut one transfer off halfway.
+#[derive(Clone)]
+struct Hub {
+    bytes: Arc<Vec<u8>>,
+    etag: String,
+    ranges: Arc<Mutex<Vec<String>>>,
+    cut_next_data_request: Arc<AtomicUsize>,
+}
+
+async fn resolve(State(hub): State<Hub>, UrlPath((_owner, _repo, _rev, _file)): UrlPath<(String, String, String, String)>, headers: HeaderMap) -> Response {
+    let len = hub.bytes.len();
+    let range = headers.get("range").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    hub.ranges.lock().unwrap().push(range.clone());
+    let (start, end) = match range.strip_prefix("bytes=").and_then(|r| r.split_once('-')) {
+        Some((s, e)) => {
+            let s: usize = s.parse().unwrap();
+            let e: usize = if e.is_empty() { len - 1 } else { e.parse::<usize>().unwrap().min(len - 1) };
+            (s, e)
+        }
+        None => (0, len - 1),
+    };
+    let body = hub.bytes[start..=end].to_vec();
+    let builder = Response::builder()
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header("x-repo-commit", "0123456789abcdef0123456789abcdef01234567")
+        .header("etag", format!("\"{}\"", hub.etag))
+        .header("content-range", format!("bytes {start}-{end}/{len}"))
+        .header("content-length", body.len().to_string());
+    let is_data = range != "bytes=0-0";
+    if is_data && hub.cut_next_data_request.load(Ordering::SeqCst) == 1 {
+        hub.cut_next_data_request.store(0, Ordering::SeqCst);
+        // Half the chunk, then the connection breaks.
+        let half = body[..body.len() / 2].to_vec();
+        let stream = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(half)),
+            Err(std::io::Error::other("connection cut")),
+        ]);
+        return builder.body(Body::from_stream(stream)).unwrap();
+    }
+    if is_data {
+        // Counts down to the request that will be cut (1 = the next one).
+        let _ = hub.cut_next_data_request.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+    builder.body(Body::from(body)).unwrap()
+}
+
+async fn serve(hub: Hub) -> String {
+    let app = axum::Router::new().route("/{owner}/{repo}/resolve/{rev}/{*file}", axum::routing::get(resolve)).with_state(hub);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn hub_for(path: &std::path::Path) -> Hub {
+    Hub {
+        bytes: Arc::new(std::fs::read(path).unwrap()),
+        etag: hash_file(path).unwrap(),
+        ranges: Arc::default(),
+        cut_next_data_request: Arc::new(AtomicUsize::new(usize::MAX)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_resumes_a_transfer_cut_off_halfway() {
+    let dir = tempfile::tempdir().unwrap();
+    // ~20 MB: three 8 MiB chunks.
+    let src = Tiny { ffn: 32768, n_layer: 3, ..tiny("llama") }.write_in(dir.path(), "big");
+    let hub = hub_for(&src);
+    let size = hub.bytes.len() as u64;
+    assert!(size > 16 << 20, "test file spans three chunks ({size} bytes)");
+    let endpoint = serve(hub.clone()).await;
+    let store = Store::open(&dir.path().join("data")).unwrap();
+
+    // The second data request (the second chunk) is cut halfway.
+    hub.cut_next_data_request.store(2, Ordering::SeqCst);
+    let err = store.pull(&endpoint, "acme/tiny-GGUF", "tiny-q8_0.gguf", "main", None).await.unwrap_err();
+    assert!(matches!(err, Error::Download(_)), "{err}");
+    assert!(store.list().unwrap().is_empty());
+
+    hub.ranges.lock().unwrap().clear();
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let s = seen.clone();
+    let progress: ProgressFn = Arc::new(move |p| s.lock().unwrap().push(p));
+    let e = store.pull(&endpoint, "acme/tiny-GGUF", "tiny-q8_0.gguf", "main", Some(progress)).await.unwrap();
+    let ranges = hub.ranges.lock().unwrap().clone();
+    let data: Vec<&String> = ranges.iter().filter(|r| *r != "bytes=0-0").collect();
+    let resumed = format!("bytes={}-{}", 8 << 20, (16 << 20) - 1);
+    assert!(data.iter().any(|r| **r == resumed), "the second chunk is fetched again: {ranges:?}");
+    assert!(!data.iter().any(|r| r.starts_with("bytes=0-")), "the committed first chunk is not fetched again: {ranges:?}");
+    assert_eq!(e.sha256, hash_file(&src).unwrap());
+    assert_eq!(e.id, "tiny-q8_0");
+    assert_eq!(e.source, Source::HuggingFace { repo: "acme/tiny-GGUF".into(), file: "tiny-q8_0.gguf".into(), revision: "main".into() });
+    assert_eq!(hash_file(&e.path).unwrap(), e.sha256);
+    let seen = seen.lock().unwrap();
+    assert!(matches!(seen.first(), Some(Progress::Started { total, .. }) if *total == size), "{:?}", seen.first());
+    assert!(seen.iter().any(|p| matches!(p, Progress::Advanced { done } if *done == size)), "progress reaches the full size");
+    assert_eq!(seen.last(), Some(&Progress::Finished));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_rejects_a_corrupted_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny("qwen2").write_in(dir.path(), "m");
+    let mut hub = hub_for(&src);
+    hub.etag = "ab".repeat(32); // what the hub says the sha256 is
+    let endpoint = serve(hub).await;
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let err = store.pull(&endpoint, "acme/m", "m.gguf", "main", None).await.unwrap_err();
+    assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_of_a_missing_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = axum::Router::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let err = store.pull(&format!("http://{addr}"), "acme/none", "x.gguf", "main", None).await.unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+}
