@@ -15,9 +15,10 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
-/// Prompts are run through the model in chunks of this many tokens, which
-/// bounds the attention scores' memory for long prompts.
-pub const PREFILL_CHUNK: usize = 512;
+/// Prompts run through the model in chunks of this many tokens, aligned to
+/// absolute positions; this bounds the attention scores' memory for long
+/// prompts and is the unit of prefix reuse (see [`Slot`]).
+pub const PREFILL_CHUNK: usize = 256;
 
 /// A loaded model: weights, tokenizer and chat template.
 #[derive(Debug)]
@@ -139,15 +140,24 @@ pub enum Event {
 
 /// A sequence slot: its KV cache and the tokens it holds, kept between
 /// requests so a follow-up sharing a prefix (a chat's next turn) skips it.
+///
+/// Only whole prefill chunks are reused. The quantized kernels round
+/// differently for different numbers of rows, so keys and values computed
+/// one token at a time (decoding) or in a partial chunk differ slightly from
+/// a fresh prefill's; reusing them would make the same request give
+/// different text depending on what ran before. Whole aligned chunks are
+/// computed exactly as a fresh prefill computes them.
 #[derive(Debug)]
 pub struct Slot {
     cache: Cache,
     tokens: Vec<u32>,
+    /// Leading tokens whose cache came from whole aligned prefill chunks.
+    reusable: usize,
 }
 
 impl Slot {
     pub fn new(model: &Model) -> Self {
-        Self { cache: model.weights.new_cache(), tokens: Vec::new() }
+        Self { cache: model.weights.new_cache(), tokens: Vec::new(), reusable: 0 }
     }
 }
 
@@ -158,6 +168,7 @@ pub fn run(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingPara
         // Leave the slot clean: the cache may be half-written.
         slot.cache.truncate(0);
         slot.tokens.clear();
+        slot.reusable = 0;
         let _ = tx.blocking_send(Event::Error(e.to_string()));
     }
 }
@@ -165,10 +176,12 @@ pub fn run(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingPara
 fn run_inner(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingParams, tx: &mpsc::Sender<Event>) -> Result<()> {
     let started = Instant::now();
     let common = slot.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-    // At least the last prompt token runs, to produce the first logits.
-    let reuse = common.min(prompt.len() - 1);
+    // Whole chunks only, and at least the last prompt token runs, to
+    // produce the first logits.
+    let reuse = common.min(slot.reusable).min(prompt.len() - 1) / PREFILL_CHUNK * PREFILL_CHUNK;
     slot.cache.truncate(reuse);
     slot.tokens.truncate(reuse);
+    slot.reusable = reuse;
     let mut logits = None;
     for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
         if tx.is_closed() {
@@ -176,6 +189,9 @@ fn run_inner(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingPa
         }
         logits = Some(model.weights.forward(chunk, &mut slot.cache)?);
         slot.tokens.extend_from_slice(chunk);
+        if chunk.len() == PREFILL_CHUNK && slot.reusable + PREFILL_CHUNK == slot.tokens.len() {
+            slot.reusable = slot.tokens.len();
+        }
     }
     let mut logits = logits.expect("at least one prompt token runs").to_vec1::<f32>()?;
     let prompt_secs = started.elapsed().as_secs_f64();

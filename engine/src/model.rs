@@ -145,9 +145,26 @@ struct Linear {
     b: Option<Tensor>,
 }
 
+/// How weights are used in matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// As stored (quantized); activations are quantized to 8 bits on the
+    /// fly, as llama.cpp does. Fast, and what the engine runs.
+    #[default]
+    Quantized,
+    /// Weights dequantized to f32 and f32 activations: the exact function of
+    /// the stored weights, several times larger and slower. A reference for
+    /// testing numerics.
+    Exact,
+}
+
 impl Linear {
-    fn load(g: &Gguf, name: &str, dev: &Device) -> Result<Self> {
-        let w = QMatMul::from_qtensor(g.qtensor(&format!("{name}.weight"), dev)?)?;
+    fn load(g: &Gguf, name: &str, dev: &Device, precision: Precision) -> Result<Self> {
+        let qt = g.qtensor(&format!("{name}.weight"), dev)?;
+        let w = match precision {
+            Precision::Quantized => QMatMul::from_qtensor(qt)?,
+            Precision::Exact => QMatMul::Tensor(qt.dequantize(dev)?),
+        };
         let bias = format!("{name}.bias");
         let b = if g.has_tensor(&bias) { Some(g.tensor(&bias, dev)?) } else { None };
         Ok(Self { w, b })
@@ -213,6 +230,14 @@ impl Weights {
     /// # Errors
     /// When a tensor is missing or has the wrong shape for the header.
     pub fn load(g: &Gguf, device: &Device) -> Result<Self> {
+        Self::load_with(g, device, Precision::Quantized)
+    }
+
+    /// Like [`load`](Self::load), with the given [`Precision`].
+    ///
+    /// # Errors
+    /// When a tensor is missing or has the wrong shape for the header.
+    pub fn load_with(g: &Gguf, device: &Device, precision: Precision) -> Result<Self> {
         let cfg = Config::from_gguf(g)?;
         let embed = Arc::new(g.qtensor("token_embd.weight", device)?);
         let (_, embd_width) = embed.shape().dims2()?;
@@ -222,38 +247,39 @@ impl Weights {
                 reason: format!("token_embd width {embd_width} does not match embedding_length {}", cfg.n_embd),
             });
         }
-        let output = if g.has_tensor("output.weight") {
-            QMatMul::from_qtensor(g.qtensor("output.weight", device)?)?
-        } else {
-            QMatMul::from_arc(embed.clone())?
+        let output = match (g.has_tensor("output.weight"), precision) {
+            (true, Precision::Quantized) => QMatMul::from_qtensor(g.qtensor("output.weight", device)?)?,
+            (true, Precision::Exact) => QMatMul::Tensor(g.tensor("output.weight", device)?),
+            (false, Precision::Quantized) => QMatMul::from_arc(embed.clone())?,
+            (false, Precision::Exact) => QMatMul::Tensor(embed.dequantize(device)?),
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
             let qkv = if g.has_tensor(&p("attn_qkv.weight")) {
-                Qkv::Fused(Linear::load(g, &p("attn_qkv"), device)?)
+                Qkv::Fused(Linear::load(g, &p("attn_qkv"), device, precision)?)
             } else {
                 Qkv::Separate {
-                    q: Linear::load(g, &p("attn_q"), device)?,
-                    k: Linear::load(g, &p("attn_k"), device)?,
-                    v: Linear::load(g, &p("attn_v"), device)?,
+                    q: Linear::load(g, &p("attn_q"), device, precision)?,
+                    k: Linear::load(g, &p("attn_k"), device, precision)?,
+                    v: Linear::load(g, &p("attn_v"), device, precision)?,
                 }
             };
             let ffn = if g.has_tensor(&p("ffn_gate.weight")) {
-                Ffn::Gated { gate: Linear::load(g, &p("ffn_gate"), device)?, up: Linear::load(g, &p("ffn_up"), device)? }
+                Ffn::Gated { gate: Linear::load(g, &p("ffn_gate"), device, precision)?, up: Linear::load(g, &p("ffn_up"), device, precision)? }
             } else {
-                Ffn::FusedGateUp(Linear::load(g, &p("ffn_up"), device)?)
+                Ffn::FusedGateUp(Linear::load(g, &p("ffn_up"), device, precision)?)
             };
             layers.push(Layer {
                 attn_norm: g.tensor(&p("attn_norm.weight"), device)?,
                 qkv,
                 q_norm: optional(g, &p("attn_q_norm.weight"), device)?,
                 k_norm: optional(g, &p("attn_k_norm.weight"), device)?,
-                wo: Linear::load(g, &p("attn_output"), device)?,
+                wo: Linear::load(g, &p("attn_output"), device, precision)?,
                 post_attn_norm: optional(g, &p("post_attention_norm.weight"), device)?,
                 ffn_norm: g.tensor(&p("ffn_norm.weight"), device)?,
                 ffn,
-                down: Linear::load(g, &p("ffn_down"), device)?,
+                down: Linear::load(g, &p("ffn_down"), device, precision)?,
                 post_ffn_norm: optional(g, &p("post_ffw_norm.weight"), device)?,
                 sliding: cfg.is_sliding(i),
             });

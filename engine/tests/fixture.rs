@@ -4,6 +4,8 @@
 mod support;
 
 use candle_core::Device;
+use rbee_engine::gguf::Gguf;
+use rbee_engine::model::{Precision, Weights};
 use rbee_engine::sampling::argmax;
 use rbee_engine::{Config, Engine, Event, FinishReason, Message, Model, Prompt, Request, SamplingParams, Usage};
 use serde::Deserialize;
@@ -27,6 +29,22 @@ struct Greedy {
     prompt_ids: Vec<u32>,
     ids: Vec<u32>,
     text: String,
+    /// llama.cpp's five best (token, logit) at each generated step.
+    top: Vec<Vec<(u32, f32)>>,
+    /// The exact model's (float64, dequantized weights) eight best at each step.
+    exact_top: Vec<Vec<(u32, f32)>>,
+}
+
+/// Two tokens whose exact logits are closer than this are a near-tie: the
+/// rounding of activations (llama.cpp and rbee both quantize them to 8 bits
+/// on the way) decides which wins. Measured on this model: llama.cpp's own
+/// logits move by up to 0.17 between its batched and token-by-token prompt
+/// paths, and both engines stay within about 0.35 of the exact logits.
+const NEAR_TIE: f32 = 0.5;
+
+/// Whether the exact model scores `ours` within NEAR_TIE of its best.
+fn near_tie(exact_top: &[(u32, f32)], ours: u32) -> bool {
+    exact_top.iter().find(|(t, _)| *t == ours).is_some_and(|(_, l)| exact_top[0].1 - l < NEAR_TIE)
 }
 
 fn golden() -> Golden {
@@ -49,32 +67,104 @@ fn tokenizer_matches_llama_cpp() {
     }
 }
 
+/// Runs `prompt` and then `forced` one token at a time, returning the logits
+/// before each forced token.
+fn teacher_forced(w: &Weights, prompt: &[u32], forced: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = w.new_cache();
+    let mut logits = w.forward(prompt, &mut cache).unwrap().to_vec1::<f32>().unwrap();
+    let mut out = Vec::new();
+    for &t in forced {
+        out.push(logits);
+        logits = w.forward(&[t], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+    }
+    out
+}
+
+#[test]
+fn the_decoder_computes_the_exact_model() {
+    // With weights dequantized (no 8-bit rounding of activations), every
+    // logit must equal a float64 evaluation of the same weights: rotary
+    // layout, norms, GELU, sliding window (one prompt is 701 tokens), KV
+    // cache and chunking are all exercised.
+    let gguf = Gguf::open(&support::fixture()).unwrap();
+    let w = Weights::load_with(&gguf, &Device::Cpu, Precision::Exact).unwrap();
+    let mut checked = 0;
+    let mut worst = 0f32;
+    for g in golden().greedy {
+        for (step, logits) in teacher_forced(&w, &g.prompt_ids, &g.ids).iter().enumerate() {
+            for &(tok, exact) in &g.exact_top[step] {
+                let err = (logits[tok as usize] - exact).abs();
+                worst = worst.max(err);
+                assert!(err < 0.02, "{:?} step {step}: logit of {tok} is {}, exact {exact}", &g.prompt[..20], logits[tok as usize]);
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{checked} logits within {worst:.4} of the exact model");
+}
+
 #[test]
 fn greedy_continuations_match_llama_cpp() {
     let m = model();
+    let (mut steps, mut agree) = (0, 0);
     for g in golden().greedy {
         assert_eq!(m.tokenizer.encode_prompt(&g.prompt).unwrap(), g.prompt_ids, "prompt ids of {:?}", g.prompt);
-        let mut cache = m.weights.new_cache();
-        let mut logits = m.weights.forward(&g.prompt_ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
-        let mut ids = Vec::new();
-        while ids.len() < g.ids.len() {
-            let next = argmax(&logits);
-            ids.push(next);
-            logits = m.weights.forward(&[next], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+        let short: String = g.prompt.chars().take(40).collect();
+        // Teacher-forced on llama.cpp's tokens: where we differ, it is
+        // llama.cpp's own second choice (both round activations to 8 bits;
+        // near-ties go either way).
+        let mut same_steps = 0;
+        for (i, logits) in teacher_forced(&m.weights, &g.prompt_ids, &g.ids).iter().enumerate() {
+            let ours = argmax(logits);
+            if ours == g.ids[i] {
+                same_steps += 1;
+            } else {
+                assert!(
+                    ours == g.top[i][1].0 || near_tie(&g.exact_top[i], ours),
+                    "{short:?} step {i}: we pick {ours}; llama.cpp's best {:?}; exact best {:?}",
+                    g.top[i],
+                    g.exact_top[i]
+                );
+            }
         }
-        let same = ids.iter().zip(&g.ids).take_while(|(a, b)| a == b).count();
-        eprintln!("{:4} prompt tokens: {same}/{} greedy tokens equal llama.cpp's", g.prompt_ids.len(), g.ids.len());
-        assert!(
-            same >= 16.min(g.ids.len()),
-            "prompt {:?}: only {same} tokens agree\n ours: {:?}\n llama.cpp: {:?}",
-            g.prompt.chars().take(60).collect::<String>(),
-            m.tokenizer.decode(&ids).unwrap(),
-            g.text
+        steps += g.ids.len();
+        agree += same_steps;
+        // Free-running: the same text for 16 tokens, unless the two part
+        // earlier where the exact model itself nearly ties.
+        let ours = {
+            let mut cache = m.weights.new_cache();
+            let mut logits = m.weights.forward(&g.prompt_ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
+            let mut ids = Vec::new();
+            while ids.len() < g.ids.len() {
+                let next = argmax(&logits);
+                ids.push(next);
+                logits = m.weights.forward(&[next], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+            }
+            ids
+        };
+        let same = ours.iter().zip(&g.ids).take_while(|(a, b)| a == b).count();
+        let parted = g.exact_top.get(same).map(|t| (t[0].1 - t.iter().find(|x| x.0 == ours[same]).map_or(f32::INFINITY, |x| x.1)));
+        eprintln!(
+            "{:4} prompt tokens: {same:2}/{} greedy tokens equal llama.cpp's{}; teacher-forced {same_steps}/{} steps equal",
+            g.prompt_ids.len(),
+            g.ids.len(),
+            parted.map(|d| format!(" (parted where the exact model's margin is {d:.3})")).unwrap_or_default(),
+            g.ids.len()
         );
+        if same < 16.min(g.ids.len()) {
+            assert!(
+                near_tie(&g.exact_top[same], ours[same]),
+                "{short:?}: parted at step {same} without a near-tie\n ours: {:?}\n llama.cpp: {:?}",
+                m.tokenizer.decode(&ours).unwrap(),
+                g.text
+            );
+        }
     }
+    eprintln!("teacher-forced: {agree}/{steps} steps pick llama.cpp's token");
+    assert!(agree * 10 >= steps * 9, "only {agree}/{steps} steps agree with llama.cpp");
 }
 
-fn engine(slots: usize) -> (tempfile::TempDir, Engine, String) {
+fn start_engine(slots: usize) -> (tempfile::TempDir, Engine, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path().to_path_buf());
     cfg.slots = slots;
@@ -98,22 +188,22 @@ fn run(engine: &Engine, id: &str, prompt: Prompt, params: SamplingParams) -> (Ve
 
 #[test]
 fn engine_generates_golden_text_seeds_repeat_and_stops_cut_cleanly() {
-    let (_d, engine, id) = engine(1);
+    let (_d, engine, id) = start_engine(1);
     let golden = golden();
     let france = golden.greedy.iter().find(|g| g.prompt == "The capital of France is").unwrap();
     let greedy = SamplingParams { max_tokens: Some(16), ..SamplingParams::greedy() };
     let (chunks, _, usage) = run(&engine, &id, Prompt::Text(france.prompt.clone()), greedy.clone());
     let text: String = chunks.concat();
-    assert!(text.contains("Paris"), "{text:?}");
+    assert!(text.contains("France"), "a sensible continuation stays on topic: {text:?}");
     let llama16 = engine.model(&id).unwrap().tokenizer.decode(&france.ids[..16]).unwrap();
     assert_eq!(text, llama16, "streamed text equals llama.cpp's first 16 tokens");
     assert_eq!(usage.completion_tokens, 16);
 
     // A stop string spanning several tokens: output ends right before it.
-    let stop_at = llama16.find("Paris").unwrap() + 2;
+    let stop_at = llama16.find("France").unwrap() + 3;
     let stop = llama16[stop_at..stop_at + 6].to_string();
     let (chunks, finish, _) = run(&engine, &id, Prompt::Text(france.prompt.clone()), SamplingParams { stop: vec![stop.clone()], ..greedy.clone() });
-    assert_eq!(finish, FinishReason::Stop);
+    assert_eq!(finish, FinishReason::Stop, "stop string {stop:?} ends generation: {chunks:?}");
     let expected = &llama16[..llama16.find(&stop).unwrap()];
     assert_eq!(chunks.concat(), expected, "stop string {stop:?} is never emitted");
 
@@ -127,7 +217,7 @@ fn engine_generates_golden_text_seeds_repeat_and_stops_cut_cleanly() {
 
 #[test]
 fn multibyte_text_streams_in_whole_characters() {
-    let (_d, engine, id) = engine(1);
+    let (_d, engine, id) = start_engine(1);
     // Gemma writes Japanese and emoji; each chunk is a String, so valid
     // UTF-8, and none may contain a replacement character from a split.
     let (chunks, _, _) = run(
@@ -144,16 +234,18 @@ fn multibyte_text_streams_in_whole_characters() {
 
 #[test]
 fn chat_follow_ups_reuse_the_cached_prefix_without_changing_the_answer() {
-    let (_d, engine, id) = engine(1);
+    let (_d, engine, id) = start_engine(1);
     let params = SamplingParams { max_tokens: Some(12), ..SamplingParams::greedy() };
-    let first = vec![Message::new("user", "Name three colours.")];
+    // Long enough to span whole prefill chunks, which is what gets reused.
+    let notes: String = (1..60).map(|i| format!("Note {i}: the meeting moved to room {}. ", 100 + i)).collect();
+    let first = vec![Message::new("user", format!("{notes}\nWhich room is note 7 about?"))];
     let (a, _, _) = run(&engine, &id, Prompt::Chat(first.clone()), params.clone());
     let mut second = first.clone();
     second.push(Message::new("assistant", a.concat()));
-    second.push(Message::new("user", "And three animals?"));
+    second.push(Message::new("user", "And note 9?"));
     let (warm, _, usage) = run(&engine, &id, Prompt::Chat(second.clone()), params.clone());
-    assert!(usage.cached_tokens > 5, "the first turn's tokens are reused: {usage:?}");
-    let (_d2, fresh_engine, fresh_id) = engine(1);
+    assert!(usage.cached_tokens >= 256 && usage.cached_tokens % 256 == 0, "whole chunks of the first turn are reused: {usage:?}");
+    let (_d2, fresh_engine, fresh_id) = start_engine(1);
     let (cold, _, cold_usage) = run(&fresh_engine, &fresh_id, Prompt::Chat(second), params);
     assert_eq!(cold_usage.cached_tokens, 0);
     assert_eq!(warm.concat(), cold.concat(), "reusing the cache does not change the output");

@@ -56,7 +56,7 @@ fn generate_streams_a_sensible_continuation_and_seeds_repeat() {
     let data = dir.path().join("data");
     ok(rbee(&data, &["models", "import", fixture::fixture().to_str().unwrap()]));
     let (greedy, _) = ok(rbee(&data, &["generate", "gemma-3-270m-q4_k_m", "The capital of France is", "--temperature", "0", "--max-tokens", "12"]));
-    assert!(greedy.contains("Paris"), "{greedy}");
+    assert!(greedy.starts_with(" the capital of the country of France"), "llama.cpp's greedy continuation: {greedy}");
     let seeded = ["generate", "gemma-3-270m-q4_k_m", "The capital of France is", "--seed", "7", "--max-tokens", "24"];
     let a = rbee(&data, &seeded);
     let b = rbee(&data, &seeded);
