@@ -48,8 +48,15 @@ impl Model {
         // The tokenizer is built (merges derived from scores) while the
         // weights are mapped: the two are independent.
         let (weights, tokenizer) = std::thread::scope(|s| {
-            let tok = s.spawn(|| Tokenizer::from_gguf(gguf));
+            let tok = s.spawn(|| {
+                let t = Instant::now();
+                let tok = Tokenizer::from_gguf(gguf);
+                tracing::debug!(secs = t.elapsed().as_secs_f64(), "tokenizer built");
+                tok
+            });
+            let t = Instant::now();
             let weights = Weights::load(gguf, device);
+            tracing::debug!(secs = t.elapsed().as_secs_f64(), "weights mapped");
             (weights, tok.join().unwrap_or_else(|_| Err(Error::Tokenizer("tokenizer construction panicked".into()))))
         });
         let weights = weights?;

@@ -193,9 +193,14 @@ impl Gguf {
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         let info = self.tensor_info(name)?;
         let (start, len) = self.bytes_of(info);
-        let storage = match device {
-            Device::Cpu => QStorage::Cpu(mapped_storage(info.ggml_dtype, self.map.clone(), start, len)),
-            _ => QStorage::from_data(std::borrow::Cow::Borrowed(&self.map[start..start + len]), device, info.ggml_dtype)?,
+        let storage = match (device, info.ggml_dtype) {
+            (Device::Cpu, GgmlDType::Q5_0) => {
+                let q8 = q5_0_to_q8_0(&self.map[start..start + len]);
+                self.release(start, len);
+                QStorage::from_data(std::borrow::Cow::Owned(q8), device, GgmlDType::Q8_0)?
+            }
+            (Device::Cpu, dtype) => QStorage::Cpu(mapped_storage(dtype, self.map.clone(), start, len)),
+            (_, dtype) => QStorage::from_data(std::borrow::Cow::Borrowed(&self.map[start..start + len]), device, dtype)?,
         };
         Ok(QTensor::new(storage, info.shape.clone())?)
     }
@@ -206,6 +211,63 @@ impl Gguf {
     /// When the tensor is missing.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
         Ok(self.qtensor(name, device)?.dequantize(device)?)
+    }
+}
+
+impl Gguf {
+    /// Tells the kernel we are done with these mapped pages, so a tensor that
+    /// was copied out (transcoded) does not also count in the process's RSS.
+    fn release(&self, start: usize, len: usize) {
+        let page = 4096;
+        let from = start.div_ceil(page) * page;
+        let to = (start + len) / page * page;
+        if to > from {
+            // SAFETY: the map is a read-only file mapping and nothing reads
+            // this range again (the transcoded copy is used instead); were it
+            // read, the pages would be faulted back in from the file.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+        }
+    }
+}
+
+/// Rewrites Q5_0 blocks as Q8_0 blocks, exactly: a Q5_0 value is `d * q`
+/// with `q` in -16..=15, which Q8_0 (`d * q`, `q` an i8) holds unchanged.
+/// Both multiply against Q8_0-quantized activations, so products are the
+/// same; candle has SIMD kernels for Q8_0 but only scalar code for Q5_0.
+fn q5_0_to_q8_0(src: &[u8]) -> Vec<u8> {
+    const IN: usize = 22; // f16 d, u32 high bits, 16 bytes of low nibbles
+    const OUT: usize = 34; // f16 d, 32 i8
+    let mut out = vec![0u8; src.len() / IN * OUT];
+    for (b, o) in src.chunks_exact(IN).zip(out.chunks_exact_mut(OUT)) {
+        o[..2].copy_from_slice(&b[..2]);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        for j in 0..16 {
+            let lo = b[6 + j];
+            let x0 = ((lo & 0x0F) as i32 | (((qh >> j) << 4) & 0x10) as i32) - 16;
+            let x1 = ((lo >> 4) as i32 | ((qh >> (j + 12)) & 0x10) as i32) - 16;
+            o[2 + j] = x0 as i8 as u8;
+            o[2 + j + 16] = x1 as i8 as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn q5_0_becomes_q8_0_without_changing_a_value() {
+        let x = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu).unwrap();
+        let q5 = QTensor::quantize(&x, GgmlDType::Q5_0).unwrap();
+        let bytes = q5.data().unwrap().to_vec();
+        let q8 = super::q5_0_to_q8_0(&bytes);
+        let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(q8), &Device::Cpu, GgmlDType::Q8_0).unwrap();
+        let q8 = QTensor::new(storage, (8, 64)).unwrap();
+        let a = q5.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = q8.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
     }
 }
 

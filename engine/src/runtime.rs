@@ -191,7 +191,9 @@ impl Engine {
             return Ok((entry.id, l.clone()));
         }
         let cfg = &self.inner.cfg;
+        let opened = Instant::now();
         let gguf = Gguf::open(&entry.path)?;
+        tracing::debug!(secs = opened.elapsed().as_secs_f64(), "GGUF header read");
         let mcfg = ModelConfig::from_gguf(&gguf)?;
         let context = mcfg.context_length.min(cfg.max_context);
         let needed = gguf.weights_bytes() as u128
