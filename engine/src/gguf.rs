@@ -197,7 +197,7 @@ impl Gguf {
             (Device::Cpu, GgmlDType::Q5_0) => {
                 let q8 = q5_0_to_q8_0(&self.map[start..start + len]);
                 self.release(start, len);
-                QStorage::from_data(std::borrow::Cow::Owned(q8), device, GgmlDType::Q8_0)?
+                QStorage::Cpu(Box::new(Mapped::<k_quants::BlockQ8_0>::owned_from_bytes(&q8)))
             }
             (Device::Cpu, dtype) => QStorage::Cpu(mapped_storage(dtype, self.map.clone(), start, len)),
             (_, dtype) => QStorage::from_data(std::borrow::Cow::Borrowed(&self.map[start..start + len]), device, dtype)?,
@@ -343,6 +343,14 @@ impl<T: GgmlType> Mapped<T> {
         }
     }
 
+    fn owned_from_bytes(bytes: &[u8]) -> Self {
+        let count = bytes.len() / std::mem::size_of::<T>();
+        let mut owned: Vec<T> = (0..count).map(|_| T::zeros()).collect();
+        // SAFETY: GgmlType blocks are plain old data; lengths match.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), owned.as_mut_ptr() as *mut u8, count * std::mem::size_of::<T>()) };
+        Self(Blocks::Owned(owned))
+    }
+
     fn blocks(&self) -> &[T] {
         match &self.0 {
             // SAFETY: `Gguf::open` checked the range lies inside the map, `new`
@@ -374,6 +382,16 @@ impl<T: GgmlType + Send + Sync + 'static> QuantizedType for Mapped<T> {
         T::DTYPE
     }
     fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
+        let (m, k, n) = mkn;
+        if T::DTYPE == GgmlDType::Q8_0 && crate::kernels::AVAILABLE && lhs.len() == m * k && dst.len() >= m * n && k % 32 == 0 {
+            let blocks = self.blocks();
+            // SAFETY: T is BlockQ8_0 (checked by DTYPE: only BlockQ8_0 has it).
+            let q8: &[k_quants::BlockQ8_0] = unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const k_quants::BlockQ8_0, blocks.len()) };
+            if q8.len() == n * (k / 32) {
+                crate::kernels::matmul_q8_0(m, k, n, lhs, q8, dst);
+                return Ok(());
+            }
+        }
         k_quants::matmul(mkn, lhs, self.blocks(), dst)
     }
     fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> candle_core::Result<()> {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hardware;
+mod kernels;
 pub mod model;
 pub mod runtime;
 pub mod sampling;
