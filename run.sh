@@ -19,6 +19,6 @@ if [ $# -eq 0 ]; then
   if ! "$rbee" models ls | grep -q gemma-3-270m-q4_k_m; then
     "$rbee" models import "$(e2e/fetch-fixture.sh)"
   fi
-  set -- generate gemma-3-270m-q4_k_m "The capital of France is" --max-tokens 32 --stats
+  set -- generate gemma-3-270m-q4_k_m "The capital of France is" --temperature 0 --max-tokens 32 --stats
 fi
 exec "$rbee" "$@"
