@@ -329,17 +329,11 @@ struct Mapped<T>(Blocks<T>);
 
 impl<T: GgmlType> Mapped<T> {
     fn new(map: Arc<Mmap>, start: usize, len: usize) -> Self {
-        let size = std::mem::size_of::<T>();
-        let count = len / size;
-        let ptr = map[start..].as_ptr();
-        if (ptr as usize) % std::mem::align_of::<T>() == 0 {
+        let count = len / std::mem::size_of::<T>();
+        if (map[start..].as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
             Self(Blocks::Mapped { map, start, count, _t: PhantomData })
         } else {
-            let mut owned: Vec<T> = (0..count).map(|_| T::zeros()).collect();
-            // SAFETY: GgmlType blocks are plain old data (ints, floats, byte
-            // arrays); any byte pattern is a valid value.
-            unsafe { std::ptr::copy_nonoverlapping(ptr, owned.as_mut_ptr() as *mut u8, count * size) };
-            Self(Blocks::Owned(owned))
+            Self::owned_from_bytes(&map[start..start + len])
         }
     }
 

@@ -80,6 +80,18 @@ fn teacher_forced(w: &Weights, prompt: &[u32], forced: &[u32]) -> Vec<Vec<f32>> 
     out
 }
 
+/// Greedy continuation of `prompt`, `n` tokens.
+fn greedy_ids(w: &Weights, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = w.new_cache();
+    let mut logits = w.forward(prompt, &mut cache).unwrap().to_vec1::<f32>().unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        ids.push(argmax(&logits));
+        logits = w.forward(&ids[ids.len() - 1..], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+    }
+    ids
+}
+
 #[test]
 fn the_decoder_computes_the_exact_model() {
     // With weights dequantized (no 8-bit rounding of activations), every
@@ -131,17 +143,7 @@ fn greedy_continuations_match_llama_cpp() {
         agree += same_steps;
         // Free-running: the same text for 16 tokens, unless the two part
         // earlier where the exact model itself nearly ties.
-        let ours = {
-            let mut cache = m.weights.new_cache();
-            let mut logits = m.weights.forward(&g.prompt_ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
-            let mut ids = Vec::new();
-            while ids.len() < g.ids.len() {
-                let next = argmax(&logits);
-                ids.push(next);
-                logits = m.weights.forward(&[next], &mut cache).unwrap().to_vec1::<f32>().unwrap();
-            }
-            ids
-        };
+        let ours = greedy_ids(&m.weights, &g.prompt_ids, g.ids.len());
         let same = ours.iter().zip(&g.ids).take_while(|(a, b)| a == b).count();
         let parted = g.exact_top.get(same).map(|t| t[0].1 - t.iter().find(|x| x.0 == ours[same]).map_or(f32::INFINITY, |x| x.1));
         eprintln!(
@@ -197,23 +199,16 @@ fn engine_generates_golden_text_seeds_repeat_and_stops_cut_cleanly() {
     assert!(text.contains("France"), "a sensible continuation stays on topic: {text:?}");
     // The stream is exactly the model's greedy continuation, decoded.
     let model = engine.model(&id).unwrap();
-    let mut cache = model.weights.new_cache();
-    let mut logits = model.weights.forward(&france.prompt_ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
-    let mut ids = Vec::new();
-    while ids.len() < 16 {
-        ids.push(argmax(&logits));
-        logits = model.weights.forward(&ids[ids.len() - 1..], &mut cache).unwrap().to_vec1::<f32>().unwrap();
-    }
-    let llama16 = model.tokenizer.decode(&ids).unwrap();
-    assert_eq!(text, llama16, "streamed text equals the decoded greedy tokens");
+    let greedy16 = model.tokenizer.decode(&greedy_ids(&model.weights, &france.prompt_ids, 16)).unwrap();
+    assert_eq!(text, greedy16, "streamed text equals the decoded greedy tokens");
     assert_eq!(usage.completion_tokens, 16);
 
     // A stop string spanning several tokens: output ends right before it.
-    let stop_at = llama16.find("France").unwrap() + 3;
-    let stop = llama16[stop_at..stop_at + 6].to_string();
+    let stop_at = greedy16.find("France").unwrap() + 3;
+    let stop = greedy16[stop_at..stop_at + 6].to_string();
     let (chunks, finish, _) = run(&engine, &id, Prompt::Text(france.prompt.clone()), SamplingParams { stop: vec![stop.clone()], ..greedy.clone() });
     assert_eq!(finish, FinishReason::Stop, "stop string {stop:?} ends generation: {chunks:?}");
-    let expected = &llama16[..llama16.find(&stop).unwrap()];
+    let expected = &greedy16[..greedy16.find(&stop).unwrap()];
     assert_eq!(chunks.concat(), expected, "stop string {stop:?} is never emitted");
 
     let sampled = |seed| SamplingParams { temperature: 1.0, seed: Some(seed), max_tokens: Some(24), ..Default::default() };
