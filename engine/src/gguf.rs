@@ -56,7 +56,7 @@ impl Gguf {
         for (name, info) in &content.tensor_infos {
             let elems: usize = info.shape.elem_count();
             let block = info.ggml_dtype.block_size();
-            if elems % block != 0 {
+            if !elems.is_multiple_of(block) {
                 return Err(invalid(format!("tensor `{name}` has {elems} elements, not a multiple of its block size {block}")));
             }
             let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
@@ -163,11 +163,10 @@ impl Gguf {
 
     /// The most common quantized type among the 2-D weights, e.g. `Q4_K`.
     pub fn quantization(&self) -> String {
-        if let Ok(ft) = self.get_u32("general.file_type") {
-            if let Some(name) = file_type_name(ft) {
+        if let Ok(ft) = self.get_u32("general.file_type")
+            && let Some(name) = file_type_name(ft) {
                 return name.to_string();
             }
-        }
         let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
         for info in self.tensors.values().filter(|i| i.shape.rank() == 2) {
             *counts.entry(info.ggml_dtype).or_default() += 1;
@@ -252,25 +251,6 @@ fn q5_0_to_q8_0(src: &[u8]) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-
-    #[test]
-    fn q5_0_becomes_q8_0_without_changing_a_value() {
-        let x = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu).unwrap();
-        let q5 = QTensor::quantize(&x, GgmlDType::Q5_0).unwrap();
-        let bytes = q5.data().unwrap().to_vec();
-        let q8 = super::q5_0_to_q8_0(&bytes);
-        let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(q8), &Device::Cpu, GgmlDType::Q8_0).unwrap();
-        let q8 = QTensor::new(storage, (8, 64)).unwrap();
-        let a = q5.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = q8.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a, b);
-    }
-}
-
 /// Names of llama.cpp's `general.file_type` values (`llama_ftype`).
 fn file_type_name(ft: u32) -> Option<&'static str> {
     Some(match ft {
@@ -330,7 +310,7 @@ struct Mapped<T>(Blocks<T>);
 impl<T: GgmlType> Mapped<T> {
     fn new(map: Arc<Mmap>, start: usize, len: usize) -> Self {
         let count = len / std::mem::size_of::<T>();
-        if (map[start..].as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+        if (map[start..].as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Self(Blocks::Mapped { map, start, count, _t: PhantomData })
         } else {
             Self::owned_from_bytes(&map[start..start + len])
@@ -392,7 +372,7 @@ impl<T: GgmlType + Send + Sync + 'static> QuantizedType for Mapped<T> {
         k_quants::matmul_f16(mkn, lhs, self.blocks(), dst)
     }
     fn embedding(&self, ids: &[u32], rows: usize, hidden: usize) -> candle_core::Result<CpuStorage> {
-        if hidden % T::BLCK_SIZE != 0 {
+        if !hidden.is_multiple_of(T::BLCK_SIZE) {
             candle_core::bail!("embedding width {hidden} is not a multiple of the block size {}", T::BLCK_SIZE)
         }
         let per_row = hidden / T::BLCK_SIZE;
@@ -432,5 +412,24 @@ impl<T: GgmlType + Send + Sync + 'static> QuantizedType for Mapped<T> {
     }
     fn size(&self) -> usize {
         self.storage_size_in_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn q5_0_becomes_q8_0_without_changing_a_value() {
+        let x = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu).unwrap();
+        let q5 = QTensor::quantize(&x, GgmlDType::Q5_0).unwrap();
+        let bytes = q5.data().unwrap().to_vec();
+        let q8 = super::q5_0_to_q8_0(&bytes);
+        let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(q8), &Device::Cpu, GgmlDType::Q8_0).unwrap();
+        let q8 = QTensor::new(storage, (8, 64)).unwrap();
+        let a = q5.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = q8.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
     }
 }

@@ -21,7 +21,7 @@ pub(crate) const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_featu
 /// # Panics
 /// On mismatched lengths (the callers, candle's matmul dispatch, check them).
 pub(crate) fn matmul_q8_0(m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[BlockQ8_0], dst: &mut [f32]) {
-    assert!(AVAILABLE && k % 32 == 0 && lhs.len() == m * k && rhs.len() == n * (k / 32) && dst.len() >= m * n);
+    assert!(AVAILABLE && k.is_multiple_of(32) && lhs.len() == m * k && rhs.len() == n * (k / 32) && dst.len() >= m * n);
     let kb = k / 32;
     let mut xq: Vec<BlockQ8_0> = (0..m * kb).map(|_| BlockQ8_0::zeros()).collect();
     for r in 0..m {

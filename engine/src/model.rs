@@ -90,7 +90,7 @@ impl Config {
         let head_dim = gguf.get_u32(&key("attention.key_length")).map(|v| v as usize).unwrap_or(n_embd / n_head.max(1));
         let n_layer = gguf.get_u32(&key("block_count"))? as usize;
         let invalid = |reason: String| Error::InvalidModel { path: gguf.path().to_path_buf(), reason };
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_layer == 0 || head_dim == 0 || head_dim % 2 != 0 {
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || n_layer == 0 || head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid(format!(
                 "inconsistent attention shape: {n_head} heads, {n_head_kv} kv heads, head dim {head_dim}, {n_layer} layers"
             )));
@@ -127,7 +127,7 @@ impl Config {
         match (self.arch, self.sliding_window) {
             (_, None) => false,
             // Gemma 3: five local layers, then one global, repeating.
-            (Arch::Gemma3, Some(_)) => (i + 1) % 6 != 0,
+            (Arch::Gemma3, Some(_)) => !(i + 1).is_multiple_of(6),
             (_, Some(_)) => true,
         }
     }
@@ -519,12 +519,11 @@ impl LayerKv {
             let new_cap = need.next_power_of_two().max(256);
             let nk = Tensor::zeros((1, kv, new_cap, hd), k.dtype(), k.device())?;
             let nv = Tensor::zeros((1, kv, new_cap, hd), v.dtype(), v.device())?;
-            if let (Some(ok), Some(ov)) = (&self.k, &self.v) {
-                if pos > 0 {
+            if let (Some(ok), Some(ov)) = (&self.k, &self.v)
+                && pos > 0 {
                     nk.slice_set(&ok.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
                     nv.slice_set(&ov.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
                 }
-            }
             self.k = Some(nk);
             self.v = Some(nv);
         }

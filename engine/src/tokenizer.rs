@@ -102,11 +102,10 @@ impl Tokenizer {
             end_of_generation.insert(eot);
         }
         for marker in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>"] {
-            if let Some(id) = tokens.iter().position(|t| t == marker) {
-                if types[id] == TOKEN_CONTROL {
+            if let Some(id) = tokens.iter().position(|t| t == marker)
+                && types[id] == TOKEN_CONTROL {
                     end_of_generation.insert(id as u32);
                 }
-            }
         }
         Ok(Self {
             inner,
@@ -134,11 +133,10 @@ impl Tokenizer {
     /// When the tokenizer fails.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode(text)?;
-        if let (true, Some(bos)) = (self.add_bos, self.bos) {
-            if ids.first() != Some(&bos) {
+        if let (true, Some(bos)) = (self.add_bos, self.bos)
+            && ids.first() != Some(&bos) {
                 ids.insert(0, bos);
             }
-        }
         Ok(ids)
     }
 
@@ -197,7 +195,8 @@ impl TextStream<'_> {
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
         let held = self.ids.len() - self.read;
-        if after.len() <= before.len() && held < MAX_HELD || after.ends_with('\u{FFFD}') && held < MAX_HELD {
+        let incomplete = after.len() <= before.len() || after.ends_with('\u{FFFD}');
+        if incomplete && held < MAX_HELD {
             return Ok(None);
         }
         let mut common = before.bytes().zip(after.bytes()).take_while(|(a, b)| a == b).count();
