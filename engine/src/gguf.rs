@@ -195,8 +195,7 @@ impl Gguf {
         let storage = match (device, info.ggml_dtype) {
             (Device::Cpu, GgmlDType::Q5_0) => {
                 let q8 = q5_0_to_q8_0(&self.map[start..start + len]);
-                self.release(start, len);
-                QStorage::Cpu(Box::new(Mapped::<k_quants::BlockQ8_0>::owned_from_bytes(&q8)))
+                QStorage::Cpu(Box::new(Mapped(Blocks::Owned(blocks_from_bytes::<k_quants::BlockQ8_0>(&q8)))))
             }
             (Device::Cpu, dtype) => QStorage::Cpu(mapped_storage(dtype, self.map.clone(), start, len)),
             (_, dtype) => QStorage::from_data(std::borrow::Cow::Borrowed(&self.map[start..start + len]), device, dtype)?,
@@ -210,22 +209,6 @@ impl Gguf {
     /// When the tensor is missing.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
         Ok(self.qtensor(name, device)?.dequantize(device)?)
-    }
-}
-
-impl Gguf {
-    /// Tells the kernel we are done with these mapped pages, so a tensor that
-    /// was copied out (transcoded) does not also count in the process's RSS.
-    fn release(&self, start: usize, len: usize) {
-        let page = 4096;
-        let from = start.div_ceil(page) * page;
-        let to = (start + len) / page * page;
-        if to > from {
-            // SAFETY: the map is a read-only file mapping and nothing reads
-            // this range again (the transcoded copy is used instead); were it
-            // read, the pages would be faulted back in from the file.
-            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
-        }
     }
 }
 
@@ -298,6 +281,16 @@ fn mapped_storage(dtype: GgmlDType, map: Arc<Mmap>, start: usize, len: usize) ->
     }
 }
 
+/// Quantized blocks copied out of raw GGUF bytes.
+pub(crate) fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let count = bytes.len() / std::mem::size_of::<T>();
+    let mut owned: Vec<T> = (0..count).map(|_| T::zeros()).collect();
+    // SAFETY: GgmlType blocks are plain old data (ints, floats, byte arrays):
+    // any byte pattern is a valid value; the copy stays inside both buffers.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), owned.as_mut_ptr() as *mut u8, count * std::mem::size_of::<T>()) };
+    owned
+}
+
 /// Blocks of one tensor: a view into the mapped file, or an owned copy when
 /// the view would be misaligned or the blocks are overwritten.
 enum Blocks<T> {
@@ -313,16 +306,8 @@ impl<T: GgmlType> Mapped<T> {
         if (map[start..].as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Self(Blocks::Mapped { map, start, count, _t: PhantomData })
         } else {
-            Self::owned_from_bytes(&map[start..start + len])
+            Self(Blocks::Owned(blocks_from_bytes(&map[start..start + len])))
         }
-    }
-
-    fn owned_from_bytes(bytes: &[u8]) -> Self {
-        let count = bytes.len() / std::mem::size_of::<T>();
-        let mut owned: Vec<T> = (0..count).map(|_| T::zeros()).collect();
-        // SAFETY: GgmlType blocks are plain old data; lengths match.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), owned.as_mut_ptr() as *mut u8, count * std::mem::size_of::<T>()) };
-        Self(Blocks::Owned(owned))
     }
 
     fn blocks(&self) -> &[T] {

@@ -148,16 +148,9 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let blocks = crate::gguf::blocks_from_bytes(&q.data().unwrap());
             let want = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
             let want = candle_core::Module::forward(&want, &x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let blocks: Vec<candle_core::quantized::k_quants::BlockQ8_0> = {
-                let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-                let bytes = q.data().unwrap();
-                let mut v: Vec<_> = (0..bytes.len() / 34).map(|_| <candle_core::quantized::k_quants::BlockQ8_0 as candle_core::quantized::GgmlType>::zeros()).collect();
-                // SAFETY: same layout, same length.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
-                v
-            };
             let mut got = vec![0f32; m * n];
             super::matmul_q8_0(m, k, n, &x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &blocks, &mut got);
             for (a, b) in got.iter().zip(&want) {
