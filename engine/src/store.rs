@@ -110,9 +110,6 @@ impl Store {
         if !existed && added > 0 {
             store.warnings.push(format!("the model catalog was missing; rebuilt it from {added} model files"));
         }
-        for w in &store.warnings {
-            tracing::warn!("{w}");
-        }
         Ok(store)
     }
 
@@ -128,7 +125,8 @@ impl Store {
         Ok(conn)
     }
 
-    /// Warnings from opening (a rebuilt catalog, files that went missing).
+    /// Warnings from opening (a rebuilt catalog, files that went missing),
+    /// for the caller to show: the store does not log them itself.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
