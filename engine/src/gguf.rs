@@ -193,7 +193,9 @@ impl Gguf {
         let info = self.tensor_info(name)?;
         let (start, len) = self.bytes_of(info);
         let storage = match (device, info.ggml_dtype) {
-            (Device::Cpu, GgmlDType::Q5_0) => {
+            // Without the AVX2 kernels, Q5_0 becomes Q8_0, which candle has
+            // SIMD code for on every CPU.
+            (Device::Cpu, GgmlDType::Q5_0) if !crate::kernels::AVAILABLE => {
                 let q8 = q5_0_to_q8_0(&self.map[start..start + len]);
                 QStorage::Cpu(Box::new(Mapped(Blocks::Owned(blocks_from_bytes::<k_quants::BlockQ8_0>(&q8)))))
             }
@@ -342,13 +344,24 @@ impl<T: GgmlType + Send + Sync + 'static> QuantizedType for Mapped<T> {
     }
     fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
         let (m, k, n) = mkn;
-        if T::DTYPE == GgmlDType::Q8_0 && crate::kernels::AVAILABLE && lhs.len() == m * k && dst.len() >= m * n && k % 32 == 0 {
+        if crate::kernels::AVAILABLE && lhs.len() == m * k && dst.len() >= m * n && k % 32 == 0 && self.blocks().len() == n * (k / 32) {
             let blocks = self.blocks();
-            // SAFETY: T is BlockQ8_0 (checked by DTYPE: only BlockQ8_0 has it).
-            let q8: &[k_quants::BlockQ8_0] = unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const k_quants::BlockQ8_0, blocks.len()) };
-            if q8.len() == n * (k / 32) {
-                crate::kernels::matmul_q8_0(m, k, n, lhs, q8, dst);
-                return Ok(());
+            // SAFETY: DTYPE names the block type (only BlockQ8_0 has Q8_0,
+            // only BlockQ5_0 has Q5_0), so the cast is to T itself.
+            unsafe {
+                match T::DTYPE {
+                    GgmlDType::Q8_0 => {
+                        let b = std::slice::from_raw_parts(blocks.as_ptr() as *const k_quants::BlockQ8_0, blocks.len());
+                        crate::kernels::matmul(m, k, n, lhs, b, dst);
+                        return Ok(());
+                    }
+                    GgmlDType::Q5_0 => {
+                        let b = std::slice::from_raw_parts(blocks.as_ptr() as *const k_quants::BlockQ5_0, blocks.len());
+                        crate::kernels::matmul(m, k, n, lhs, b, dst);
+                        return Ok(());
+                    }
+                    _ => {}
+                }
             }
         }
         k_quants::matmul(mkn, lhs, self.blocks(), dst)
