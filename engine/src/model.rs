@@ -429,7 +429,13 @@ impl Weights {
             x = (x + o)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps as f32)?;
             let act = |t: Tensor| -> Result<Tensor> {
-                Ok(if c.arch == Arch::Gemma3 { t.gelu()? } else { t.silu()? })
+                Ok(match c.arch {
+                    Arch::Gemma3 if t.device().is_cpu() && t.dtype() == DType::F32 && crate::kernels::AVAILABLE => {
+                        t.contiguous()?.apply_op1_no_bwd(&crate::kernels::GeluTanh)?
+                    }
+                    Arch::Gemma3 => t.gelu()?,
+                    _ => t.silu()?,
+                })
             };
             let hidden = match &layer.ffn {
                 Ffn::Gated { gate, up } => (act(gate.forward(&h)?)? * up.forward(&h)?)?,
