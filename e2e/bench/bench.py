@@ -5,7 +5,9 @@ Same 128-token prompt, 128 greedy tokens, 1 and 2 threads. Reports prompt
 and decode tokens/s, peak RSS, load time, and rbee/llama.cpp ratios.
 
 Usage: e2e/bench/run.sh  (builds rbee in release, needs llama-cpp-python).
-Each measurement runs in its own process so peak RSS is per engine.
+Each measurement runs in its own process so peak RSS is per engine. The
+machine is shared, so each pair of runs is repeated (--repeat, alternating
+the engines) and every figure is the median of its runs.
 """
 import argparse
 import json
@@ -13,6 +15,7 @@ import os
 import platform
 import resource
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -61,6 +64,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--rbee", required=True, help="path to the release rbee binary")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per engine and thread count; medians are reported")
     ap.add_argument("--worker", nargs=3, metavar=("THREADS", "PROMPT_IDS", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -84,22 +88,32 @@ def main():
     subprocess.run([a.rbee, "--data-dir", data, "models", "import", a.model], check=True, stdout=subprocess.DEVNULL)
     model_id = os.path.basename(a.model)[: -len(".gguf")].lower()
 
+    def median(runs):
+        return {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
-        out = os.path.join(data, f"llama-{threads}.json")
-        _, _, l_rss = peak_rss_mib([sys.executable, __file__, "--model", a.model, "--rbee", a.rbee, "--worker", str(threads), json.dumps(ids), out])
-        l = json.load(open(out))
-        env = dict(os.environ, CANDLE_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
-        _, err, r_rss = peak_rss_mib([a.rbee, "--data-dir", data, "generate", model_id, text, "--temperature", "0",
-                                      "--max-tokens", str(GEN_TOKENS), "--ignore-eos", "--stats-json"], env=env)
-        r = json.loads(err.decode().strip().splitlines()[-1])
-        assert r["prompt_tokens"] == PROMPT_TOKENS, r
-        assert r["completion_tokens"] == GEN_TOKENS, r
-        rows.append((threads, l, l_rss - py_base, l_rss, r, r_rss))
+        l_runs, r_runs, l_rsss, r_rsss = [], [], [], []
+        for _ in range(a.repeat):
+            out = os.path.join(data, f"llama-{threads}.json")
+            _, _, l_rss = peak_rss_mib([sys.executable, __file__, "--model", a.model, "--rbee", a.rbee, "--worker", str(threads), json.dumps(ids), out])
+            l_runs.append(json.load(open(out)))
+            l_rsss.append(l_rss)
+            env = dict(os.environ, CANDLE_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
+            _, err, r_rss = peak_rss_mib([a.rbee, "--data-dir", data, "generate", model_id, text, "--temperature", "0",
+                                          "--max-tokens", str(GEN_TOKENS), "--ignore-eos", "--stats-json"], env=env)
+            r = json.loads(err.decode().strip().splitlines()[-1])
+            assert r["prompt_tokens"] == PROMPT_TOKENS, r
+            assert r["completion_tokens"] == GEN_TOKENS, r
+            r_runs.append({k: v for k, v in r.items() if isinstance(v, (int, float))})
+            r_rsss.append(r_rss)
+        l_rss = statistics.median(l_rsss)
+        rows.append((threads, median(l_runs), l_rss - py_base, l_rss, median(r_runs), statistics.median(r_rsss)))
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB; "
-          f"model: {os.path.basename(a.model)}; prompt {PROMPT_TOKENS} tokens, {GEN_TOKENS} greedy tokens")
+          f"model: {os.path.basename(a.model)}; prompt {PROMPT_TOKENS} tokens, {GEN_TOKENS} greedy tokens; "
+          f"median of {a.repeat} runs each")
     print(f"{'threads':>7} | {'engine':<9} | {'prompt tok/s':>12} | {'decode tok/s':>12} | {'peak RSS MiB':>12} | {'load s':>6}")
     print("-" * 75)
     for threads, l, l_rss_net, l_rss, r, r_rss in rows:

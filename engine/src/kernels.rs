@@ -66,9 +66,24 @@ impl Weight for BlockQ5_0 {
 pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
     assert!(AVAILABLE && k.is_multiple_of(32) && lhs.len() == m * k && rhs.len() == n * (k / 32) && dst.len() >= m * n);
     let kb = k / 32;
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
     let mut xq: Vec<BlockQ8_0> = (0..m * kb).map(|_| BlockQ8_0::zeros()).collect();
-    for r in 0..m {
-        BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut xq[r * kb..(r + 1) * kb]);
+    if m < threads {
+        for r in 0..m {
+            BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut xq[r * kb..(r + 1) * kb]);
+        }
+    } else {
+        // A prompt's activation rows are quantized on every thread.
+        let per = m.div_ceil(threads);
+        let xq_addr = xq.as_mut_ptr() as usize;
+        pool.execute(|t| {
+            for r in (t * per).min(m)..((t + 1) * per).min(m) {
+                // SAFETY: row r's kb blocks are written by this thread only.
+                let row = unsafe { std::slice::from_raw_parts_mut((xq_addr as *mut BlockQ8_0).add(r * kb), kb) };
+                BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], row);
+            }
+        });
     }
     let dst_addr = dst.as_mut_ptr() as usize;
     // Eight rows at a time when several activation rows reuse them (a
@@ -76,8 +91,6 @@ pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: 
     // is the cost. Rows left over go one by one.
     let group = if m > 1 { 8 } else { 4 };
     let groups = n / group;
-    let pool = candle_core::utils::barrier_pool();
-    let threads = pool.n_workers() + 1;
     let per = groups.div_ceil(threads);
     let xq = &xq;
     pool.execute(|t| {
