@@ -113,6 +113,11 @@ struct Spm {
     specials: Option<(AhoCorasick, Vec<u32>)>,
 }
 
+/// The byte a byte-fallback token `<0xNN>` stands for.
+fn byte_of(token: &str) -> Option<u8> {
+    token.strip_prefix("<0x")?.strip_suffix('>').and_then(|h| u8::from_str_radix(h, 16).ok())
+}
+
 /// A candidate merge of two adjacent symbols.
 #[derive(Debug, PartialEq)]
 struct Bigram {
@@ -163,7 +168,7 @@ impl Spm {
             }
             match vocab.ty(id) {
                 TOKEN_BYTE => {
-                    if let Some(b) = text.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    if let Some(b) = byte_of(text) {
                         bytes[b as usize] = Some(id);
                     }
                 }
@@ -275,8 +280,8 @@ impl Spm {
             let Some(text) = vocab.get(id) else { continue };
             match vocab.ty(id) {
                 TOKEN_CONTROL => {}
-                TOKEN_BYTE => match self.bytes.iter().position(|b| *b == Some(id)) {
-                    Some(b) => bytes.push(b as u8),
+                TOKEN_BYTE => match byte_of(text) {
+                    Some(b) => bytes.push(b),
                     None => bytes.extend_from_slice(text.as_bytes()),
                 },
                 // llama.cpp shows an unknown piece as a lower block.
