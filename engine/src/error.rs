@@ -33,6 +33,10 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// The prompt leaves no room in the model's context to generate.
+    #[error("the prompt has {prompt_tokens} tokens but the model's context holds {context}; shorten it")]
+    PromptTooLong { prompt_tokens: usize, context: usize },
+
     /// A chat template failed to render.
     #[error("chat template error: {0}")]
     Template(String),

@@ -69,8 +69,8 @@ impl Model {
     /// Token ids for `prompt`, checked against the context.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for an empty prompt or one that leaves no
-    /// room to generate; template and tokenizer errors.
+    /// [`Error::InvalidRequest`] for an empty prompt, [`Error::PromptTooLong`]
+    /// for one that leaves no room to generate; template and tokenizer errors.
     pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Text(t) => self.tokenizer.encode_prompt(t)?,
@@ -85,11 +85,7 @@ impl Model {
             return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
         if ids.len() >= self.context {
-            return Err(Error::InvalidRequest(format!(
-                "the prompt has {} tokens but the context holds {}; shorten it",
-                ids.len(),
-                self.context
-            )));
+            return Err(Error::PromptTooLong { prompt_tokens: ids.len(), context: self.context });
         }
         Ok(ids)
     }

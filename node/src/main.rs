@@ -8,20 +8,40 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rbee_engine::store::{Progress, ProgressFn};
-use rbee_engine::{Config, Engine, Event, Message, Prompt, Request, SamplingParams};
+use rbee_engine::{Engine, Event, Message, Prompt, Request, SamplingParams};
+use rbee_node::config::{self, Config, Overrides};
 
 #[derive(Parser)]
 #[command(name = "rbee", version, about = "Run LLMs on the machines your office already has")]
 struct Cli {
-    /// Where models and the catalog live.
-    #[arg(long, global = true, env = "RBEE_DATA_DIR")]
+    /// Where models and the catalog live [env: RBEE_DATA_DIR] [default: ~/.local/share/rbee].
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The TOML config file [env: RBEE_CONFIG] [default: ~/.config/rbee/config.toml].
+    #[arg(long, global = true, env = "RBEE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run this machine's node: the OpenAI-compatible API at http://127.0.0.1:7833/v1.
+    Serve(ServeArgs),
+    /// Chat with a model in the terminal (streams the answers; /clear forgets, /exit or Ctrl-D quits).
+    Chat {
+        /// Model id or a unique prefix; may be left out when there is only one model.
+        model: Option<String>,
+        /// A system prompt for the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 1024)]
+        max_tokens: usize,
+    },
     /// Manage the models on this machine.
     Models {
         #[command(subcommand)]
@@ -31,6 +51,35 @@ enum Command {
     Generate(GenerateArgs),
     /// Show this machine's CPU, memory, GPUs and usable devices.
     Hw,
+}
+
+/// Settings of `rbee serve`; each also reads `RBEE_<NAME>` and the config file (flags win).
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the API [env: RBEE_LISTEN] [default: 127.0.0.1:7833]. Beyond loopback needs api_keys.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Concurrent generations per loaded model [env: RBEE_SLOTS] [default: 2].
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Requests that may wait for a busy model before 503s [env: RBEE_QUEUE_DEPTH] [default: 16].
+    #[arg(long)]
+    queue_depth: Option<usize>,
+    /// Unload a model after this many idle seconds [env: RBEE_IDLE_TIMEOUT_SECS] [default: 300].
+    #[arg(long)]
+    idle_timeout_secs: Option<f64>,
+    /// Most tokens of context per sequence [env: RBEE_MAX_CONTEXT] [default: 8192].
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Browser origin allowed to call the API besides loopback pages; repeatable, `*` = any [env: RBEE_CORS_ORIGINS].
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C [env: RBEE_SHUTDOWN_GRACE_SECS] [default: 30].
+    #[arg(long)]
+    shutdown_grace_secs: Option<f64>,
+    /// Seconds of silence after which a stream sends a keep-alive comment [env: RBEE_KEEP_ALIVE_SECS] [default: 5].
+    #[arg(long)]
+    keep_alive_secs: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -96,28 +145,46 @@ struct GenerateArgs {
     stats_json: bool,
 }
 
-fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("rbee");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/share/rbee")
-}
-
 fn main() {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
+/// The config file, then `RBEE_*` variables, then `flags`.
+fn settings(cli_config: Option<PathBuf>, flags: Overrides) -> Result<Config> {
+    let file = cli_config.unwrap_or_else(config::default_config_file);
+    let layers = Overrides::from_file(&file)?.then(Overrides::from_env(|k| std::env::var(k).ok())?).then(flags);
+    Config::resolve(layers)
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
+    let mut flags = Overrides { data_dir: cli.data_dir, ..Overrides::default() };
+    if let Command::Serve(a) = &cli.command {
+        flags = Overrides {
+            listen: a.listen.clone(),
+            slots: a.slots,
+            queue_depth: a.queue_depth,
+            idle_timeout_secs: a.idle_timeout_secs,
+            max_context: a.max_context,
+            cors_origins: (!a.cors_origins.is_empty()).then(|| a.cors_origins.clone()),
+            shutdown_grace_secs: a.shutdown_grace_secs,
+            keep_alive_secs: a.keep_alive_secs,
+            ..flags
+        };
+    }
+    let cfg = settings(cli.config, flags)?;
+    let data_dir = cfg.data_dir.clone();
     match cli.command {
+        Command::Serve(_) => serve(cfg),
+        Command::Chat { model, system, temperature, seed, max_tokens } => chat(&cfg, model, system, temperature, seed, max_tokens),
         Command::Models { command } => models(&data_dir, command),
         Command::Generate(args) => generate(&data_dir, args),
         Command::Hw => {
@@ -131,8 +198,90 @@ fn serde_json_pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+fn serve(cfg: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let engine = Engine::new(cfg.engine()).with_context(|| format!("opening the model store in {}", cfg.data_dir.display()))?;
+        for w in engine.store().warnings() {
+            tracing::warn!("{w}");
+        }
+        let listener =
+            tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {} (is another rbee running?)", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let models = engine.store().list()?.len();
+        tracing::info!(data_dir = %cfg.data_dir.display(), models, keys = cfg.api_keys.len(), "node ready");
+        // The one line scripts and tests wait for.
+        println!("rbee listening on http://{addr}/v1");
+        std::io::stdout().flush()?;
+        let state = rbee_node::AppState::new(engine, cfg);
+        rbee_node::serve(listener, state, rbee_node::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn chat(cfg: &Config, model: Option<String>, system: Option<String>, temperature: f32, seed: Option<u64>, max_tokens: usize) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let engine = open_engine(&cfg.data_dir, 1)?;
+    let model = match model {
+        Some(m) => engine.store().get(&m)?.id,
+        None => {
+            let all = engine.store().list()?;
+            match all.as_slice() {
+                [one] => one.id.clone(),
+                [] => bail!("no models yet: `rbee models import FILE.gguf` or `rbee models pull REPO FILE`"),
+                many => bail!("several models; name one: {}", many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")),
+            }
+        }
+    };
+    engine.model(&model)?;
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chatting with {model}; /clear forgets the conversation, /exit or Ctrl-D quits");
+    }
+    let mut history: Vec<Message> = system.iter().map(|s| Message::new("system", s.clone())).collect();
+    let base = history.clone();
+    let mut out = std::io::stdout().lock();
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            write!(out, ">>> ")?;
+            out.flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/bye" => break,
+            "/clear" => {
+                history.clone_from(&base);
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::new("user", line));
+        let params = SamplingParams { temperature, seed, max_tokens: Some(max_tokens), ..SamplingParams::default() };
+        let mut g = engine.generate(&model, Request { prompt: Prompt::Chat(history.clone()), params })?;
+        let mut answer = String::new();
+        while let Some(ev) = g.events.blocking_recv() {
+            match ev {
+                Event::Text(t) => {
+                    out.write_all(t.as_bytes())?;
+                    out.flush()?;
+                    answer.push_str(&t);
+                }
+                Event::Done { .. } => break,
+                Event::Error(e) => bail!("generation failed: {e}"),
+            }
+        }
+        writeln!(out)?;
+        history.push(Message::new("assistant", answer));
+    }
+    Ok(())
+}
+
 fn open_engine(data_dir: &Path, slots: usize) -> Result<Engine> {
-    let mut cfg = Config::new(data_dir.to_path_buf());
+    let mut cfg = rbee_engine::Config::new(data_dir.to_path_buf());
     cfg.slots = slots;
     let engine = Engine::new(cfg).with_context(|| format!("opening the model store in {}", data_dir.display()))?;
     for w in engine.store().warnings() {

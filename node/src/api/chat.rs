@@ -1,0 +1,315 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`, streamed and not.
+//!
+//! Both run one engine generation and differ only in how its text is
+//! wrapped. A streamed answer is fed by a task that owns the generation: when
+//! the client goes away the task's channel closes, the task drops the
+//! generation, and the engine stops within one token and frees the slot.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rand::Rng;
+use rbee_engine::{Event, FinishReason, Prompt, Request, SamplingParams, Usage as EngineUsage};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::metrics::EndLabels;
+use super::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, Sampling, TextChoice,
+    TextCompletion, Usage,
+};
+use super::{AppState, JsonBody};
+
+pub async fn chat(State(s): State<AppState>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
+    let params = req.sampling.to_params()?;
+    let prompt = Prompt::Chat(req.messages()?);
+    run(s, Kind::Chat, req.model, prompt, params, &req.sampling).await
+}
+
+pub async fn completions(State(s): State<AppState>, JsonBody(req): JsonBody<CompletionRequest>) -> Result<Response, ApiError> {
+    let params = req.sampling.to_params()?;
+    let prompt = req.prompt()?;
+    run(s, Kind::Text, req.model, prompt, params, &req.sampling).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    fn prompt_param(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Text => "prompt",
+        }
+    }
+}
+
+/// One response's identity, the same on every chunk.
+#[derive(Debug, Clone)]
+struct Ids {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: SamplingParams, sampling: &Sampling) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let engine = s.engine.clone();
+    // Loading a model and rendering/tokenizing the prompt block: off the async threads.
+    let generation = tokio::task::spawn_blocking(move || engine.generate(&model, Request { prompt, params }))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::from_engine(&e, kind.prompt_param()))?;
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    let ids = Ids {
+        id: format!("{prefix}-{:024x}", rand::rng().random::<u128>() >> 32),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        model: generation.model.clone(),
+    };
+    let tracker = Tracker { state: s.clone(), started, first: None, ended: false };
+    if sampling.stream() {
+        Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage()))
+    } else {
+        collect(kind, ids, generation.events, tracker).await
+    }
+}
+
+/// Records a generation's metrics; one dropped before its end counts as cancelled.
+struct Tracker {
+    state: AppState,
+    started: Instant,
+    first: Option<Instant>,
+    ended: bool,
+}
+
+impl Tracker {
+    fn token(&mut self) {
+        if self.first.is_none() {
+            self.first = Some(Instant::now());
+            self.state.metrics.time_to_first_token.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn done(&mut self, usage: &EngineUsage, finish: FinishReason) {
+        self.token();
+        let m = &self.state.metrics;
+        m.prompt_tokens.inc_by(u64::try_from(usage.prompt_tokens).unwrap_or(0));
+        m.completion_tokens.inc_by(u64::try_from(usage.completion_tokens).unwrap_or(0));
+        if usage.completion_tokens > 1 {
+            m.time_per_token.observe(usage.decode_secs / (usage.completion_tokens - 1) as f64);
+        }
+        self.end(finish_reason(finish));
+    }
+
+    fn end(&mut self, reason: &'static str) {
+        if !self.ended {
+            self.ended = true;
+            self.state.metrics.generations.get_or_create(&EndLabels { reason }).inc();
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.end("cancelled");
+    }
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            Event::Text(t) => {
+                tracker.token();
+                text.push_str(&t);
+            }
+            Event::Done { finish, usage } => {
+                tracker.done(&usage, finish);
+                let usage = Usage::from(&usage);
+                let finish = finish_reason(finish);
+                return Ok(match kind {
+                    Kind::Chat => Json(ChatCompletion {
+                        id: ids.id,
+                        object: "chat.completion",
+                        created: ids.created,
+                        model: ids.model,
+                        choices: vec![ChatChoice {
+                            index: 0,
+                            message: AssistantMessage { role: "assistant", content: text },
+                            logprobs: None,
+                            finish_reason: finish,
+                        }],
+                        usage,
+                    })
+                    .into_response(),
+                    Kind::Text => Json(TextCompletion {
+                        id: ids.id,
+                        object: "text_completion",
+                        created: ids.created,
+                        model: ids.model,
+                        choices: vec![TextChoice { index: 0, text, logprobs: None, finish_reason: Some(finish) }],
+                        usage,
+                    })
+                    .into_response(),
+                });
+            }
+            Event::Error(e) => {
+                tracker.end("error");
+                return Err(ApiError::internal(&e));
+            }
+        }
+    }
+    tracker.end("error");
+    Err(ApiError::internal(&"the engine ended the generation without finishing it"))
+}
+
+/// Builds the `data:` payloads of one streamed response.
+struct Chunks {
+    kind: Kind,
+    ids: Ids,
+    include_usage: bool,
+    role_sent: bool,
+}
+
+impl Chunks {
+    fn usage_field(&self) -> Option<Option<Usage>> {
+        self.include_usage.then_some(None)
+    }
+
+    fn json<T: serde::Serialize>(v: &T) -> SseEvent {
+        SseEvent::default().data(serde_json::to_string(v).expect("chunks serialize"))
+    }
+
+    fn chat(&self, delta: Delta, finish: Option<&'static str>) -> SseEvent {
+        Self::json(&Chunk {
+            id: self.ids.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.ids.created,
+            model: self.ids.model.clone(),
+            choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish }],
+            usage: self.usage_field(),
+        })
+    }
+
+    fn text(&self, text: String, finish: Option<&'static str>) -> SseEvent {
+        Self::json(&Chunk {
+            id: self.ids.id.clone(),
+            object: "text_completion",
+            created: self.ids.created,
+            model: self.ids.model.clone(),
+            choices: vec![TextChoice { index: 0, text, logprobs: None, finish_reason: finish }],
+            usage: self.usage_field(),
+        })
+    }
+
+    /// The events for a piece of text: the role first, once, in chat.
+    fn piece(&mut self, text: String, out: &mut Vec<SseEvent>) {
+        match self.kind {
+            Kind::Chat => {
+                if !self.role_sent {
+                    self.role_sent = true;
+                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()) }, None));
+                }
+                if !text.is_empty() {
+                    out.push(self.chat(Delta { role: None, content: Some(text) }, None));
+                }
+            }
+            Kind::Text => {
+                if !text.is_empty() {
+                    out.push(self.text(text, None));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, finish: &'static str, usage: &EngineUsage, out: &mut Vec<SseEvent>) {
+        self.piece(String::new(), out);
+        out.push(match self.kind {
+            Kind::Chat => self.chat(Delta::default(), Some(finish)),
+            Kind::Text => self.text(String::new(), Some(finish)),
+        });
+        if self.include_usage {
+            let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+            out.push(Self::json(&Chunk::<ChunkChoice> {
+                id: self.ids.id.clone(),
+                object,
+                created: self.ids.created,
+                model: self.ids.model.clone(),
+                choices: Vec::new(),
+                usage: Some(Some(Usage::from(usage))),
+            }));
+        }
+        out.push(SseEvent::default().data("[DONE]"));
+    }
+
+    fn error(err: &ApiError, out: &mut Vec<SseEvent>) {
+        out.push(Self::json(&serde_json::json!({ "error": err.object() })));
+        out.push(SseEvent::default().data("[DONE]"));
+    }
+}
+
+/// Events buffered between the generation task and the connection.
+const SSE_BUFFER: usize = 64;
+
+fn stream(s: AppState, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, include_usage: bool) -> Response {
+    let (tx, mut rx) = mpsc::channel::<SseEvent>(SSE_BUFFER);
+    let mut chunks = Chunks { kind, ids, include_usage, role_sent: false };
+    tokio::spawn(async move {
+        let mut out = Vec::with_capacity(4);
+        loop {
+            let last = match events.recv().await {
+                Some(Event::Text(t)) => {
+                    tracker.token();
+                    chunks.piece(t, &mut out);
+                    false
+                }
+                Some(Event::Done { finish, usage }) => {
+                    tracker.done(&usage, finish);
+                    chunks.finish(finish_reason(finish), &usage, &mut out);
+                    true
+                }
+                Some(Event::Error(e)) => {
+                    tracker.end("error");
+                    Chunks::error(&ApiError::internal(&e), &mut out);
+                    true
+                }
+                None => {
+                    tracker.end("error");
+                    Chunks::error(&ApiError::internal(&"the engine ended the generation without finishing it"), &mut out);
+                    true
+                }
+            };
+            for ev in out.drain(..) {
+                // The client went away: dropping `events` stops the engine.
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>)));
+    let keep_alive = Arc::clone(&s.config).keep_alive;
+    let mut res = Sse::new(body).keep_alive(KeepAlive::new().interval(keep_alive)).into_response();
+    // Reverse proxies (nginx) would otherwise hold the stream back.
+    res.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}

@@ -1,0 +1,231 @@
+//! The HTTP API: OpenAI-compatible endpoints under `/v1`, `/health` and
+//! `/metrics`, behind API-key checks (beyond loopback) and CORS.
+//!
+//! Every failure, including a body that is not JSON, an unknown path or a
+//! wrong method, is answered with OpenAI's error object.
+
+pub mod chat;
+pub mod error;
+pub mod metrics;
+pub mod models;
+pub mod openai;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rbee_engine::Engine;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use error::ApiError;
+use metrics::{Metrics, RequestLabels};
+
+/// Largest request body accepted (a full 128k-token prompt fits).
+pub const MAX_BODY: usize = 8 << 20;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 of each configured API key: compared in constant time, and
+    /// the keys themselves are not kept where a log or a dump could show them.
+    key_hashes: Arc<Vec<[u8; 32]>>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: Config) -> Self {
+        let key_hashes = config.api_keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect();
+        Self { engine, config: Arc::new(config), metrics: Arc::new(Metrics::new()), key_hashes: Arc::new(key_hashes) }
+    }
+}
+
+/// The API's routes and layers.
+pub fn router(state: AppState) -> Router {
+    let cors = cors(&state.config.cors_origins);
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::get))
+        .route("/v1/chat/completions", post(chat::chat))
+        .route("/v1/completions", post(chat::completions))
+        .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// A JSON body whose every failure (too large, not JSON, wrong shape) is a
+/// 4xx in OpenAI's shape; the content type is not checked, as curl users
+/// often leave it out.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            let mut err = ApiError::bad_body(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the request body is larger than {} MiB", MAX_BODY >> 20)
+            } else {
+                format!("could not read the request body: {e}")
+            });
+            err.status = status;
+            err
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_body("the request body is empty; send a JSON object"));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let what = if inner.is_syntax() || inner.is_eof() { "the body is not valid JSON" } else { "the body does not match the request format" };
+            let mut err = ApiError::bad_body(format!("{what}: {inner}"));
+            if !matches!(path.as_str(), "." | "?" | "") {
+                err.param = Some(path);
+            }
+            err
+        })?;
+        de.end().map_err(|e| ApiError::bad_body(format!("the body is not valid JSON: {e}")))?;
+        Ok(Self(parsed))
+    }
+}
+
+async fn health(State(s): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "models_loaded": s.engine.loaded().len(),
+    }))
+}
+
+async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let body = s.metrics.render(&s.engine.loaded());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {method} {}; the API lives under /v1 (e.g. POST /v1/chat/completions)", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    let mut e = ApiError::bad_body(format!("{method} is not allowed on {}", uri.path()));
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e
+}
+
+/// Counts every answered request by its route and status.
+async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = req.extensions().get::<MatchedPath>().map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let res = next.run(req).await;
+    s.metrics.requests.get_or_create(&RequestLabels { endpoint, status: res.status().as_u16() }).inc();
+    res
+}
+
+/// On a loopback-only node any (or no) key is accepted: the openai SDKs
+/// insist on sending one. A node that listens beyond loopback asks clients
+/// on other machines for one of its keys; `/health` stays open.
+async fn authorize(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if s.config.listen.ip().is_loopback() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    // `MockConnectInfo` is how tests (and embedders without a socket) say who is calling.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| req.extensions().get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
+    let peer_is_local = peer.is_some_and(|a| a.ip().to_canonical().is_loopback());
+    if peer_is_local || key_matches(&s.key_hashes, req.headers().get(header::AUTHORIZATION)) {
+        return next.run(req).await;
+    }
+    ApiError::unauthorized().into_response()
+}
+
+fn key_matches(hashes: &[[u8; 32]], header: Option<&HeaderValue>) -> bool {
+    let Some(token) = header.and_then(|h| h.to_str().ok()).and_then(|h| {
+        let (scheme, token) = h.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    }) else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Every key is compared, whether or not one matched already.
+    hashes.iter().fold(subtle::Choice::from(0), |ok, h| ok | h.ct_eq(&digest)).into()
+}
+
+/// Browser pages may call the API from loopback origins (a local dev server,
+/// the app's webview) and from the configured ones; the openai JS SDK's
+/// `x-stainless-*` headers are allowed by mirroring what the preflight asks.
+fn cors(extra: &[String]) -> CorsLayer {
+    let any = extra.iter().any(|o| o == "*");
+    let extra: Vec<String> = extra.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            let Ok(o) = origin.to_str() else { return false };
+            any || loopback_origin(o) || extra.iter().any(|e| e.eq_ignore_ascii_case(o))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(3600))
+}
+
+fn loopback_origin(origin: &str) -> bool {
+    if matches!(origin, "tauri://localhost" | "http://tauri.localhost" | "https://tauri.localhost") {
+        return true;
+    }
+    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else { return false };
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split(':').next().unwrap_or("")
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_origins_only() {
+        for o in ["http://localhost:5173", "http://127.0.0.1", "https://[::1]:8080", "tauri://localhost"] {
+            assert!(loopback_origin(o), "{o}");
+        }
+        for o in ["http://localhost.evil.com", "http://192.168.1.5:7833", "null", "file://", "http://127.0.0.1.nip.io"] {
+            assert!(!loopback_origin(o), "{o}");
+        }
+    }
+
+    #[test]
+    fn only_a_configured_key_opens() {
+        let hashes = vec![Sha256::digest(b"sk-one").into(), Sha256::digest(b"sk-two").into()];
+        let h = |v: &str| HeaderValue::from_str(v).unwrap();
+        assert!(key_matches(&hashes, Some(&h("Bearer sk-two"))));
+        assert!(key_matches(&hashes, Some(&h("bearer sk-one"))));
+        assert!(!key_matches(&hashes, Some(&h("Bearer sk-on"))));
+        assert!(!key_matches(&hashes, Some(&h("sk-one"))));
+        assert!(!key_matches(&hashes, None));
+        assert!(!key_matches(&[], Some(&h("Bearer "))));
+    }
+}

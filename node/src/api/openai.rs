@@ -1,0 +1,439 @@
+//! OpenAI's wire types for chat and text completions, and their checks.
+//!
+//! Requests are read leniently (unknown fields are ignored, as OpenAI's own
+//! API does for fields a model does not use) and checked strictly: every
+//! out-of-range value is a 400 that names its field.
+
+use rbee_engine::{Message, SamplingParams, Usage as EngineUsage};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by chat and text completions. Besides OpenAI's,
+/// llama.cpp's `top_k`, `min_p` and `repeat_penalty` are understood.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    #[serde(alias = "repetition_penalty")]
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub stop: Option<Stop>,
+    pub n: Option<i64>,
+    pub logprobs: Option<serde_json::Value>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// Most stop strings a request may carry.
+pub const MAX_STOP: usize = 16;
+
+impl Sampling {
+    /// The engine's parameters, or a 400 naming the first bad field.
+    ///
+    /// # Errors
+    /// An [`ApiError`] for an out-of-range or unsupported value.
+    pub fn to_params(&self) -> Result<SamplingParams, ApiError> {
+        let mut p = SamplingParams::default();
+        let range = |name: &str, v: Option<f32>, lo: f32, hi: f32| -> Result<Option<f32>, ApiError> {
+            match v {
+                Some(x) if !(x.is_finite() && (lo..=hi).contains(&x)) => {
+                    Err(ApiError::invalid(name, format!("`{name}` must be between {lo} and {hi}, got {x}")))
+                }
+                v => Ok(v),
+            }
+        };
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(ApiError::invalid("n", format!("`n` must be 1: rbee returns one choice per request (got {n}); send several requests instead")));
+        }
+        if matches!(&self.logprobs, Some(v) if v != &serde_json::Value::Bool(false) && !v.is_null()) {
+            return Err(ApiError::invalid("logprobs", "`logprobs` is not supported by rbee; leave it out or set it to false"));
+        }
+        if let Some(t) = range("temperature", self.temperature, 0.0, 2.0)? {
+            p.temperature = t;
+        }
+        if let Some(t) = range("top_p", self.top_p, 0.0, 1.0)? {
+            // OpenAI accepts 0: only the most likely token.
+            if t == 0.0 {
+                p.temperature = 0.0;
+            } else {
+                p.top_p = t;
+            }
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = usize::try_from(k).map_err(|_| ApiError::invalid("top_k", format!("`top_k` must be 0 (off) or more, got {k}")))?;
+        }
+        if let Some(m) = range("min_p", self.min_p, 0.0, 1.0)? {
+            p.min_p = m;
+        }
+        if let Some(r) = range("repeat_penalty", self.repeat_penalty, 0.01, 10.0)? {
+            p.repetition_penalty = r;
+        }
+        if let Some(x) = range("presence_penalty", self.presence_penalty, -2.0, 2.0)? {
+            p.presence_penalty = x;
+        }
+        if let Some(x) = range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)? {
+            p.frequency_penalty = x;
+        }
+        // Seeds are 64-bit either way; a negative one is a different seed, not an error.
+        p.seed = self.seed.map(|s| s as u64);
+        let (name, max) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => ("max_completion_tokens", Some(m)),
+            (None, m) => ("max_tokens", m),
+        };
+        if let Some(m) = max {
+            if m < 1 {
+                return Err(ApiError::invalid(name, format!("`{name}` must be at least 1, got {m}")));
+            }
+            p.max_tokens = Some(usize::try_from(m).unwrap_or(usize::MAX));
+        }
+        p.stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if p.stop.len() > MAX_STOP {
+            return Err(ApiError::invalid("stop", format!("`stop` may hold at most {MAX_STOP} strings, got {}", p.stop.len())));
+        }
+        p.validate().map_err(|e| ApiError::bad_body(e.to_string()))?;
+        Ok(p)
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+/// A message's `content`: text, or a list of parts of which rbee reads the text ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+impl ChatRequest {
+    /// The conversation for the engine's chat template.
+    ///
+    /// # Errors
+    /// A 400 for no messages, an unknown role, or a non-text content part.
+    pub fn messages(&self) -> Result<Vec<Message>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages", "`messages` is empty: send at least one message"));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = match m.role.as_str() {
+                    "system" | "developer" => "system",
+                    "user" => "user",
+                    "assistant" => "assistant",
+                    "tool" => "tool",
+                    other => {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].role"),
+                            format!("unknown role {other:?}; use system, developer, user, assistant or tool"),
+                        ));
+                    }
+                };
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for (j, p) in parts.iter().enumerate() {
+                            match (p.kind.as_str(), &p.text) {
+                                ("text", Some(t)) => text.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(
+                                        &format!("messages[{i}].content[{j}]"),
+                                        format!("content parts of type {kind:?} are not supported; rbee's models read text parts only"),
+                                    ));
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                Ok(Message::new(role, content))
+            })
+            .collect()
+    }
+}
+
+/// `prompt` of a text completion: a string, one string in a list, or token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    Batches(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptInput,
+    #[serde(default)]
+    pub echo: Option<bool>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub best_of: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+impl CompletionRequest {
+    /// The engine prompt.
+    ///
+    /// # Errors
+    /// A 400 for several prompts in one request or an unsupported option.
+    pub fn prompt(&self) -> Result<rbee_engine::Prompt, ApiError> {
+        if self.echo == Some(true) {
+            return Err(ApiError::invalid("echo", "`echo` is not supported by rbee; leave it out"));
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid("suffix", "`suffix` (fill-in-the-middle) is not supported by rbee; leave it out"));
+        }
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::invalid("best_of", "`best_of` must be 1"));
+        }
+        let several = || ApiError::invalid("prompt", "send one prompt per request (a list of several prompts is not supported)");
+        Ok(match &self.prompt {
+            PromptInput::Text(t) => rbee_engine::Prompt::Text(t.clone()),
+            PromptInput::Texts(v) if v.len() == 1 => rbee_engine::Prompt::Text(v[0].clone()),
+            PromptInput::Tokens(ids) => rbee_engine::Prompt::Tokens(ids.clone()),
+            PromptInput::Batches(v) if v.len() == 1 => rbee_engine::Prompt::Tokens(v[0].clone()),
+            PromptInput::Texts(_) | PromptInput::Batches(_) => return Err(several()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+impl From<&EngineUsage> for Usage {
+    fn from(u: &EngineUsage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<()>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A streamed chunk of either kind; `usage` is `null` on every chunk but the
+/// last when the client asked for usage, and absent otherwise.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chunk<C> {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<C>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelObject {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    /// rbee's extension: what the model is and whether it is in memory now.
+    pub rbee: ModelInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub quantization: String,
+    pub size_bytes: u64,
+    pub context_length: u64,
+    pub loaded: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelObject>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(json: &str) -> Sampling {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        for (body, param) in [
+            (r#"{"temperature": 3}"#, "temperature"),
+            (r#"{"top_p": 1.5}"#, "top_p"),
+            (r#"{"presence_penalty": -3}"#, "presence_penalty"),
+            (r#"{"frequency_penalty": 9}"#, "frequency_penalty"),
+            (r#"{"max_tokens": 0}"#, "max_tokens"),
+            (r#"{"max_completion_tokens": -5}"#, "max_completion_tokens"),
+            (r#"{"n": 2}"#, "n"),
+            (r#"{"top_k": -1}"#, "top_k"),
+            (r#"{"logprobs": true}"#, "logprobs"),
+        ] {
+            let e = sampling(body).to_params().unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(param), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn fields_reach_the_engine() {
+        let p = sampling(r#"{"temperature": 0, "seed": -1, "max_completion_tokens": 7, "max_tokens": 99, "stop": "x", "top_k": 5, "logprobs": false, "n": 1}"#)
+            .to_params()
+            .unwrap();
+        assert_eq!((p.temperature, p.seed, p.max_tokens, p.top_k), (0.0, Some(u64::MAX), Some(7), 5));
+        assert_eq!(p.stop, ["x"]);
+        let p = sampling(r#"{"stop": ["a", "b"], "top_p": 0}"#).to_params().unwrap();
+        assert_eq!((p.stop.len(), p.temperature), (2, 0.0));
+    }
+
+    #[test]
+    fn messages_map_roles_and_text_parts() {
+        let r: ChatRequest = serde_json::from_str(
+            r#"{"model": "m", "messages": [{"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": null}]}"#,
+        )
+        .unwrap();
+        let m = r.messages().unwrap();
+        assert_eq!((m[0].role.as_str(), m[1].content.as_str(), m[2].content.as_str()), ("system", "hi there", ""));
+        let r: ChatRequest =
+            serde_json::from_str(r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#).unwrap();
+        assert_eq!(r.messages().unwrap_err().param.as_deref(), Some("messages[0].content[0]"));
+        let r: ChatRequest = serde_json::from_str(r#"{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}"#).unwrap();
+        assert_eq!(r.messages().unwrap_err().param.as_deref(), Some("messages[0].role"));
+    }
+}

@@ -1,0 +1,227 @@
+//! The node's settings: a TOML file in the platform config dir, overridden by
+//! `RBEE_*` environment variables, overridden by command-line flags.
+//!
+//! The binary gathers the three layers into [`Overrides`] values and calls
+//! [`Config::resolve`]; the library only ever sees the resolved [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// The API's default address (loopback: only this machine can reach it).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7833";
+
+/// One layer of settings; `None` means "not set here".
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overrides {
+    /// Address the HTTP API listens on.
+    pub listen: Option<String>,
+    /// Where models and the catalog live.
+    pub data_dir: Option<PathBuf>,
+    /// Bearer keys accepted from other machines (required beyond loopback).
+    pub api_keys: Option<Vec<String>>,
+    /// Browser origins allowed to call the API besides loopback pages (`*` = any).
+    pub cors_origins: Option<Vec<String>>,
+    /// Concurrent sequences per loaded model.
+    pub slots: Option<usize>,
+    /// Requests that may wait for a busy model.
+    pub queue_depth: Option<usize>,
+    /// Seconds a model stays loaded with no work.
+    pub idle_timeout_secs: Option<f64>,
+    /// Upper bound on the context a sequence may use.
+    pub max_context: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    pub shutdown_grace_secs: Option<f64>,
+    /// Seconds without an event after which a stream carries a keep-alive comment.
+    pub keep_alive_secs: Option<f64>,
+}
+
+impl Overrides {
+    /// Reads the TOML file at `path`; a missing file is an empty layer.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed (unknown keys included).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("parsing the config file {}", path.display()))
+    }
+
+    /// The `RBEE_*` variables from `get` (the process environment in the binary).
+    ///
+    /// # Errors
+    /// When a variable holds a value of the wrong kind.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        fn parse<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<Option<T>>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.filter(|v| !v.is_empty())
+                .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")))
+                .transpose()
+        }
+        let list = |v: Option<String>| -> Option<Vec<String>> {
+            v.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        };
+        Ok(Self {
+            listen: get("RBEE_LISTEN").filter(|v| !v.is_empty()),
+            data_dir: get("RBEE_DATA_DIR").filter(|v| !v.is_empty()).map(PathBuf::from),
+            api_keys: list(get("RBEE_API_KEYS")),
+            cors_origins: list(get("RBEE_CORS_ORIGINS")),
+            slots: parse("RBEE_SLOTS", get("RBEE_SLOTS"))?,
+            queue_depth: parse("RBEE_QUEUE_DEPTH", get("RBEE_QUEUE_DEPTH"))?,
+            idle_timeout_secs: parse("RBEE_IDLE_TIMEOUT_SECS", get("RBEE_IDLE_TIMEOUT_SECS"))?,
+            max_context: parse("RBEE_MAX_CONTEXT", get("RBEE_MAX_CONTEXT"))?,
+            shutdown_grace_secs: parse("RBEE_SHUTDOWN_GRACE_SECS", get("RBEE_SHUTDOWN_GRACE_SECS"))?,
+            keep_alive_secs: parse("RBEE_KEEP_ALIVE_SECS", get("RBEE_KEEP_ALIVE_SECS"))?,
+        })
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    #[must_use]
+    pub fn then(self, over: Self) -> Self {
+        Self {
+            listen: over.listen.or(self.listen),
+            data_dir: over.data_dir.or(self.data_dir),
+            api_keys: over.api_keys.or(self.api_keys),
+            cors_origins: over.cors_origins.or(self.cors_origins),
+            slots: over.slots.or(self.slots),
+            queue_depth: over.queue_depth.or(self.queue_depth),
+            idle_timeout_secs: over.idle_timeout_secs.or(self.idle_timeout_secs),
+            max_context: over.max_context.or(self.max_context),
+            shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
+            keep_alive_secs: over.keep_alive_secs.or(self.keep_alive_secs),
+        }
+    }
+}
+
+/// Resolved settings of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_keys: Vec<String>,
+    pub cors_origins: Vec<String>,
+    pub slots: usize,
+    pub queue_depth: usize,
+    pub idle_timeout: Duration,
+    pub max_context: usize,
+    pub shutdown_grace: Duration,
+    pub keep_alive: Duration,
+}
+
+impl Config {
+    /// Fills unset fields with defaults and checks the result.
+    ///
+    /// # Errors
+    /// An unparsable address, a zero slot count, a negative duration, or a
+    /// non-loopback address without API keys.
+    pub fn resolve(o: Overrides) -> Result<Self> {
+        let listen_text = o.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .with_context(|| format!("listen address {listen_text:?} is not IP:PORT (e.g. {DEFAULT_LISTEN} or 0.0.0.0:7833)"))?;
+        let secs = |name: &str, v: Option<f64>, default: f64| -> Result<Duration> {
+            let v = v.unwrap_or(default);
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} must be a non-negative number of seconds, got {v}");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let api_keys: Vec<String> = o.api_keys.unwrap_or_default().into_iter().filter(|k| !k.is_empty()).collect();
+        if !listen.ip().is_loopback() && api_keys.is_empty() {
+            bail!(
+                "listening on {listen} makes the API reachable from other machines, which requires API keys: \
+                 set api_keys in the config file or RBEE_API_KEYS (comma-separated)"
+            );
+        }
+        let slots = o.slots.unwrap_or(2);
+        if slots == 0 {
+            bail!("slots must be at least 1");
+        }
+        let keep_alive = secs("keep_alive_secs", o.keep_alive_secs, 5.0)?;
+        if keep_alive.is_zero() {
+            bail!("keep_alive_secs must be greater than 0");
+        }
+        Ok(Self {
+            listen,
+            data_dir: o.data_dir.unwrap_or_else(default_data_dir),
+            api_keys,
+            cors_origins: o.cors_origins.unwrap_or_default(),
+            slots,
+            queue_depth: o.queue_depth.unwrap_or(16),
+            idle_timeout: secs("idle_timeout_secs", o.idle_timeout_secs, 300.0)?,
+            max_context: o.max_context.unwrap_or(8192).max(16),
+            shutdown_grace: secs("shutdown_grace_secs", o.shutdown_grace_secs, 30.0)?,
+            keep_alive,
+        })
+    }
+
+    /// The engine's settings from these.
+    pub fn engine(&self) -> rbee_engine::Config {
+        let mut c = rbee_engine::Config::new(self.data_dir.clone());
+        c.slots = self.slots;
+        c.queue_depth = self.queue_depth;
+        c.idle_timeout = self.idle_timeout;
+        c.max_context = self.max_context;
+        c
+    }
+}
+
+/// `rbee/` in the platform's data dir (`~/.local/share/rbee` on Linux).
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("rbee")
+}
+
+/// `rbee/config.toml` in the platform's config dir (`~/.config/rbee/config.toml` on Linux).
+pub fn default_config_file() -> PathBuf {
+    dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("rbee").join("config.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9001\"\nslots = 3\nqueue_depth = 5\n").unwrap();
+        let env = Overrides::from_env(|k| match k {
+            "RBEE_SLOTS" => Some("4".into()),
+            "RBEE_API_KEYS" => Some("a, b,,".into()),
+            _ => None,
+        })
+        .unwrap();
+        let flags = Overrides { slots: Some(6), ..Overrides::default() };
+        let c = Config::resolve(Overrides::from_file(&file).unwrap().then(env).then(flags)).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(c.slots, 6);
+        assert_eq!(c.queue_depth, 5);
+        assert_eq!(c.api_keys, ["a", "b"]);
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_what_to_do() {
+        let err = |o: Overrides| format!("{:#}", Config::resolve(o).unwrap_err());
+        assert!(err(Overrides { listen: Some("0.0.0.0:7833".into()), ..Default::default() }).contains("requires API keys"));
+        assert!(err(Overrides { listen: Some("localhost".into()), ..Default::default() }).contains("is not IP:PORT"));
+        assert!(err(Overrides { slots: Some(0), ..Default::default() }).contains("at least 1"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listn = \"x\"").unwrap();
+        assert!(format!("{:#}", Overrides::from_file(&file).unwrap_err()).contains("unknown field `listn`"));
+        assert!(format!("{:#}", Overrides::from_env(|k| (k == "RBEE_SLOTS").then(|| "two".into())).unwrap_err()).contains("RBEE_SLOTS"));
+        // Beyond loopback with a key is fine.
+        let c = Config::resolve(Overrides { listen: Some("0.0.0.0:0".into()), api_keys: Some(vec!["k".into()]), ..Default::default() });
+        assert!(c.is_ok());
+    }
+}

@@ -1,0 +1,16 @@
+//! rbee-node is one machine's rbee service: the engine behind an
+//! OpenAI-compatible HTTP API, and the `rbee` command.
+//!
+//! - [`config`]: settings from the config file, `RBEE_*` variables and flags.
+//! - [`api`]: the axum router — `/v1/models`, `/v1/chat/completions`,
+//!   `/v1/completions`, `/health`, `/metrics` — with OpenAI's wire types and
+//!   error objects, API keys and CORS.
+//! - [`server`]: serving on a listener with graceful shutdown.
+
+pub mod api;
+pub mod config;
+pub mod server;
+
+pub use api::{AppState, router};
+pub use config::Config;
+pub use server::{serve, shutdown_signal};

@@ -1,0 +1,63 @@
+//! Running the API on a listener until shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::api::{self, AppState};
+
+/// Serves the API on `listener` until `shutdown` completes, then stops
+/// accepting, lets in-flight requests finish for up to the configured grace
+/// period, and returns.
+///
+/// # Errors
+/// When accepting connections fails.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let grace = state.config.shutdown_grace;
+    let app = api::router(state);
+    let begun = Arc::new(Notify::new());
+    let notify = begun.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections; finishing requests in flight");
+        notify.notify_one();
+    });
+    let deadline = async {
+        begun.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server.into_future() => r,
+        () = deadline => {
+            tracing::warn!("requests still running after the shutdown grace period; stopping them");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,138 @@
+//! Test support: nodes on real sockets serving the fixture model, and a
+//! small SSE reader.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use rbee_node::config::{Config, Overrides};
+use rbee_node::AppState;
+
+#[path = "../../../engine/tests/support/fixture.rs"]
+mod fixture;
+pub use fixture::fixture;
+
+/// The fixture's id in the catalog.
+pub const MODEL: &str = "gemma-3-270m-q4_k_m";
+
+/// A data dir holding the fixture, imported once per test binary and shared
+/// by its nodes (the catalog is SQLite; several engines may open it).
+pub fn data_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rbee_engine::store::Store::open(dir.path()).unwrap();
+        store.import(&fixture(), None).unwrap();
+        dir
+    })
+    .path()
+    .to_path_buf()
+}
+
+/// A node serving the API on an ephemeral loopback port, in this process.
+pub struct TestNode {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestNode {
+    /// Starts a node with the settings `tweak` sets on top of the defaults.
+    pub async fn start(tweak: impl FnOnce(&mut Overrides)) -> Self {
+        let mut o = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(data_dir()), ..Overrides::default() };
+        tweak(&mut o);
+        let cfg = Config::resolve(o).unwrap();
+        Self::start_with(cfg).await
+    }
+
+    pub async fn start_with(cfg: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let engine = rbee_engine::Engine::new(cfg.engine()).unwrap();
+        let state = AppState::new(engine, cfg);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let done = tokio::spawn(rbee_node::serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self { url: format!("http://{addr}"), addr, state, stop: Some(stop), done: Some(done) }
+    }
+
+    /// Signals shutdown and waits for the server to return.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        reqwest::Client::new().post(format!("{}{path}", self.url)).json(body)
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(format!("{}{path}", self.url)).await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one sample in `/metrics`, e.g. `rbee_slots_busy{model="x"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.get_text("/metrics").await;
+        text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+    }
+}
+
+/// One SSE stream read line by line: `data:` payloads and `:` comments.
+pub struct Sse {
+    res: reqwest::Response,
+    buf: String,
+    pub comments: usize,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum SseItem {
+    Data(String),
+    End,
+}
+
+impl Sse {
+    pub fn new(res: reqwest::Response) -> Self {
+        assert_eq!(res.status(), 200, "stream refused");
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        Self { res, buf: String::new(), comments: 0 }
+    }
+
+    /// The next `data:` payload (comments are counted), or `End` when the body ends.
+    pub async fn next(&mut self) -> SseItem {
+        loop {
+            while let Some(i) = self.buf.find('\n') {
+                let line: String = self.buf.drain(..=i).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if let Some(d) = line.strip_prefix("data:") {
+                    return SseItem::Data(d.trim_start().to_string());
+                }
+                if line.starts_with(':') {
+                    self.comments += 1;
+                }
+            }
+            match self.res.chunk().await.unwrap() {
+                Some(b) => self.buf.push_str(std::str::from_utf8(&b).unwrap()),
+                None => return SseItem::End,
+            }
+        }
+    }
+
+    /// Every payload up to the end of the body.
+    pub async fn all(mut self) -> (Vec<String>, usize) {
+        let mut out = Vec::new();
+        while let SseItem::Data(d) = self.next().await {
+            out.push(d);
+        }
+        (out, self.comments)
+    }
+}
+
+/// Resident memory of process `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap()
+}
