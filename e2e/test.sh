@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for p in build-essential pkg-config python3 python3-pip ca-certificates; do
+for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
@@ -26,8 +27,13 @@ export RBEE_FIXTURE
 # share the two cores instead of fighting over them.
 export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --failure-output final "$@"
+  cargo nextest run --workspace --no-fail-fast --failure-output final "$@" || status=1
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=1
 fi
+# The openai SDKs (Python and npm) against a real `rbee serve`; the tests
+# above built the binary.
+e2e/openai/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
+exit $status

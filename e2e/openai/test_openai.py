@@ -1,0 +1,141 @@
+"""The official openai Python SDK against a real `rbee serve` (see run.sh)."""
+import asyncio
+import os
+import re
+import time
+import urllib.request
+
+import openai
+import pytest
+
+BASE = os.environ["RBEE_BASE_URL"]
+MODEL = os.environ["RBEE_MODEL"]
+# rbee accepts any key on loopback; the SDK insists on one.
+client = openai.OpenAI(base_url=BASE, api_key="sk-anything", max_retries=0, timeout=120)
+
+
+def metric(sample):
+    with urllib.request.urlopen(BASE.removesuffix("/v1") + "/metrics") as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_list_models_shows_the_fixture():
+    ids = [m.id for m in client.models.list()]
+    assert MODEL in ids
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_chat_answers_with_usage():
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens > 0
+
+
+def test_stream_with_usage():
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Name a colour."}],
+            max_tokens=10,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+    *body, last = chunks
+    assert last.choices == [] and last.usage.completion_tokens > 0
+    assert all(c.usage is None for c in body)
+    assert [c.choices[0].finish_reason for c in body if c.choices[0].finish_reason] in (["stop"], ["length"])
+    text = "".join(c.choices[0].delta.content or "" for c in body)
+    assert text
+
+
+def test_stop_string_ends_the_text_unsent():
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=10, temperature=0, stop=["capital"])
+    assert r.choices[0].text == " the "
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_same_seed_same_text():
+    def once(seed):
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Write a word."}], max_tokens=12, temperature=1.0, seed=seed
+        )
+        return r.choices[0].message.content
+
+    assert once(42) == once(42)
+
+
+def test_max_tokens_ends_with_length():
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a long story."}], max_completion_tokens=5
+    )
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 5
+
+
+def test_error_classes():
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=5)
+    assert e.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
+    assert e.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="bee " * 9000, max_tokens=1)
+    assert e.value.code == "context_length_exceeded"
+    assert re.search(r"\d+ tokens.*holds 8192", e.value.message)
+
+
+def test_four_concurrent_streams():
+    aclient = openai.AsyncOpenAI(base_url=BASE, api_key="sk-anything", max_retries=0, timeout=120)
+
+    async def one(i):
+        stream = await aclient.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Count to {i + 3}."}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+        return chunks[-1].usage.completion_tokens
+
+    async def all_four():
+        try:
+            return await asyncio.gather(*(one(i) for i in range(4)))
+        finally:
+            await aclient.close()
+
+    assert asyncio.run(all_four()) == [8, 8, 8, 8]
+
+
+def test_disconnect_mid_stream_frees_the_slot():
+    cancelled = metric('rbee_generations_total{reason="cancelled"}') or 0
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write a very long story."}], max_tokens=4000, stream=True
+    )
+    it = iter(stream)
+    next(it), next(it), next(it)
+    assert metric(f'rbee_slots_busy{{model="{MODEL}"}}') >= 1
+    stream.close()
+    deadline = time.time() + 30
+    while metric(f'rbee_slots_busy{{model="{MODEL}"}}') != 0:
+        assert time.time() < deadline, "the slot stayed busy after the client left"
+        time.sleep(0.02)
+    while metric('rbee_generations_total{reason="cancelled"}') != cancelled + 1:
+        assert time.time() < deadline
+        time.sleep(0.02)
