@@ -24,7 +24,7 @@ pub struct StreamOptions {
 }
 
 /// Sampling fields shared by chat and text completions. Besides OpenAI's,
-/// llama.cpp's `top_k`, `min_p` and `repeat_penalty` are understood.
+/// llama.cpp's `top_k`, `min_p`, `repeat_penalty` and `ignore_eos` are understood.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Sampling {
     pub temperature: Option<f32>,
@@ -42,6 +42,8 @@ pub struct Sampling {
     pub n: Option<i64>,
     pub logprobs: Option<serde_json::Value>,
     pub stream: Option<bool>,
+    /// llama.cpp's extension: keep generating past end-of-turn (fixed-length benchmarks).
+    pub ignore_eos: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
 
@@ -109,6 +111,7 @@ impl Sampling {
             }
             p.max_tokens = Some(usize::try_from(m).unwrap_or(usize::MAX));
         }
+        p.ignore_eos = self.ignore_eos.unwrap_or(false);
         p.stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
