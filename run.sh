@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds rbee (release, once) and runs it: `./run.sh generate MODEL "PROMPT"`.
-# With no arguments it fetches the fixture model, imports it, and completes a
-# prompt, so a fresh machine shows rbee working in one command.
+# Builds rbee (release, once) and runs it: `./run.sh ARGS…` runs `rbee ARGS…`.
+# With no arguments it starts this machine's node (`rbee serve`, the API at
+# http://127.0.0.1:7833/v1); on a machine with no models yet it first imports
+# the small test model, so a fresh machine has something to talk to.
 set -euo pipefail
 cd "$(dirname "$0")"
 need=()
@@ -16,9 +17,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbe
 cargo build --release --quiet -p rbee-node
 rbee="$CARGO_TARGET_DIR/release/rbee"
 if [ $# -eq 0 ]; then
-  if ! "$rbee" models ls | grep -q gemma-3-270m-q4_k_m; then
+  if "$rbee" models ls | grep -q "^no models yet"; then
     "$rbee" models import "$(e2e/fetch-fixture.sh)"
   fi
-  set -- generate gemma-3-270m-q4_k_m "The capital of France is" --temperature 0 --max-tokens 32 --stats
+  set -- serve
 fi
 exec "$rbee" "$@"

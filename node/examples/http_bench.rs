@@ -3,6 +3,12 @@
 //! `/v1/completions` request on a real socket, in one process, alternating;
 //! then aggregate throughput with 1, 2 and 4 concurrent HTTP clients.
 //!
+//! The HTTP layer's share of time to first token is taken per request: the
+//! client's time minus the node's own `timings.ttft_ms` for that request
+//! (engine call to first token). Comparing separate direct and HTTP runs
+//! cannot resolve milliseconds on a shared machine, where the prompt's
+//! compute alone moves by more than that from run to run.
+//!
 //! Usage: http_bench MODEL.gguf [REPEATS]. Prints one JSON object.
 
 use std::time::{Duration, Instant};
@@ -18,6 +24,10 @@ const TOKENS: usize = 32;
 struct Run {
     ttft: Duration,
     decode_tps: f64,
+    /// Through HTTP: the node's own measure of the same request's time from
+    /// handing it to the engine to the first token (`timings.ttft_ms`), so
+    /// that `ttft - engine_ttft` is the HTTP layer's share of this request.
+    engine_ttft: Option<Duration>,
 }
 
 fn params() -> SamplingParams {
@@ -36,7 +46,7 @@ async fn direct(engine: &rbee_engine::Engine, model: &str) -> Result<Run> {
             Event::Done { usage, .. } => {
                 let first = first.context("no text")?;
                 let tail = first.elapsed().as_secs_f64();
-                return Ok(Run { ttft: first - start, decode_tps: (usage.completion_tokens - 1) as f64 / tail });
+                return Ok(Run { ttft: first - start, decode_tps: (usage.completion_tokens - 1) as f64 / tail, engine_ttft: None });
             }
             Event::Error(e) => bail!(e),
         }
@@ -52,7 +62,7 @@ async fn http(client: &reqwest::Client, url: &str, model: &str) -> Result<(Run, 
     if !res.status().is_success() {
         bail!("HTTP {}", res.status());
     }
-    let (mut first, mut buf, mut tokens) = (None, String::new(), 0);
+    let (mut first, mut buf, mut tokens, mut engine_ttft) = (None, String::new(), 0, None);
     while let Some(chunk) = res.chunk().await? {
         buf.push_str(std::str::from_utf8(&chunk)?);
         while let Some(i) = buf.find("\n\n") {
@@ -68,11 +78,14 @@ async fn http(client: &reqwest::Client, url: &str, model: &str) -> Result<(Run, 
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 tokens = n as usize;
             }
+            if let Some(ms) = v["timings"]["ttft_ms"].as_f64() {
+                engine_ttft = Some(Duration::from_secs_f64(ms / 1e3));
+            }
         }
     }
     let first = first.context("no text")?;
     let tail = first.elapsed().as_secs_f64();
-    Ok((Run { ttft: first - start, decode_tps: (tokens - 1) as f64 / tail }, tokens))
+    Ok((Run { ttft: first - start, decode_tps: (tokens - 1) as f64 / tail, engine_ttft }, tokens))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -106,7 +119,7 @@ async fn main() -> Result<()> {
     direct(&engine, &model).await?;
     http(&client, &url, &model).await?;
 
-    let (mut d_ttft, mut h_ttft, mut d_tps, mut h_tps, mut diffs) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut d_ttft, mut h_ttft, mut d_tps, mut h_tps, mut diffs, mut layer) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..repeats {
         // Alternate which goes first so drift on the shared machine is shared.
         let (d, (h, _)) = if i % 2 == 0 {
@@ -119,6 +132,7 @@ async fn main() -> Result<()> {
         d_ttft.push(d.ttft.as_secs_f64() * 1e3);
         h_ttft.push(h.ttft.as_secs_f64() * 1e3);
         diffs.push((h.ttft.as_secs_f64() - d.ttft.as_secs_f64()) * 1e3);
+        layer.push((h.ttft.as_secs_f64() - h.engine_ttft.context("no timings in the stream")?.as_secs_f64()) * 1e3);
         d_tps.push(d.decode_tps);
         h_tps.push(h.decode_tps);
     }
@@ -150,7 +164,8 @@ async fn main() -> Result<()> {
         "completion_tokens": TOKENS,
         "repeats": repeats,
         "threads": std::env::var("CANDLE_NUM_THREADS").ok(),
-        "ttft_ms": {"direct_median": median(d_ttft), "http_median": median(h_ttft), "http_minus_direct_median_of_pairs": median(diffs)},
+        "ttft_ms": {"direct_median": median(d_ttft), "http_median": median(h_ttft), "http_minus_direct_median_of_pairs": median(diffs),
+                    "http_layer_median": median(layer.clone()), "http_layer_max": layer.iter().copied().fold(0.0, f64::max)},
         "decode_tokens_per_sec": {"direct_median": median(d_tps.clone()), "http_median": median(h_tps.clone()), "http_over_direct": median(h_tps) / median(d_tps)},
         "concurrent_http_clients": concurrency,
     });

@@ -99,6 +99,8 @@ async fn a_stream_has_one_identity_role_first_one_finish_usage_last_then_done() 
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 12);
     assert!(usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap() > 5);
     assert!(rest.iter().all(|c| c.get("usage") == Some(&Value::Null)), "usage is null on every other chunk");
+    assert!(usage_chunk["timings"]["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert!(rest.iter().all(|c| c.get("timings").is_none()), "timings only on the last chunk");
     let text: String = rest.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(!text.trim().is_empty());
 
@@ -116,6 +118,7 @@ async fn a_stream_has_one_identity_role_first_one_finish_usage_last_then_done() 
     assert_eq!(whole["choices"][0]["message"]["content"], text.as_str());
     assert_eq!(whole["choices"][0]["finish_reason"], "length");
     assert_eq!(whole["usage"]["total_tokens"], whole["usage"]["prompt_tokens"].as_u64().unwrap() + 12);
+    assert!(whole["timings"]["decode_tokens_per_sec"].as_f64().unwrap() > 0.0);
     let res = node.post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "stream": true})).send().await.unwrap();
     let (events, _) = Sse::new(res).all().await;
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::metrics::EndLabels;
 use super::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, Sampling, TextChoice,
-    TextCompletion, Usage,
+    TextCompletion, Timings, Usage,
 };
 use super::{AppState, JsonBody};
 
@@ -65,17 +65,20 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
     let started = Instant::now();
     let engine = s.engine.clone();
     // Loading a model and rendering/tokenizing the prompt block: off the async threads.
-    let generation = tokio::task::spawn_blocking(move || engine.generate(&model, Request { prompt, params }))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(|e| ApiError::from_engine(&e, kind.prompt_param()))?;
+    let (generation, engine_start) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        engine.generate(&model, Request { prompt, params }).map(|g| (g, t))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::from_engine(&e, kind.prompt_param()))?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let ids = Ids {
         id: format!("{prefix}-{:024x}", rand::rng().random::<u128>() >> 32),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         model: generation.model.clone(),
     };
-    let tracker = Tracker { state: s.clone(), started, first: None, ended: false };
+    let tracker = Tracker { state: s.clone(), started, engine_start, first: None, ended: false };
     if sampling.stream() {
         Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage()))
     } else {
@@ -86,7 +89,10 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
 /// Records a generation's metrics; one dropped before its end counts as cancelled.
 struct Tracker {
     state: AppState,
+    /// When the request reached its handler.
     started: Instant,
+    /// When it was handed to the engine.
+    engine_start: Instant,
     first: Option<Instant>,
     ended: bool,
 }
@@ -96,6 +102,18 @@ impl Tracker {
         if self.first.is_none() {
             self.first = Some(Instant::now());
             self.state.metrics.time_to_first_token.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn timings(&self, usage: &EngineUsage) -> Timings {
+        let ms = |d: f64| d * 1e3;
+        let per_sec = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        Timings {
+            ttft_ms: self.first.map_or(0.0, |f| ms((f - self.engine_start).as_secs_f64())),
+            prompt_ms: ms(usage.prompt_secs),
+            prompt_tokens_per_sec: per_sec(usage.prompt_tokens - usage.cached_tokens, usage.prompt_secs),
+            decode_ms: ms(usage.decode_secs),
+            decode_tokens_per_sec: per_sec(usage.completion_tokens.saturating_sub(1), usage.decode_secs),
         }
     }
 
@@ -141,6 +159,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
             }
             Event::Done { finish, usage } => {
                 tracker.done(&usage, finish);
+                let timings = tracker.timings(&usage);
                 let usage = Usage::from(&usage);
                 let finish = finish_reason(finish);
                 return Ok(match kind {
@@ -156,6 +175,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
                             finish_reason: finish,
                         }],
                         usage,
+                        timings,
                     })
                     .into_response(),
                     Kind::Text => Json(TextCompletion {
@@ -165,6 +185,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
                         model: ids.model,
                         choices: vec![TextChoice { index: 0, text, logprobs: None, finish_reason: Some(finish) }],
                         usage,
+                        timings,
                     })
                     .into_response(),
                 });
@@ -196,7 +217,7 @@ impl Chunks {
         SseEvent::default().data(serde_json::to_string(v).expect("chunks serialize"))
     }
 
-    fn chat(&self, delta: Delta, finish: Option<&'static str>) -> SseEvent {
+    fn chat(&self, delta: Delta, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
         Self::json(&Chunk {
             id: self.ids.id.clone(),
             object: "chat.completion.chunk",
@@ -204,10 +225,11 @@ impl Chunks {
             model: self.ids.model.clone(),
             choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish }],
             usage: self.usage_field(),
+            timings,
         })
     }
 
-    fn text(&self, text: String, finish: Option<&'static str>) -> SseEvent {
+    fn text(&self, text: String, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
         Self::json(&Chunk {
             id: self.ids.id.clone(),
             object: "text_completion",
@@ -215,6 +237,7 @@ impl Chunks {
             model: self.ids.model.clone(),
             choices: vec![TextChoice { index: 0, text, logprobs: None, finish_reason: finish }],
             usage: self.usage_field(),
+            timings,
         })
     }
 
@@ -224,25 +247,28 @@ impl Chunks {
             Kind::Chat => {
                 if !self.role_sent {
                     self.role_sent = true;
-                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()) }, None));
+                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()) }, None, None));
                 }
                 if !text.is_empty() {
-                    out.push(self.chat(Delta { role: None, content: Some(text) }, None));
+                    out.push(self.chat(Delta { role: None, content: Some(text) }, None, None));
                 }
             }
             Kind::Text => {
                 if !text.is_empty() {
-                    out.push(self.text(text, None));
+                    out.push(self.text(text, None, None));
                 }
             }
         }
     }
 
-    fn finish(&mut self, finish: &'static str, usage: &EngineUsage, out: &mut Vec<SseEvent>) {
+    /// The finish chunk, the usage chunk if asked for (the last one carries
+    /// the timings), and `[DONE]`.
+    fn finish(&mut self, finish: &'static str, usage: &EngineUsage, timings: Timings, out: &mut Vec<SseEvent>) {
         self.piece(String::new(), out);
+        let on_finish = (!self.include_usage).then_some(timings);
         out.push(match self.kind {
-            Kind::Chat => self.chat(Delta::default(), Some(finish)),
-            Kind::Text => self.text(String::new(), Some(finish)),
+            Kind::Chat => self.chat(Delta::default(), Some(finish), on_finish),
+            Kind::Text => self.text(String::new(), Some(finish), on_finish),
         });
         if self.include_usage {
             let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
@@ -253,6 +279,7 @@ impl Chunks {
                 model: self.ids.model.clone(),
                 choices: Vec::new(),
                 usage: Some(Some(Usage::from(usage))),
+                timings: Some(timings),
             }));
         }
         out.push(SseEvent::default().data("[DONE]"));
@@ -281,7 +308,7 @@ fn stream(s: AppState, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, 
                 }
                 Some(Event::Done { finish, usage }) => {
                     tracker.done(&usage, finish);
-                    chunks.finish(finish_reason(finish), &usage, &mut out);
+                    chunks.finish(finish_reason(finish), &usage, tracker.timings(&usage), &mut out);
                     true
                 }
                 Some(Event::Error(e)) => {
@@ -312,4 +339,37 @@ fn stream(s: AppState, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, 
     // Reverse proxies (nginx) would otherwise hold the stream back.
     res.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    /// The engine cannot be made to fail mid-answer on demand, so its event
+    /// channel is fed by hand here; everything after it is the real stream.
+    #[tokio::test]
+    async fn a_failure_after_the_stream_began_is_an_error_event_then_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::resolve(Overrides { data_dir: Some(dir.path().to_path_buf()), ..Overrides::default() }).unwrap();
+        let state = AppState::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Event::Text("Hel".into())).await.unwrap();
+        tx.send(Event::Error("tensor computation failed: out of device memory".into())).await.unwrap();
+        drop(tx);
+        let ids = Ids { id: "chatcmpl-1".into(), created: 1, model: "m".into() };
+        let tracker = Tracker { state: state.clone(), started: Instant::now(), engine_start: Instant::now(), first: None, ended: false };
+        let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.len(), 4, "{body}");
+        assert!(data[1].contains("\"content\":\"Hel\""));
+        let err: serde_json::Value = serde_json::from_str(data[2]).unwrap();
+        assert_eq!(err["error"]["type"], "server_error");
+        // The detail is logged, not sent.
+        assert!(!err["error"]["message"].as_str().unwrap().contains("device memory"));
+        assert_eq!(data[3], "[DONE]");
+        assert!(state.metrics.render(&[]).contains("rbee_generations_total{reason=\"error\"} 1"));
+    }
 }

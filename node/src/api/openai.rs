@@ -288,6 +288,20 @@ impl From<&EngineUsage> for Usage {
     }
 }
 
+/// rbee's extension (llama.cpp's server sends a similar `timings`): where a
+/// generation's time went, measured by the node.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timings {
+    /// From handing the request to the engine to its first token.
+    pub ttft_ms: f64,
+    /// Processing the prompt (the part not reused from the slot's cache).
+    pub prompt_ms: f64,
+    pub prompt_tokens_per_sec: f64,
+    /// Generating, after the first token.
+    pub decode_ms: f64,
+    pub decode_tokens_per_sec: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
@@ -310,6 +324,7 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    pub timings: Timings,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -347,6 +362,9 @@ pub struct Chunk<C> {
     pub choices: Vec<C>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
+    /// On the last chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -357,6 +375,7 @@ pub struct TextCompletion {
     pub model: String,
     pub choices: Vec<TextChoice>,
     pub usage: Usage,
+    pub timings: Timings,
 }
 
 #[derive(Debug, Clone, Serialize)]
