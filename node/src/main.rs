@@ -377,6 +377,7 @@ fn generate(data_dir: &Path, a: GenerateArgs) -> Result<()> {
             }
             Event::Done { usage, finish } => {
                 writeln!(out)?;
+                out.flush()?;
                 let prompt_tps = (usage.prompt_tokens - usage.cached_tokens) as f64 / usage.prompt_secs.max(1e-9);
                 let decode_tps = usage.completion_tokens.saturating_sub(1) as f64 / usage.decode_secs.max(1e-9);
                 if a.stats_json {
