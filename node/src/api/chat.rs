@@ -63,6 +63,9 @@ struct Ids {
 
 async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: SamplingParams, sampling: &Sampling) -> Result<Response, ApiError> {
     let started = Instant::now();
+    if model.trim().is_empty() {
+        return Err(ApiError::invalid("model", "`model` is empty: name a model from GET /v1/models"));
+    }
     let engine = s.engine.clone();
     // Loading a model and rendering/tokenizing the prompt block: off the async threads.
     let (generation, engine_start) = tokio::task::spawn_blocking(move || {

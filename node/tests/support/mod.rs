@@ -130,9 +130,3 @@ impl Sse {
         (out, self.comments)
     }
 }
-
-/// Resident memory of process `pid` in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap()
-}
