@@ -1,0 +1,26 @@
+//! rbee-swarm lets the rbee nodes of one office find each other and share
+//! one registry of who has which model, device and load, with no central
+//! server.
+//!
+//! - [`key`]: the swarm key (pre-shared, a join code people paste) and the
+//!   node's persistent identity.
+//! - [`record`]: a node's [`NodeRecord`] and the signed [`Envelope`] it
+//!   travels in.
+//! - [`registry`]: the merge rules (newest incarnation and seq win; TTL; down
+//!   on disconnect).
+//! - [`routing`]: ranking the nodes that can run a request.
+//! - [`node`]: the libp2p event loop (TCP + pnet + Noise + Yamux, mDNS,
+//!   gossipsub, identify, ping, snapshot exchange) and its [`Client`].
+
+pub mod error;
+pub mod key;
+pub mod node;
+pub mod record;
+pub mod registry;
+pub mod routing;
+
+pub use error::{Error, Result};
+pub use key::SwarmKey;
+pub use node::{Client, Config, start};
+pub use record::{Envelope, NodeRecord};
+pub use registry::PeerView;

@@ -1,0 +1,507 @@
+//! The swarm's event loop and the cloneable [`Client`] that talks to it.
+//!
+//! One task owns the libp2p `Swarm`: it dials what mDNS and the bootstrap
+//! list find (on a fresh source port, and again every `redial` while not
+//! connected: simultaneous dials from listen ports collide), gossips this
+//! node's signed record every heartbeat and on change, trades snapshots with
+//! every new connection, and keeps the [`Registry`]. Readers get the
+//! registry as a `watch` value; updates go in over a bounded channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use libp2p::core::transport::{Boxed, MemoryTransport};
+use libp2p::core::upgrade::Version;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PnetConfig;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, mdns, noise, ping, tcp, yamux};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::key::SwarmKey;
+use crate::record::{Envelope, MAX_ENVELOPE, NodeRecord, SCHEMA};
+use crate::registry::{PeerView, Registry};
+
+/// The gossip topic of registry records.
+pub const TOPIC: &str = "/rbee/registry/1";
+/// The snapshot exchange's protocol.
+pub const SNAPSHOT_PROTOCOL: &str = "/rbee/snapshot/1";
+
+/// Swarm settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub identity: Keypair,
+    pub key: SwarmKey,
+    /// e.g. `/ip4/0.0.0.0/tcp/0` (or `/memory/N` with `memory_transport`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial without mDNS (offices whose networks block multicast).
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// How often this node's record is gossiped.
+    pub heartbeat: Duration,
+    /// A peer not heard from for this long is down.
+    pub ttl: Duration,
+    /// A down peer is forgotten after this long.
+    pub forget_after: Duration,
+    /// How often known but unconnected peers are dialed again.
+    pub redial: Duration,
+    /// In-process tests: libp2p's memory transport instead of TCP.
+    pub memory_transport: bool,
+}
+
+impl Config {
+    pub fn new(identity: Keypair, key: SwarmKey) -> Self {
+        Self {
+            identity,
+            key,
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            mdns: true,
+            heartbeat: Duration::from_secs(1),
+            ttl: Duration::from_secs(3),
+            forget_after: Duration::from_secs(60),
+            redial: Duration::from_secs(2),
+            memory_transport: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Snapshot {
+    envelopes: Vec<Envelope>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    snapshot: request_response::cbor::Behaviour<Snapshot, Snapshot>,
+}
+
+/// Counters of what the swarm did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Gossip and snapshot records rejected (malformed, oversized, forged).
+    pub rejected: AtomicU64,
+    /// Bytes of records this node published on the gossip topic.
+    pub gossip_bytes_out: AtomicU64,
+    /// Bytes of records received on the gossip topic.
+    pub gossip_bytes_in: AtomicU64,
+}
+
+enum Command {
+    Update(Box<NodeRecord>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr),
+}
+
+/// A handle on the running swarm. Cheap to clone; the swarm stops when the
+/// last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<Vec<PeerView>>>,
+    rtts: Arc<Mutex<HashMap<String, Duration>>>,
+    pub stats: Arc<Stats>,
+    pub peer_id: PeerId,
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Update(_) => "Update",
+            Command::ListenAddrs(_) => "ListenAddrs",
+            Command::Dial(_) => "Dial",
+        })
+    }
+}
+
+impl Client {
+    /// The registry now: this node first.
+    pub fn peers(&self) -> Arc<Vec<PeerView>> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the registry does.
+    pub fn watch(&self) -> watch::Receiver<Arc<Vec<PeerView>>> {
+        self.view.clone()
+    }
+
+    /// Measured round-trip time to `node_id`.
+    pub fn rtt(&self, node_id: &str) -> Option<Duration> {
+        self.rtts.lock().expect("rtt lock").get(node_id).copied()
+    }
+
+    /// Replaces this node's record (identity fields are filled in); gossiped at once if it changed.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the swarm has stopped.
+    pub async fn update(&self, record: NodeRecord) -> Result<()> {
+        self.commands.send(Command::Update(Box::new(record))).await.map_err(|_| Error::Stopped)
+    }
+
+    /// The addresses this node listens on.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the swarm has stopped.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::ListenAddrs(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Dials `addr` now (and keeps redialing it while unconnected).
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the swarm has stopped.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.commands.send(Command::Dial(addr)).await.map_err(|_| Error::Stopped)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn transport(key: &Keypair, swarm_key: SwarmKey, memory: bool) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, BoxError> {
+    let psk = swarm_key.psk();
+    let noise = noise::Config::new(key)?;
+    let timeout = Duration::from_secs(10);
+    Ok(if memory {
+        MemoryTransport::default()
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .boxed()
+    } else {
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .boxed()
+    })
+}
+
+/// Starts the swarm on the current tokio runtime.
+///
+/// # Errors
+/// When libp2p cannot be set up or a listen address cannot be used.
+pub fn start(cfg: Config) -> Result<Client> {
+    let peer_id = cfg.identity.public().to_peer_id();
+    let memory = cfg.memory_transport;
+    let swarm_key = cfg.key;
+    let (mdns_on, query_interval) = (cfg.mdns && !memory, Duration::from_secs(5));
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.identity.clone())
+        .with_tokio()
+        .with_other_transport(|key| transport(key, swarm_key, memory))
+        .map_err(|e| Error::Start(e.to_string()))?
+        .with_behaviour(|key| {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_secs(1))
+                .max_transmit_size(MAX_ENVELOPE + 4096)
+                .build()
+                .map_err(|e| Error::Start(e.to_string()))?;
+            let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg).map_err(|e| Error::Start(e.to_string()))?;
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config { query_interval, ..Default::default() }, key.public().to_peer_id()).map_err(|e| Error::Start(format!("mDNS: {e}")))?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                gossipsub,
+                mdns: Toggle::from(mdns),
+                identify: identify::Behaviour::new(identify::Config::new("/rbee/1".into(), key.public())),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+                snapshot: request_response::cbor::Behaviour::new(
+                    [(StreamProtocol::new(SNAPSHOT_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+                ),
+            })
+        })
+        .map_err(|e| Error::Start(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(TOPIC)).map_err(|e| Error::Start(e.to_string()))?;
+    for addr in &cfg.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| Error::Address { addr: addr.to_string(), reason: e.to_string() })?;
+    }
+    let (commands, rx) = mpsc::channel(64);
+    let (view_tx, view) = watch::channel(Arc::new(Vec::new()));
+    let rtts = Arc::new(Mutex::new(HashMap::new()));
+    let stats = Arc::new(Stats::default());
+    let fingerprint = cfg.key.fingerprint();
+    tracing::info!(%peer_id, swarm_key = %fingerprint, mdns = mdns_on, "swarm starting");
+    let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let local = NodeRecord { schema: SCHEMA, node_id: peer_id.to_string(), incarnation, ..Default::default() };
+    let registry = Registry::new(peer_id, cfg.ttl, cfg.forget_after);
+    let mut ev = EventLoop {
+        swarm,
+        cfg,
+        registry,
+        local,
+        envelope: None,
+        known: HashMap::new(),
+        bootstrap: HashSet::new(),
+        view: view_tx,
+        rtts: rtts.clone(),
+        stats: stats.clone(),
+    };
+    for addr in ev.cfg.bootstrap.clone() {
+        ev.bootstrap.insert(addr.clone());
+        ev.dial_addr(addr);
+    }
+    ev.publish_local();
+    tokio::spawn(ev.run(rx));
+    Ok(Client { commands, view, rtts, stats, peer_id, fingerprint })
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cfg: Config,
+    registry: Registry,
+    local: NodeRecord,
+    envelope: Option<Envelope>,
+    /// Peers heard of (mDNS, identify) and an address of each.
+    known: HashMap<PeerId, Multiaddr>,
+    bootstrap: HashSet<Multiaddr>,
+    view: watch::Sender<Arc<Vec<PeerView>>>,
+    rtts: Arc<Mutex<HashMap<String, Duration>>>,
+    stats: Arc<Stats>,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        let mut redial = tokio::time::interval(self.cfg.redial);
+        let mut expire = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Update(r)) => self.update(*r),
+                    Some(Command::ListenAddrs(tx)) => { let _ = tx.send(self.swarm.listeners().cloned().collect()); }
+                    Some(Command::Dial(addr)) => { self.bootstrap.insert(addr.clone()); self.dial_addr(addr); }
+                    None => break,
+                },
+                _ = heartbeat.tick() => self.gossip(),
+                _ = redial.tick() => self.redial(),
+                _ = expire.tick() => {
+                    if self.registry.tick(Instant::now()) {
+                        self.publish_view();
+                    }
+                }
+            }
+        }
+        self.leave().await;
+        tracing::info!("swarm stopped");
+    }
+
+    /// Closes every connection, so peers mark this node down now rather
+    /// than after the TTL (bounded: a peer that does not answer is left).
+    async fn leave(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while self.swarm.connected_peers().next().is_some() {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
+    }
+
+    fn update(&mut self, mut r: NodeRecord) {
+        r.schema = SCHEMA;
+        r.node_id = self.local.node_id.clone();
+        r.incarnation = self.local.incarnation;
+        r.seq = self.local.seq;
+        if !r.content_eq(&self.local) {
+            r.seq = self.local.seq + 1;
+            self.local = r;
+            self.publish_local();
+            self.gossip();
+        }
+    }
+
+    /// Seals the local record and puts it in our own registry.
+    fn publish_local(&mut self) {
+        match Envelope::seal(&self.local, &self.cfg.identity) {
+            Ok(env) => {
+                let peer = *self.swarm.local_peer_id();
+                self.registry.merge(peer, self.local.clone(), env.clone(), true, Instant::now());
+                self.envelope = Some(env);
+                self.publish_view();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot sign our record"),
+        }
+    }
+
+    fn gossip(&mut self) {
+        let Some(env) = &self.envelope else { return };
+        let bytes = env.to_bytes();
+        let n = bytes.len() as u64;
+        match self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(TOPIC), bytes) {
+            Ok(_) => {
+                self.stats.gossip_bytes_out.fetch_add(n, Ordering::Relaxed);
+            }
+            // Alone, or before anyone subscribed: not an error.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::Duplicate) => {}
+            Err(e) => tracing::debug!(error = %e, "gossip not published"),
+        }
+    }
+
+    fn publish_view(&self) {
+        let v = self.registry.view(Instant::now());
+        self.view.send_if_modified(|old| {
+            if **old == v {
+                return false;
+            }
+            *old = Arc::new(v);
+            true
+        });
+    }
+
+    /// Merges a received record. One learned from a snapshot (a peer that
+    /// just connected) is passed on to everyone at once, so a new node is in
+    /// every registry without waiting for its next heartbeat.
+    fn take(&mut self, opened: std::result::Result<(PeerId, NodeRecord, Envelope), Error>, from: PeerId, via_snapshot: bool) {
+        match opened {
+            Ok((owner, record, env)) => {
+                if owner == *self.swarm.local_peer_id() {
+                    return;
+                }
+                let relay = via_snapshot.then(|| env.to_bytes());
+                if self.registry.merge(owner, record, env, owner == from, Instant::now()).changed() {
+                    self.publish_view();
+                    if let Some(bytes) = relay {
+                        let n = bytes.len() as u64;
+                        if self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(TOPIC), bytes).is_ok() {
+                            self.stats.gossip_bytes_out.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, error = %e, "record rejected");
+            }
+        }
+    }
+
+    fn dial_addr(&mut self, addr: Multiaddr) {
+        let peer = addr.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+        if let Some(p) = peer
+            && (self.swarm.is_connected(&p) || p == *self.swarm.local_peer_id())
+        {
+            return;
+        }
+        let opts = match peer {
+            Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).allocate_new_port().build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build(),
+        };
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%addr, error = %e, "dial failed");
+        }
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addr: Multiaddr) {
+        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(vec![addr]).allocate_new_port().build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial failed");
+        }
+    }
+
+    fn redial(&mut self) {
+        let known: Vec<(PeerId, Multiaddr)> = self.known.iter().map(|(p, a)| (*p, a.clone())).collect();
+        for (p, a) in known {
+            self.dial_peer(p, a);
+        }
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let boot: Vec<Multiaddr> = self.bootstrap.iter().cloned().collect();
+        for addr in boot {
+            let peer = addr.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+            // Without a peer id we cannot tell whether it is connected: redial
+            // only while nobody at all is connected.
+            if peer.is_some_and(|p| !connected.contains(&p)) || (peer.is_none() && connected.is_empty()) {
+                self.dial_addr(addr);
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "swarm listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                tracing::debug!(%peer_id, "connected");
+                if num_established.get() == 1 {
+                    let envelopes = self.registry.envelopes();
+                    self.swarm.behaviour_mut().snapshot.send_request(&peer_id, Snapshot { envelopes });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                tracing::debug!(%peer_id, "disconnected");
+                if self.registry.mark_down(&peer_id, Instant::now()) {
+                    self.publish_view();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    self.known.insert(peer, addr.clone());
+                    self.dial_peer(peer, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if let Some(addr) = info.listen_addrs.iter().find(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()))) {
+                    self.known.entry(peer_id).or_insert_with(|| addr.clone());
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                self.rtts.lock().expect("rtt lock").insert(peer.to_string(), rtt);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+                self.stats.gossip_bytes_in.fetch_add(message.data.len() as u64, Ordering::Relaxed);
+                let from = message.source.unwrap_or(PeerId::random());
+                let opened = Envelope::open(&message.data).map(|(owner, record)| {
+                    let env = serde_json::from_slice::<Envelope>(&message.data).expect("opened above");
+                    (owner, record, env)
+                });
+                self.take(opened, from, false);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Snapshot(request_response::Event::Message { peer, message, .. })) => {
+                let snapshot = match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let envelopes = self.registry.envelopes();
+                        let _ = self.swarm.behaviour_mut().snapshot.send_response(channel, Snapshot { envelopes });
+                        request
+                    }
+                    request_response::Message::Response { response, .. } => response,
+                };
+                for env in snapshot.envelopes.into_iter().take(10_000) {
+                    let opened = env.verify().map(|(owner, record)| (owner, record, env));
+                    self.take(opened, peer, true);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => tracing::debug!(?peer_id, %error, "dial error"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! What a node says about itself, and the signed envelope it travels in.
+//!
+//! Each node is the only writer of its own record. Records are JSON inside
+//! an envelope signed with the owner's identity key, so a record relayed by
+//! another node (in a snapshot) is as trustworthy as one heard from its
+//! owner. Unknown fields are ignored, so nodes of mixed versions coexist.
+
+use libp2p::PeerId;
+use libp2p::identity::{Keypair, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The record layout this build writes.
+pub const SCHEMA: u32 = 1;
+
+/// Largest encoded envelope accepted (a record lists models; 64 KiB is ample).
+pub const MAX_ENVELOPE: usize = 64 * 1024;
+
+/// A model file a node holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelOnDisk {
+    pub id: String,
+    pub architecture: String,
+    pub quantization: String,
+    pub size_bytes: u64,
+}
+
+/// A model a node has in memory now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoadedModel {
+    pub id: String,
+    pub slots: u32,
+    pub busy: u32,
+    pub queued: u32,
+    /// Measured decode speed on this node, tokens/s (0 = not measured yet).
+    pub decode_tps: f32,
+}
+
+/// One node's state as the swarm sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeRecord {
+    pub schema: u32,
+    /// The owner's libp2p peer id (base58).
+    pub node_id: String,
+    pub hostname: String,
+    /// Where the owner's HTTP API listens (as it sees it).
+    pub api: String,
+    pub api_version: String,
+    /// e.g. "cpu", "cuda: NVIDIA RTX 4090".
+    pub devices: Vec<String>,
+    pub ram_total_bytes: u64,
+    pub ram_free_bytes: u64,
+    pub models_on_disk: Vec<ModelOnDisk>,
+    pub models_loaded: Vec<LoadedModel>,
+    /// Whether this node runs requests for others.
+    pub share: bool,
+    /// Bumped on every start; a restarted node's records beat its old ones.
+    pub incarnation: u64,
+    /// Bumped on every change within one incarnation.
+    pub seq: u64,
+}
+
+impl NodeRecord {
+    /// Whether `self` is newer than `other` (same owner): higher
+    /// incarnation, then higher seq.
+    pub fn newer_than(&self, other: &NodeRecord) -> bool {
+        (self.incarnation, self.seq) > (other.incarnation, other.seq)
+    }
+
+    /// The same record without `seq`, to tell whether anything changed.
+    pub(crate) fn content_eq(&self, other: &NodeRecord) -> bool {
+        let mut a = self.clone();
+        a.seq = other.seq;
+        a == *other
+    }
+}
+
+/// A record with its owner's public key and signature over the record bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The owner's public key, protobuf-encoded.
+    #[serde(with = "hex_bytes")]
+    pub public_key: Vec<u8>,
+    /// The record as JSON.
+    #[serde(with = "hex_bytes")]
+    pub record: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Envelope {
+    /// Signs `record` with `key`.
+    ///
+    /// # Errors
+    /// When signing fails (not for ed25519 keys).
+    pub fn seal(record: &NodeRecord, key: &Keypair) -> Result<Self> {
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::Rejected(e.to_string()))?;
+        let signature = key.sign(&bytes).map_err(|e| Error::Rejected(e.to_string()))?;
+        Ok(Self { public_key: key.public().encode_protobuf(), record: bytes, signature })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelopes serialize")
+    }
+
+    /// Decodes and checks an envelope from the network: size, JSON, the
+    /// signature, and that the record's node id is the signer's.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] saying which check failed.
+    pub fn open(bytes: &[u8]) -> Result<(PeerId, NodeRecord)> {
+        if bytes.len() > MAX_ENVELOPE {
+            return Err(Error::Rejected(format!("envelope of {} bytes exceeds {MAX_ENVELOPE}", bytes.len())));
+        }
+        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| Error::Rejected(format!("not an envelope: {e}")))?;
+        env.verify()
+    }
+
+    /// Checks the signature and the owner.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] saying which check failed.
+    pub fn verify(&self) -> Result<(PeerId, NodeRecord)> {
+        let key = PublicKey::try_decode_protobuf(&self.public_key).map_err(|e| Error::Rejected(format!("bad public key: {e}")))?;
+        if !key.verify(&self.record, &self.signature) {
+            return Err(Error::Rejected("signature does not match the record".into()));
+        }
+        let record: NodeRecord = serde_json::from_slice(&self.record).map_err(|e| Error::Rejected(format!("not a record: {e}")))?;
+        let signer = key.to_peer_id();
+        if record.node_id != signer.to_string() {
+            return Err(Error::Rejected(format!("record of {} signed by {signer}", record.node_id)));
+        }
+        Ok((signer, record))
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn record(key: &Keypair) -> NodeRecord {
+        NodeRecord { schema: SCHEMA, node_id: key.public().to_peer_id().to_string(), hostname: "pc-1".into(), incarnation: 3, seq: 9, ..Default::default() }
+    }
+
+    #[test]
+    fn a_sealed_record_opens_and_a_forged_one_does_not() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let env = Envelope::seal(&record(&a), &a).unwrap();
+        let (peer, r) = Envelope::open(&env.to_bytes()).unwrap();
+        assert_eq!((peer, r.hostname.as_str()), (a.public().to_peer_id(), "pc-1"));
+        // b signs a record claiming to be a.
+        let forged = Envelope::seal(&record(&a), &b).unwrap();
+        assert!(Envelope::open(&forged.to_bytes()).unwrap_err().to_string().contains("signed by"));
+        // Tampered bytes.
+        let mut tampered = env.clone();
+        tampered.record = serde_json::to_vec(&NodeRecord { seq: 10, ..record(&a) }).unwrap();
+        assert!(Envelope::open(&tampered.to_bytes()).unwrap_err().to_string().contains("signature"));
+        assert!(Envelope::open(&vec![b' '; MAX_ENVELOPE + 1]).unwrap_err().to_string().contains("exceeds"));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_missing_ones_default() {
+        let r: NodeRecord = serde_json::from_str(r#"{"schema": 2, "node_id": "x", "gpu_temp": 71, "seq": 4}"#).unwrap();
+        assert_eq!((r.schema, r.seq, r.hostname.as_str()), (2, 4, ""));
+    }
+
+    #[test]
+    fn random_and_mutated_bytes_never_panic() {
+        let key = Keypair::generate_ed25519();
+        let good = Envelope::seal(&record(&key), &key).unwrap().to_bytes();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for i in 0..20_000 {
+            let bytes: Vec<u8> = if i % 2 == 0 {
+                (0..rng.random_range(0..300)).map(|_| rng.random()).collect()
+            } else {
+                let mut b = good.clone();
+                for _ in 0..rng.random_range(1..6) {
+                    let at = rng.random_range(0..b.len());
+                    b[at] = rng.random();
+                }
+                b.truncate(rng.random_range(0..=b.len()));
+                b
+            };
+            let _ = Envelope::open(&bytes);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The replicated registry: every node's newest record, and whether it is up.
+//!
+//! Merge rule: per owner, the record with the higher (incarnation, seq)
+//! wins. A record heard from its owner (gossip it published, or a snapshot
+//! it answered) also proves the owner alive. A peer whose connections all
+//! closed is down at once; one not heard from within the TTL is down; a down
+//! peer is forgotten after `forget_after`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use serde::Serialize;
+
+use crate::record::{Envelope, NodeRecord};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    record: NodeRecord,
+    envelope: Envelope,
+    heard: Instant,
+    down_since: Option<Instant>,
+}
+
+/// What a [`Registry::merge`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    Unchanged,
+    /// A newer record, or a down owner heard from again.
+    Updated,
+    /// An owner not known before.
+    New,
+}
+
+impl Merge {
+    pub fn changed(self) -> bool {
+        self != Merge::Unchanged
+    }
+}
+
+/// One peer as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerView {
+    pub node_id: String,
+    pub up: bool,
+    /// Milliseconds since the owner was last heard from.
+    pub last_seen_ms: u64,
+    /// This node's own entry.
+    pub local: bool,
+    pub record: NodeRecord,
+}
+
+/// Every known node's newest record.
+#[derive(Debug)]
+pub struct Registry {
+    local: PeerId,
+    entries: HashMap<PeerId, Entry>,
+    ttl: Duration,
+    forget_after: Duration,
+}
+
+impl Registry {
+    pub fn new(local: PeerId, ttl: Duration, forget_after: Duration) -> Self {
+        Self { local, entries: HashMap::new(), ttl, forget_after }
+    }
+
+    /// Takes a verified record of `owner`; `from_owner` when the owner itself
+    /// sent it now (otherwise a peer relayed it, which it does only for
+    /// owners it considers up). Returns what changed.
+    pub fn merge(&mut self, owner: PeerId, record: NodeRecord, envelope: Envelope, from_owner: bool, now: Instant) -> Merge {
+        match self.entries.get_mut(&owner) {
+            // A newer record is news of its owner, whoever brings it.
+            Some(e) if record.newer_than(&e.record) => {
+                e.record = record;
+                e.envelope = envelope;
+                e.heard = now;
+                e.down_since = None;
+                Merge::Updated
+            }
+            Some(e) => {
+                // The same record again only shows life when its owner sends it:
+                // a relay of a dead node's last record must not revive it.
+                if from_owner && record.incarnation == e.record.incarnation {
+                    e.heard = now;
+                    if e.down_since.take().is_some() {
+                        return Merge::Updated;
+                    }
+                }
+                Merge::Unchanged
+            }
+            None => {
+                self.entries.insert(owner, Entry { record, envelope, heard: now, down_since: None });
+                Merge::New
+            }
+        }
+    }
+
+    /// All connections to `peer` closed: it is down now.
+    pub fn mark_down(&mut self, peer: &PeerId, now: Instant) -> bool {
+        match self.entries.get_mut(peer) {
+            Some(e) if e.down_since.is_none() && *peer != self.local => {
+                e.down_since = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies the TTL and forgets long-down peers. Returns whether anything changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        let (ttl, forget, local) = (self.ttl, self.forget_after, self.local);
+        for (peer, e) in &mut self.entries {
+            if *peer != local && e.down_since.is_none() && now.saturating_duration_since(e.heard) > ttl {
+                e.down_since = Some(now);
+                changed = true;
+            }
+        }
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.down_since.is_none_or(|d| now.saturating_duration_since(d) < forget));
+        changed || self.entries.len() != before
+    }
+
+    /// Records to hand a peer that just connected: everyone up, ourselves included.
+    pub fn envelopes(&self) -> Vec<Envelope> {
+        self.entries.values().filter(|e| e.down_since.is_none()).map(|e| e.envelope.clone()).collect()
+    }
+
+    pub fn record(&self, peer: &PeerId) -> Option<&NodeRecord> {
+        self.entries.get(peer).map(|e| &e.record)
+    }
+
+    /// Every entry, this node first, then by node id.
+    pub fn view(&self, now: Instant) -> Vec<PeerView> {
+        let mut v: Vec<PeerView> = self
+            .entries
+            .iter()
+            .map(|(peer, e)| PeerView {
+                node_id: peer.to_string(),
+                up: e.down_since.is_none(),
+                last_seen_ms: u64::try_from(now.saturating_duration_since(e.heard).as_millis()).unwrap_or(u64::MAX),
+                local: *peer == self.local,
+                record: e.record.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| b.local.cmp(&a.local).then_with(|| a.node_id.cmp(&b.node_id)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+
+    fn sealed(key: &Keypair, incarnation: u64, seq: u64, host: &str) -> (PeerId, NodeRecord, Envelope) {
+        let peer = key.public().to_peer_id();
+        let r = NodeRecord { node_id: peer.to_string(), hostname: host.into(), incarnation, seq, ..Default::default() };
+        let env = Envelope::seal(&r, key).unwrap();
+        (peer, r, env)
+    }
+
+    fn reg() -> (Registry, Instant) {
+        (Registry::new(Keypair::generate_ed25519().public().to_peer_id(), Duration::from_secs(3), Duration::from_secs(30)), Instant::now())
+    }
+
+    #[test]
+    fn newest_incarnation_then_seq_wins() {
+        let (mut r, t) = reg();
+        let k = Keypair::generate_ed25519();
+        let (p, rec, env) = sealed(&k, 1, 5, "old");
+        assert_eq!(r.merge(p, rec, env, true, t), Merge::New);
+        let (p, rec, env) = sealed(&k, 1, 4, "stale");
+        assert_eq!(r.merge(p, rec, env, true, t), Merge::Unchanged);
+        assert_eq!(r.record(&p).unwrap().hostname, "old");
+        // A restart: lower seq, higher incarnation.
+        let (p, rec, env) = sealed(&k, 2, 0, "restarted");
+        assert_eq!(r.merge(p, rec, env, true, t), Merge::Updated);
+        assert_eq!(r.record(&p).unwrap().hostname, "restarted");
+        assert_eq!(r.view(t).len(), 1, "one entry per owner");
+    }
+
+    #[test]
+    fn silence_past_the_ttl_is_down_then_forgotten_and_speech_revives() {
+        let (mut r, t) = reg();
+        let k = Keypair::generate_ed25519();
+        let (p, rec, env) = sealed(&k, 1, 1, "a");
+        r.merge(p, rec.clone(), env.clone(), true, t);
+        assert!(!r.tick(t + Duration::from_millis(2900)));
+        assert!(r.tick(t + Duration::from_millis(3100)));
+        assert!(!r.view(t + Duration::from_secs(4))[0].up);
+        // The owner speaks again (same record): up.
+        assert!(r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(5)).changed());
+        assert!(r.view(t + Duration::from_secs(5))[0].up);
+        // Connections closed: down at once; forgotten after 30 s down.
+        assert!(r.mark_down(&p, t + Duration::from_secs(6)));
+        r.tick(t + Duration::from_secs(35));
+        assert_eq!(r.view(t + Duration::from_secs(35)).len(), 1);
+        r.tick(t + Duration::from_secs(37));
+        assert!(r.view(t + Duration::from_secs(37)).is_empty());
+    }
+
+    #[test]
+    fn a_relayed_copy_of_the_last_record_does_not_revive_a_down_peer_but_a_newer_one_does() {
+        let (mut r, t) = reg();
+        let k = Keypair::generate_ed25519();
+        let (p, rec, env) = sealed(&k, 1, 1, "a");
+        assert_eq!(r.merge(p, rec.clone(), env.clone(), false, t), Merge::New);
+        r.mark_down(&p, t);
+        assert_eq!(r.merge(p, rec, env, false, t), Merge::Unchanged);
+        assert!(!r.view(t)[0].up);
+        let (p, rec, env) = sealed(&k, 1, 2, "a");
+        assert_eq!(r.merge(p, rec, env, false, t), Merge::Updated);
+        assert!(r.view(t)[0].up);
+    }
+}
