@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates; do
+for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 command -v npm >/dev/null || need+=(nodejs npm)
@@ -36,4 +36,10 @@ fi
 # The openai SDKs (Python and npm) against a real `rbee serve`; the tests
 # above built the binary.
 e2e/openai/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
+# The swarm on a LAN of network namespaces (needs root, as CI runs).
+if [ "$(id -u)" = 0 ]; then
+  python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1
+else
+  sudo -E python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1
+fi
 exit $status

@@ -14,6 +14,9 @@ use serde::Deserialize;
 /// The API's default address (loopback: only this machine can reach it).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7833";
 
+/// The swarm's default TCP port (on every interface: the swarm is for the LAN).
+pub const DEFAULT_SWARM_PORT: u16 = 7834;
+
 /// One layer of settings; `None` means "not set here".
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +41,16 @@ pub struct Overrides {
     pub shutdown_grace_secs: Option<f64>,
     /// Seconds without an event after which a stream carries a keep-alive comment.
     pub keep_alive_secs: Option<f64>,
+    /// The swarm's join code; without one the node runs alone.
+    pub swarm_key: Option<String>,
+    /// Peers to dial besides those mDNS finds (multiaddrs).
+    pub peers: Option<Vec<String>>,
+    /// Whether this node runs requests for the rest of the swarm.
+    pub share: Option<bool>,
+    /// The swarm's listen address (a multiaddr).
+    pub swarm_listen: Option<String>,
+    /// Whether to find peers by mDNS.
+    pub mdns: Option<bool>,
 }
 
 impl Overrides {
@@ -81,6 +94,11 @@ impl Overrides {
             max_context: parse("RBEE_MAX_CONTEXT", get("RBEE_MAX_CONTEXT"))?,
             shutdown_grace_secs: parse("RBEE_SHUTDOWN_GRACE_SECS", get("RBEE_SHUTDOWN_GRACE_SECS"))?,
             keep_alive_secs: parse("RBEE_KEEP_ALIVE_SECS", get("RBEE_KEEP_ALIVE_SECS"))?,
+            swarm_key: get("RBEE_SWARM_KEY").filter(|v| !v.is_empty()),
+            peers: list(get("RBEE_PEERS")),
+            share: parse("RBEE_SHARE", get("RBEE_SHARE"))?,
+            swarm_listen: get("RBEE_SWARM_LISTEN").filter(|v| !v.is_empty()),
+            mdns: parse("RBEE_MDNS", get("RBEE_MDNS"))?,
         })
     }
 
@@ -98,6 +116,11 @@ impl Overrides {
             max_context: over.max_context.or(self.max_context),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             keep_alive_secs: over.keep_alive_secs.or(self.keep_alive_secs),
+            swarm_key: over.swarm_key.or(self.swarm_key),
+            peers: over.peers.or(self.peers),
+            share: over.share.or(self.share),
+            swarm_listen: over.swarm_listen.or(self.swarm_listen),
+            mdns: over.mdns.or(self.mdns),
         }
     }
 }
@@ -115,6 +138,11 @@ pub struct Config {
     pub max_context: usize,
     pub shutdown_grace: Duration,
     pub keep_alive: Duration,
+    pub swarm_key: Option<rbee_swarm::SwarmKey>,
+    pub peers: Vec<rbee_swarm::Multiaddr>,
+    pub share: bool,
+    pub swarm_listen: rbee_swarm::Multiaddr,
+    pub mdns: bool,
 }
 
 impl Config {
@@ -150,7 +178,18 @@ impl Config {
         if keep_alive.is_zero() {
             bail!("keep_alive_secs must be greater than 0");
         }
+        let swarm_key = o.swarm_key.as_deref().map(rbee_swarm::SwarmKey::from_join_code).transpose()?;
+        let multiaddr = |what: &str, a: &str| -> Result<rbee_swarm::Multiaddr> {
+            a.parse().with_context(|| format!("{what} {a:?} is not a multiaddr (e.g. /ip4/192.168.1.20/tcp/{DEFAULT_SWARM_PORT})"))
+        };
+        let peers = o.peers.unwrap_or_default().iter().map(|p| multiaddr("peer", p)).collect::<Result<Vec<_>>>()?;
+        let swarm_listen = multiaddr("swarm_listen", o.swarm_listen.as_deref().unwrap_or(&format!("/ip4/0.0.0.0/tcp/{DEFAULT_SWARM_PORT}")))?;
         Ok(Self {
+            swarm_key,
+            peers,
+            share: o.share.unwrap_or(true),
+            swarm_listen,
+            mdns: o.mdns.unwrap_or(true),
             listen,
             data_dir: o.data_dir.unwrap_or_else(default_data_dir),
             api_keys,
@@ -220,6 +259,8 @@ mod tests {
         std::fs::write(&file, "listn = \"x\"").unwrap();
         assert!(format!("{:#}", Overrides::from_file(&file).unwrap_err()).contains("unknown field `listn`"));
         assert!(format!("{:#}", Overrides::from_env(|k| (k == "RBEE_SLOTS").then(|| "two".into())).unwrap_err()).contains("RBEE_SLOTS"));
+        assert!(err(Overrides { swarm_key: Some("hello".into()), ..Default::default() }).contains("join code"));
+        assert!(err(Overrides { peers: Some(vec!["10.0.0.2:7834".into()]), ..Default::default() }).contains("not a multiaddr"));
         // Beyond loopback with a key is fine.
         let c = Config::resolve(Overrides { listen: Some("0.0.0.0:0".into()), api_keys: Some(vec!["k".into()]), ..Default::default() });
         assert!(c.is_ok());

@@ -6,10 +6,12 @@
 //!   `/v1/completions`, `/health`, `/metrics` — with OpenAI's wire types and
 //!   error objects, API keys and CORS.
 //! - [`server`]: serving on a listener with graceful shutdown.
+//! - [`swarm`]: joining the swarm and keeping this node's record current in it.
 
 pub mod api;
 pub mod config;
 pub mod server;
+pub mod swarm;
 
 pub use api::{AppState, router};
 pub use config::Config;

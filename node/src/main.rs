@@ -28,6 +28,17 @@ struct Cli {
 enum Command {
     /// Run this machine's node: the OpenAI-compatible API at http://127.0.0.1:7833/v1.
     Serve(ServeArgs),
+    /// The swarm: `rbee swarm init` prints a new join code.
+    Swarm {
+        #[command(subcommand)]
+        command: SwarmCommand,
+    },
+    /// List the nodes of the swarm as the running node sees them.
+    Peers {
+        /// The node's API [default: the configured listen address].
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Chat with a model in the terminal (streams the answers; /clear forgets, /exit or Ctrl-D quits).
     Chat {
         /// Model id or a unique prefix; may be left out when there is only one model.
@@ -80,6 +91,27 @@ struct ServeArgs {
     /// Seconds of silence after which a stream sends a keep-alive comment [env: RBEE_KEEP_ALIVE_SECS] [default: 5].
     #[arg(long)]
     keep_alive_secs: Option<f64>,
+    /// Join the swarm with this join code (from `rbee swarm init`) [env: RBEE_SWARM_KEY]. Without one the node runs alone.
+    #[arg(long)]
+    swarm_key: Option<String>,
+    /// A peer to dial besides those mDNS finds, e.g. /ip4/192.168.1.20/tcp/7834; repeatable [env: RBEE_PEERS].
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Use the swarm without running requests for it [env: RBEE_SHARE=false].
+    #[arg(long)]
+    no_share: bool,
+    /// The swarm's listen address [env: RBEE_SWARM_LISTEN] [default: /ip4/0.0.0.0/tcp/7834].
+    #[arg(long)]
+    swarm_listen: Option<String>,
+    /// Do not look for peers by mDNS (use --peer) [env: RBEE_MDNS=false].
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+#[derive(Subcommand)]
+enum SwarmCommand {
+    /// Create a new swarm: prints its join code, which every machine of the swarm passes to `rbee serve --swarm-key`.
+    Init,
 }
 
 #[derive(Subcommand)]
@@ -147,7 +179,8 @@ struct GenerateArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    // wgpu reports every adapter it cannot open (no GPU driver) as an error.
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info,wgpu_hal=off,wgpu_core=warn" } else { "warn,wgpu_hal=off" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
@@ -177,6 +210,11 @@ fn run(cli: Cli) -> Result<()> {
             cors_origins: (!a.cors_origins.is_empty()).then(|| a.cors_origins.clone()),
             shutdown_grace_secs: a.shutdown_grace_secs,
             keep_alive_secs: a.keep_alive_secs,
+            swarm_key: a.swarm_key.clone(),
+            peers: (!a.peers.is_empty()).then(|| a.peers.clone()),
+            share: a.no_share.then_some(false),
+            swarm_listen: a.swarm_listen.clone(),
+            mdns: a.no_mdns.then_some(false),
             ..flags
         };
     }
@@ -184,6 +222,16 @@ fn run(cli: Cli) -> Result<()> {
     let data_dir = cfg.data_dir.clone();
     match cli.command {
         Command::Serve(_) => serve(cfg),
+        Command::Swarm { command: SwarmCommand::Init } => {
+            let key = rbee_swarm::SwarmKey::generate();
+            println!("{}", key.join_code());
+            eprintln!(
+                "new swarm {}: start every machine with `rbee serve --swarm-key CODE` (or swarm_key in the config file). Keep the code private: it is the swarm's password.",
+                key.fingerprint()
+            );
+            Ok(())
+        }
+        Command::Peers { url } => peers(&cfg, url),
         Command::Chat { model, system, temperature, seed, max_tokens } => chat(&cfg, model, system, temperature, seed, max_tokens),
         Command::Models { command } => models(&data_dir, command),
         Command::Generate(args) => generate(&data_dir, args),
@@ -213,11 +261,63 @@ fn serve(cfg: Config) -> Result<()> {
         // The one line scripts and tests wait for.
         println!("rbee listening on http://{addr}/v1");
         std::io::stdout().flush()?;
-        let state = rbee_node::AppState::new(engine, cfg);
+        let swarm = rbee_node::swarm::start(&cfg)?;
+        let state = rbee_node::AppState::new(engine, cfg).with_swarm(swarm.clone());
+        if let Some(client) = swarm {
+            rbee_node::swarm::publish(state.clone(), client, addr);
+        }
         rbee_node::serve(listener, state, rbee_node::shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn peers(cfg: &Config, url: Option<String>) -> Result<()> {
+    let base = url.unwrap_or_else(|| {
+        let mut a = cfg.listen;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{a}")
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let v: serde_json::Value = rt.block_on(async {
+        let mut req = reqwest::Client::new().get(format!("{}/api/swarm", base.trim_end_matches('/')));
+        if let Some(k) = cfg.api_keys.first() {
+            req = req.bearer_auth(k);
+        }
+        req.send().await?.error_for_status()?.json().await
+    })
+    .with_context(|| format!("asking the node at {base} (is `rbee serve` running?)"))?;
+    if v["enabled"] != true {
+        println!("{}", v["message"].as_str().unwrap_or("running alone"));
+        return Ok(());
+    }
+    println!("swarm key {} · this node {}", v["swarm_key_fingerprint"].as_str().unwrap_or(""), v["node_id"].as_str().unwrap_or(""));
+    println!("{:<14} {:<16} {:<5} {:>7} {:>8}  {:<30} ON DISK", "NODE", "HOST", "STATE", "SEEN", "RTT", "LOADED (busy/slots, tok/s)");
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let id = p["node_id"].as_str().unwrap_or("");
+        let short = if id.len() > 12 { &id[id.len() - 12..] } else { id };
+        let r = &p["record"];
+        let loaded: Vec<String> = r["models_loaded"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} {}/{} {:.0}", m["id"].as_str().unwrap_or(""), m["busy"], m["slots"], m["decode_tps"].as_f64().unwrap_or(0.0)))
+            .collect();
+        let disk: Vec<&str> = r["models_on_disk"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+        println!(
+            "{:<14} {:<16} {:<5} {:>6}s {:>8}  {:<30} {}",
+            format!("{short}{}", if p["local"] == true { "*" } else { "" }),
+            r["hostname"].as_str().unwrap_or(""),
+            if p["up"] == true { "up" } else { "down" },
+            p["last_seen_ms"].as_u64().unwrap_or(0) / 1000,
+            p["rtt_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms")),
+            loaded.join(", "),
+            disk.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn chat(cfg: &Config, model: Option<String>, system: Option<String>, temperature: f32, seed: Option<u64>, max_tokens: usize) -> Result<()> {

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod routing;
 
 pub use error::{Error, Result};
+pub use libp2p::Multiaddr;
 pub use key::SwarmKey;
 pub use node::{Client, Config, start};
 pub use record::{Envelope, NodeRecord};

@@ -81,7 +81,7 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         model: generation.model.clone(),
     };
-    let tracker = Tracker { state: s.clone(), started, engine_start, first: None, ended: false };
+    let tracker = Tracker { state: s.clone(), model: ids.model.clone(), started, engine_start, first: None, ended: false };
     if sampling.stream() {
         Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage()))
     } else {
@@ -92,6 +92,7 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
 /// Records a generation's metrics; one dropped before its end counts as cancelled.
 struct Tracker {
     state: AppState,
+    model: String,
     /// When the request reached its handler.
     started: Instant,
     /// When it was handed to the engine.
@@ -125,8 +126,9 @@ impl Tracker {
         let m = &self.state.metrics;
         m.prompt_tokens.inc_by(u64::try_from(usage.prompt_tokens).unwrap_or(0));
         m.completion_tokens.inc_by(u64::try_from(usage.completion_tokens).unwrap_or(0));
-        if usage.completion_tokens > 1 {
+        if usage.completion_tokens > 1 && usage.decode_secs > 0.0 {
             m.time_per_token.observe(usage.decode_secs / (usage.completion_tokens - 1) as f64);
+            self.state.record_decode_speed(&self.model, (usage.completion_tokens - 1) as f64 / usage.decode_secs);
         }
         self.end(finish_reason(finish));
     }
@@ -361,7 +363,7 @@ mod tests {
         tx.send(Event::Error("tensor computation failed: out of device memory".into())).await.unwrap();
         drop(tx);
         let ids = Ids { id: "chatcmpl-1".into(), created: 1, model: "m".into() };
-        let tracker = Tracker { state: state.clone(), started: Instant::now(), engine_start: Instant::now(), first: None, ended: false };
+        let tracker = Tracker { state: state.clone(), model: "m".into(), started: Instant::now(), engine_start: Instant::now(), first: None, ended: false };
         let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false);
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();

@@ -41,6 +41,10 @@ pub struct AppState {
     pub engine: Engine,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The swarm, when this node is in one.
+    pub swarm: Option<rbee_swarm::Client>,
+    /// Measured decode speed per model (tokens/s, smoothed).
+    speeds: Arc<std::sync::Mutex<std::collections::HashMap<String, f32>>>,
     /// SHA-256 of each configured API key: compared in constant time, and
     /// the keys themselves are not kept where a log or a dump could show them.
     key_hashes: Arc<Vec<[u8; 32]>>,
@@ -49,7 +53,36 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Engine, config: Config) -> Self {
         let key_hashes = config.api_keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect();
-        Self { engine, config: Arc::new(config), metrics: Arc::new(Metrics::new()), key_hashes: Arc::new(key_hashes) }
+        Self {
+            engine,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            swarm: None,
+            speeds: Arc::default(),
+            key_hashes: Arc::new(key_hashes),
+        }
+    }
+
+    /// The same state, in the swarm `client` belongs to.
+    #[must_use]
+    pub fn with_swarm(mut self, client: Option<rbee_swarm::Client>) -> Self {
+        self.swarm = client;
+        self
+    }
+
+    /// Adds one generation's decode speed to `model`'s running estimate.
+    pub fn record_decode_speed(&self, model: &str, tokens_per_sec: f64) {
+        if !(tokens_per_sec.is_finite() && tokens_per_sec > 0.0) {
+            return;
+        }
+        let mut s = self.speeds.lock().expect("speeds lock");
+        let e = s.entry(model.to_string()).or_insert(tokens_per_sec as f32);
+        *e = 0.7 * *e + 0.3 * tokens_per_sec as f32;
+    }
+
+    /// `model`'s measured decode speed, tokens/s.
+    pub fn decode_speed(&self, model: &str) -> Option<f32> {
+        self.speeds.lock().expect("speeds lock").get(model).copied()
     }
 }
 
@@ -61,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(models::get))
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(chat::completions))
+        .route("/api/swarm", get(swarm_view))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
@@ -117,6 +151,10 @@ async fn health(State(s): State<AppState>) -> impl IntoResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "models_loaded": s.engine.loaded().len(),
     }))
+}
+
+async fn swarm_view(State(s): State<AppState>) -> impl IntoResponse {
+    axum::Json(crate::swarm::view(&s))
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -393,7 +393,19 @@ pub struct ModelInfo {
     pub architecture: String,
     pub quantization: String,
     pub size_bytes: u64,
+    /// 0 when only peers have the model.
     pub context_length: u64,
+    /// Loaded on this node.
+    pub loaded: bool,
+    /// Every node that has it (this one included), from the swarm registry.
+    pub nodes: Vec<ModelLocation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelLocation {
+    pub node_id: String,
+    pub hostname: String,
+    pub local: bool,
     pub loaded: bool,
 }
 

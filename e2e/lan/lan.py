@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""The swarm on a real (virtual) LAN: network namespaces on a bridge, one
+`rbee serve` per namespace, real mDNS and TCP.
+
+Usage (as root): lan.py RBEE_BINARY FIXTURE.gguf
+
+Each node lives in its own namespace with a veth into a bridge that lives in
+a namespace of its own, so nothing touches the host's network. Everything is
+torn down at the end, also on failure or interrupt. Prints the measured
+times; exits non-zero when a check fails.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+RBEE, FIXTURE = sys.argv[1], sys.argv[2]
+TAG = f"rb{os.getpid() % 100000}"
+BRIDGE_NS = f"{TAG}-br"
+SUBNET = "10.77.{}.{}"
+procs = {}
+namespaces = []
+workdir = tempfile.mkdtemp(prefix="rbee-lan-")
+failures = []
+
+
+def sh(*args, check=True):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def ns_exec(ns, *args, check=True):
+    return sh("ip", "netns", "exec", ns, *args, check=check)
+
+
+def setup_bridge():
+    sh("ip", "netns", "add", BRIDGE_NS)
+    namespaces.append(BRIDGE_NS)
+    ns_exec(BRIDGE_NS, "ip", "link", "add", "br0", "type", "bridge")
+    ns_exec(BRIDGE_NS, "ip", "link", "set", "br0", "up")
+    ns_exec(BRIDGE_NS, "ip", "link", "set", "lo", "up")
+
+
+def add_host(i, subnet=1):
+    """Namespace n<i> with 10.77.<subnet>.<i> on a veth into the bridge."""
+    ns = f"{TAG}-n{i}"
+    sh("ip", "netns", "add", ns)
+    namespaces.append(ns)
+    inside, outside = f"{TAG}v{i}", f"{TAG}h{i}"
+    sh("ip", "link", "add", inside, "netns", ns, "type", "veth", "peer", "name", outside, "netns", BRIDGE_NS)
+    ns_exec(BRIDGE_NS, "ip", "link", "set", outside, "master", "br0")
+    ns_exec(BRIDGE_NS, "ip", "link", "set", outside, "up")
+    ns_exec(ns, "ip", "addr", "add", SUBNET.format(subnet, i) + "/16", "dev", inside)
+    ns_exec(ns, "ip", "link", "set", inside, "up")
+    ns_exec(ns, "ip", "link", "set", "lo", "up")
+    ns_exec(ns, "ip", "route", "add", "224.0.0.0/4", "dev", inside)
+    return ns
+
+
+def start(name, ns, key, extra=(), model=False, data=None):
+    data = data or os.path.join(workdir, name)
+    os.makedirs(data, exist_ok=True)
+    env = dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml"), RUST_LOG="warn")
+    if model and not os.path.exists(os.path.join(data, "models")):
+        subprocess.run([RBEE, "--data-dir", data, "models", "import", FIXTURE], env=env, check=True, capture_output=True)
+    log = open(os.path.join(workdir, f"{name}.log"), "a")
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", ns, RBEE, "--data-dir", data, "serve", "--listen", "127.0.0.1:7833",
+         "--swarm-key", key, "--swarm-listen", "/ip4/0.0.0.0/tcp/7834", *extra],
+        stdout=log, stderr=log, env=env)
+    procs[name] = (p, ns, data)
+    wait_for(lambda: api(ns, "/health") is not None, 10, f"{name}'s API")
+    return p
+
+
+def stop(name, sig=signal.SIGTERM):
+    p, _, _ = procs.pop(name)
+    p.send_signal(sig)
+    p.wait(timeout=40)
+
+
+def api(ns, path):
+    out = ns_exec(ns, "curl", "-s", "--max-time", "2", f"http://127.0.0.1:7833{path}", check=False)
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
+
+
+def swarm(name):
+    return api(procs[name][1], "/api/swarm") or {"peers": []}
+
+
+def up_hosts(name):
+    return sorted(p["node_id"] for p in swarm(name)["peers"] if p["up"])
+
+
+def node_id(name):
+    return swarm(name).get("node_id")
+
+
+def wait_for(pred, timeout, what):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.01)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def check(name, fn):
+    t0 = time.monotonic()
+    try:
+        fn()
+        print(f"ok   {name} ({time.monotonic() - t0:.1f} s)")
+    except Exception as e:  # noqa: BLE001 - every failure is reported, then the rest run
+        failures.append(name)
+        print(f"FAIL {name}: {e}")
+        for n, (_, _, data) in procs.items():
+            log = os.path.join(workdir, f"{n}.log")
+            if os.path.exists(log):
+                print(f"--- {n} log (tail)\n" + "".join(open(log).readlines()[-15:]))
+
+
+def key():
+    return subprocess.run([RBEE, "swarm", "init"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def teardown(*_):
+    for name in list(procs):
+        p = procs.pop(name)[0]
+        p.kill()
+        p.wait()
+    for ns in reversed(namespaces):
+        sh("ip", "netns", "del", ns, check=False)
+    namespaces.clear()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main():
+    setup_bridge()
+    hosts = {i: add_host(i) for i in (1, 2, 3, 4)}
+    k = key()
+
+    def discovery():
+        t0 = time.monotonic()
+        start("a", hosts[1], k)
+        start("b", hosts[2], k)
+        start("c", hosts[3], k, model=True)
+        ids = sorted(node_id(n) for n in "abc")
+        for n in "abc":
+            wait_for(lambda n=n: up_hosts(n) == ids, 15, f"{n} lists all three")
+        print(f"     all three registries list all three {time.monotonic() - t0:.2f} s after the first start")
+        # A model only C has is listed by A, with where it is.
+        models = api(hosts[1], "/v1/models")["data"]
+        m = [m for m in models if m["id"] == "gemma-3-270m-q4_k_m"]
+        assert m and [n["node_id"] for n in m[0]["rbee"]["nodes"]] == [node_id("c")], models
+
+    def wrong_key():
+        start("stranger", hosts[4], key())
+        time.sleep(4)
+        me = node_id("stranger")
+        for n in "abc":
+            assert me not in [p["node_id"] for p in swarm(n)["peers"]], f"{n} lists the stranger"
+        assert up_hosts("stranger") == [me], swarm("stranger")
+        stop("stranger")
+
+    def crash_is_seen_at_once():
+        c = node_id("c")
+        procs["c"][0].kill()
+        t = wait_for(lambda: c not in up_hosts("a") and c not in up_hosts("b"), 5, "c marked down")
+        print(f"     SIGKILLed node marked down by both others in {t * 1000:.0f} ms")
+
+    def restart_same_identity():
+        old = {p["node_id"]: p["record"]["incarnation"] for p in swarm("a")["peers"]}
+        _, ns, data = procs.pop("c")
+        start("c", ns, k, data=data)
+        c = node_id("c")
+        wait_for(lambda: c in up_hosts("a"), 10, "restarted c back in a's registry")
+        peers = swarm("a")["peers"]
+        assert len(peers) == 3 and len({p["node_id"] for p in peers}) == 3, peers
+        new = [p for p in peers if p["node_id"] == c][0]["record"]["incarnation"]
+        assert new > old[c], (old, new)
+
+    def partition_and_heal():
+        c = node_id("c")
+        others = sorted(node_id(n) for n in "ab")
+        ns_exec(BRIDGE_NS, "ip", "link", "set", f"{TAG}h3", "down")
+        t = wait_for(lambda: c not in up_hosts("a") and c not in up_hosts("b") and up_hosts("c") == [c], 10, "both sides drop the other")
+        print(f"     partition: each side marked the other down in {t:.2f} s")
+        ns_exec(BRIDGE_NS, "ip", "link", "set", f"{TAG}h3", "up")
+        ids = sorted(others + [c])
+        t = wait_for(lambda: all(up_hosts(n) == ids for n in "abc"), 15, "converged after healing")
+        print(f"     healed: all three converge again in {t:.2f} s")
+
+    def bootstrap_only():
+        for n in list(procs):
+            stop(n)
+        k2 = key()
+        first = SUBNET.format(1, 1)
+        start("a", hosts[1], k2, ["--no-mdns"])
+        start("b", hosts[2], k2, ["--no-mdns", "--peer", f"/ip4/{first}/tcp/7834"])
+        start("c", hosts[3], k2, ["--no-mdns", "--peer", f"/ip4/{first}/tcp/7834"])
+        ids = sorted(node_id(n) for n in "abc")
+        for n in "abc":
+            wait_for(lambda n=n: up_hosts(n) == ids, 15, f"{n} lists all three without mDNS")
+
+    check("three nodes discover each other; a model only C has is listed at A", discovery)
+    check("a node with another swarm key is in no registry", wrong_key)
+    check("a SIGKILLed node is marked down at once", crash_is_seen_at_once)
+    check("a restart with the same identity rejoins with a higher incarnation, no duplicate", restart_same_identity)
+    check("a partition drops each side within the TTL and heals", partition_and_heal)
+    check("bootstrap peers alone (mDNS off) form the same swarm", bootstrap_only)
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("e2e/lan needs root (it creates network namespaces)")
+    signal.signal(signal.SIGTERM, lambda *_: (teardown(), sys.exit(1)))
+    try:
+        main()
+    except KeyboardInterrupt:
+        failures.append("interrupted")
+    except Exception as e:  # noqa: BLE001
+        failures.append(f"setup: {e}")
+        print(f"FAIL setup: {e}")
+    finally:
+        teardown()
+    sys.exit(1 if failures else 0)
