@@ -217,6 +217,11 @@ async fn models_health_metrics_and_cors_for_the_js_sdk() {
     assert_eq!(one["id"], MODEL);
     let health: Value = reqwest::get(format!("{}/health", node.url)).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
+    // Without a swarm key the node runs alone and says how to join one.
+    let swarm: Value = reqwest::get(format!("{}/api/swarm", node.url)).await.unwrap().json().await.unwrap();
+    assert_eq!(swarm["enabled"], false);
+    assert!(swarm["message"].as_str().unwrap().contains("rbee swarm init"));
+    assert_eq!(m["rbee"]["nodes"][0]["local"], true);
 
     let client = reqwest::Client::new();
     let preflight = client
