@@ -19,6 +19,7 @@ import tempfile
 import time
 
 RBEE, FIXTURE = sys.argv[1], sys.argv[2]
+MODEL = "gemma-3-270m-q4_k_m"
 TAG = f"rb{os.getpid() % 100000}"
 BRIDGE_NS = f"{TAG}-br"
 SUBNET = "10.77.{}.{}"
@@ -93,6 +94,24 @@ def api(ns, path):
         return None
 
 
+def complete(ns, body):
+    out = ns_exec(ns, "curl", "-s", "--max-time", "120", "-H", "content-type: application/json", "-d", json.dumps(body),
+                  "http://127.0.0.1:7833/v1/completions", check=False)
+    return json.loads(out)
+
+
+def stream(ns, body):
+    """A streamed completion from inside `ns`: a Popen whose stdout carries the SSE lines."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, "curl", "-sN", "--max-time", "120", "-H", "content-type: application/json",
+                             "-d", json.dumps(dict(body, stream=True, stream_options={"include_usage": True})),
+                             "http://127.0.0.1:7833/v1/completions"], stdout=subprocess.PIPE, text=True)
+
+
+def busy_on(name, model):
+    """Node ids whose slots for `model` are busy, as `name`'s registry says."""
+    return [p["node_id"] for p in swarm(name)["peers"] for m in p["record"]["models_loaded"] if m["id"] == model and m["busy"] > 0]
+
+
 def swarm(name):
     return api(procs[name][1], "/api/swarm") or {"peers": []}
 
@@ -151,8 +170,8 @@ def main():
     def discovery():
         t0 = time.monotonic()
         start("a", hosts[1], k)
-        start("b", hosts[2], k)
-        start("c", hosts[3], k, model=True)
+        start("b", hosts[2], k, ["--slots", "1", "--queue-depth", "0"])
+        start("c", hosts[3], k, ["--slots", "1"], model=True)
         ids = sorted(node_id(n) for n in "abc")
         for n in "abc":
             wait_for(lambda n=n: up_hosts(n) == ids, 15, f"{n} lists all three")
@@ -161,6 +180,68 @@ def main():
         models = api(hosts[1], "/v1/models")["data"]
         m = [m for m in models if m["id"] == "gemma-3-270m-q4_k_m"]
         assert m and [n["node_id"] for n in m[0]["rbee"]["nodes"]] == [node_id("c")], models
+
+    def routed_to_the_only_holder():
+        r = complete(hosts[1], {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
+        assert r["timings"]["node_id"] == node_id("c"), r
+        assert r["choices"][0]["text"].startswith(" the capital of"), r
+        assert r["usage"]["completion_tokens"] == 8, r
+        print(f"     answered by C through A: {r['choices'][0]['text']!r}")
+
+    def busy_holder_is_passed_over():
+        # B gets the model too (one slot, no queue).
+        subprocess.run([RBEE, "--data-dir", procs["b"][2], "models", "import", FIXTURE], check=True, capture_output=True,
+                       env=dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml")))
+        b, c = node_id("b"), node_id("c")
+        has = lambda n: any(p["node_id"] == n and any(m["id"] == MODEL for m in p["record"]["models_on_disk"]) for p in swarm("a")["peers"])  # noqa: E731
+        wait_for(lambda: has(b), 10, "b's model in a's registry")
+        long = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True}
+        # Occupy C, so that a long answer asked of B runs on B itself; then free C.
+        hog_c = stream(hosts[3], long)
+        wait_for(lambda: c in busy_on("a", MODEL), 10, "a sees c busy")
+        hog_b = stream(hosts[2], long)
+        wait_for(lambda: b in busy_on("a", MODEL), 10, "a sees b busy")
+        hog_c.kill()
+        hog_c.wait()
+        wait_for(lambda: c not in busy_on("a", MODEL), 10, "c free again")
+        # B's slot is busy: requests made at B itself, and at A, run on C.
+        for ns in (hosts[2], hosts[1], hosts[2]):
+            r = complete(ns, {"model": MODEL, "prompt": "Bees make", "max_tokens": 4})
+            assert r["timings"]["node_id"] == c, r
+        hog_b.kill()
+        hog_b.wait()
+        wait_for(lambda: b not in busy_on("a", MODEL), 10, "b free again")
+
+    def crash_mid_stream_continues_elsewhere():
+        body = {"model": MODEL, "prompt": "The history of bees", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
+        s = stream(hosts[1], body)
+        chunks, victim = [], None
+        for line in s.stdout:
+            if not line.startswith("data: "):
+                continue
+            data = line[6:].strip()
+            chunks.append(data)
+            if victim is None and len(chunks) == 8:
+                # The registry shows the busy slot within a refresh (1 s).
+                wait_for(lambda: any(node_id(n) in busy_on("a", MODEL) for n in "bc"), 5, "a node busy with the answer")
+                victim = [n for n in "bc" if node_id(n) in busy_on("a", MODEL)][0]
+                procs[victim][0].kill()
+                print(f"     SIGKILLed {victim} after 8 chunks")
+        s.wait()
+        assert victim, "the stream ended before the crash"
+        assert chunks[-1] == "[DONE]", chunks[-3:]
+        events = [json.loads(c) for c in chunks[:-1]]
+        assert not any("error" in e for e in events), [e for e in events if "error" in e]
+        finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+        assert finishes == ["length"], finishes
+        usage = events[-1]["usage"]
+        assert usage["completion_tokens"] == 200, usage
+        text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+        print(f"     one answer of {usage['completion_tokens']} tokens, finished by {events[-1]['timings']['node_id'][-6:]}: {text[:120]!r}")
+        _, ns, data = procs.pop(victim)
+        start(victim, ns, k, ["--slots", "1", "--queue-depth", "0"] if victim == "b" else ["--slots", "1"], data=data)
+        ids = sorted(node_id(n) for n in "abc")
+        wait_for(lambda: up_hosts("a") == ids, 15, "the restarted node is back")
 
     def wrong_key():
         start("stranger", hosts[4], key())
@@ -212,6 +293,9 @@ def main():
             wait_for(lambda n=n: up_hosts(n) == ids, 15, f"{n} lists all three without mDNS")
 
     check("three nodes discover each other; a model only C has is listed at A", discovery)
+    check("a request to A for a model only C has is answered by C", routed_to_the_only_holder)
+    check("with the model on B and C and B's slot busy, requests go to C", busy_holder_is_passed_over)
+    check("SIGKILL of the serving node mid-stream: the answer completes on another node", crash_mid_stream_continues_elsewhere)
     check("a node with another swarm key is in no registry", wrong_key)
     check("a SIGKILLed node is marked down at once", crash_is_seen_at_once)
     check("a restart with the same identity rejoins with a higher incarnation, no duplicate", restart_same_identity)

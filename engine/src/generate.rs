@@ -76,6 +76,18 @@ impl Model {
             Prompt::Text(t) => self.tokenizer.encode_prompt(t)?,
             Prompt::Chat(msgs) => self.tokenizer.encode_prompt(&self.template.render(msgs, true)?)?,
             Prompt::Tokens(ids) => ids.clone(),
+            // The answer so far is tokenized together with the prompt's text,
+            // as if this model had written it.
+            Prompt::Continue { prompt, text } => match prompt.as_ref() {
+                Prompt::Text(t) => self.tokenizer.encode_prompt(&format!("{t}{text}"))?,
+                Prompt::Chat(msgs) => self.tokenizer.encode_prompt(&format!("{}{text}", self.template.render(msgs, true)?))?,
+                Prompt::Tokens(ids) => {
+                    let mut ids = ids.clone();
+                    ids.extend(self.tokenizer.encode(text)?);
+                    ids
+                }
+                Prompt::Continue { .. } => return Err(Error::InvalidRequest("a continuation cannot continue a continuation".into())),
+            },
         };
         if ids.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
@@ -100,6 +112,9 @@ pub enum Prompt {
     Chat(Vec<Message>),
     /// Token ids, used as given.
     Tokens(Vec<u32>),
+    /// `prompt` followed by the start of an answer already given (by
+    /// another node that stopped halfway): generation picks up after it.
+    Continue { prompt: Box<Prompt>, text: String },
 }
 
 /// A generation request.

@@ -5,11 +5,14 @@
 //! - [`api`]: the axum router — `/v1/models`, `/v1/chat/completions`,
 //!   `/v1/completions`, `/health`, `/metrics` — with OpenAI's wire types and
 //!   error objects, API keys and CORS.
+//! - [`remote`]: running a request on the best node of the swarm, with
+//!   failover, and answering other nodes' requests.
 //! - [`server`]: serving on a listener with graceful shutdown.
 //! - [`swarm`]: joining the swarm and keeping this node's record current in it.
 
 pub mod api;
 pub mod config;
+pub mod remote;
 pub mod server;
 pub mod swarm;
 

@@ -264,6 +264,7 @@ fn serve(cfg: Config) -> Result<()> {
         let swarm = rbee_node::swarm::start(&cfg)?;
         let state = rbee_node::AppState::new(engine, cfg).with_swarm(swarm.clone());
         if let Some(client) = swarm {
+            rbee_node::remote::serve(state.clone(), &client)?;
             rbee_node::swarm::publish(state.clone(), client, addr);
         }
         rbee_node::serve(listener, state, rbee_node::shutdown_signal()).await?;

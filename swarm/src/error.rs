@@ -19,6 +19,9 @@ pub enum Error {
     /// wrongly signed); counted and dropped, never a panic.
     #[error("rejected message: {0}")]
     Rejected(String),
+    /// A stream to another node could not be opened or accepted.
+    #[error("stream: {0}")]
+    Stream(String),
     /// The swarm's event loop has stopped.
     #[error("the swarm has stopped")]
     Stopped,

@@ -9,10 +9,12 @@
 //! - [`registry`]: the merge rules (newest incarnation and seq win; TTL; down
 //!   on disconnect).
 //! - [`routing`]: ranking the nodes that can run a request.
+//! - [`frame`]: length-prefixed JSON frames for request streams.
 //! - [`node`]: the libp2p event loop (TCP + pnet + Noise + Yamux, mDNS,
 //!   gossipsub, identify, ping, snapshot exchange) and its [`Client`].
 
 pub mod error;
+pub mod frame;
 pub mod key;
 pub mod node;
 pub mod record;
@@ -20,7 +22,7 @@ pub mod registry;
 pub mod routing;
 
 pub use error::{Error, Result};
-pub use libp2p::Multiaddr;
+pub use libp2p::{Multiaddr, Stream};
 pub use key::SwarmKey;
 pub use node::{Client, Config, start};
 pub use record::{Envelope, NodeRecord};

@@ -88,6 +88,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     snapshot: request_response::cbor::Behaviour<Snapshot, Snapshot>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// Counters of what the swarm did.
@@ -117,6 +118,17 @@ pub struct Client {
     pub stats: Arc<Stats>,
     pub peer_id: PeerId,
     pub fingerprint: String,
+    control: StreamControl,
+}
+
+/// libp2p-stream's control, which has no `Debug`.
+#[derive(Clone)]
+struct StreamControl(libp2p_stream::Control);
+
+impl std::fmt::Debug for StreamControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamControl")
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -161,6 +173,26 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::ListenAddrs(tx)).await.map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Opens a stream of `protocol` to `node_id` (encrypted like every
+    /// connection of the swarm).
+    ///
+    /// # Errors
+    /// [`Error::Stream`] when the node id is not one or the stream cannot be opened.
+    pub async fn open(&self, node_id: &str, protocol: &'static str) -> Result<libp2p::Stream> {
+        let peer: PeerId = node_id.parse().map_err(|e| Error::Stream(format!("{node_id}: {e}")))?;
+        let mut control = self.control.0.clone();
+        control.open_stream(peer, StreamProtocol::new(protocol)).await.map_err(|e| Error::Stream(format!("{node_id}: {e}")))
+    }
+
+    /// Streams other nodes open with `protocol`.
+    ///
+    /// # Errors
+    /// [`Error::Stream`] when something already accepts `protocol`.
+    pub fn accept(&self, protocol: &'static str) -> Result<libp2p_stream::IncomingStreams> {
+        let mut control = self.control.0.clone();
+        control.accept(StreamProtocol::new(protocol)).map_err(|e| Error::Stream(e.to_string()))
     }
 
     /// Dials `addr` now (and keeps redialing it while unconnected).
@@ -231,11 +263,13 @@ pub fn start(cfg: Config) -> Result<Client> {
                     [(StreamProtocol::new(SNAPSHOT_PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
                 ),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| Error::Start(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
+    let control = StreamControl(swarm.behaviour().stream.new_control());
     swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(TOPIC)).map_err(|e| Error::Start(e.to_string()))?;
     for addr in &cfg.listen {
         swarm.listen_on(addr.clone()).map_err(|e| Error::Address { addr: addr.to_string(), reason: e.to_string() })?;
@@ -267,7 +301,7 @@ pub fn start(cfg: Config) -> Result<Client> {
     }
     ev.publish_local();
     tokio::spawn(ev.run(rx));
-    Ok(Client { commands, view, rtts, stats, peer_id, fingerprint })
+    Ok(Client { commands, view, rtts, stats, peer_id, fingerprint, control })
 }
 
 struct EventLoop {

@@ -15,7 +15,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rand::Rng;
-use rbee_engine::{Event, FinishReason, Prompt, Request, SamplingParams, Usage as EngineUsage};
+use rbee_engine::{Event, FinishReason, Prompt, SamplingParams, Usage as EngineUsage};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
@@ -66,22 +66,16 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
     if model.trim().is_empty() {
         return Err(ApiError::invalid("model", "`model` is empty: name a model from GET /v1/models"));
     }
-    let engine = s.engine.clone();
-    // Loading a model and rendering/tokenizing the prompt block: off the async threads.
-    let (generation, engine_start) = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        engine.generate(&model, Request { prompt, params }).map(|g| (g, t))
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
-    .map_err(|e| ApiError::from_engine(&e, kind.prompt_param()))?;
+    // On this node or another; loading, rendering and tokenizing run off the async threads.
+    let engine_start = Instant::now();
+    let generation = crate::remote::generate(&s, &model, prompt, params, kind.prompt_param()).await?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let ids = Ids {
         id: format!("{prefix}-{:024x}", rand::rng().random::<u128>() >> 32),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         model: generation.model.clone(),
     };
-    let tracker = Tracker { state: s.clone(), model: ids.model.clone(), started, engine_start, first: None, ended: false };
+    let tracker = Tracker { state: s.clone(), model: ids.model.clone(), node_id: generation.node_id, started, engine_start, first: None, ended: false };
     if sampling.stream() {
         Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage()))
     } else {
@@ -93,6 +87,7 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
 struct Tracker {
     state: AppState,
     model: String,
+    node_id: String,
     /// When the request reached its handler.
     started: Instant,
     /// When it was handed to the engine.
@@ -113,6 +108,7 @@ impl Tracker {
         let ms = |d: f64| d * 1e3;
         let per_sec = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         Timings {
+            node_id: self.node_id.clone(),
             ttft_ms: self.first.map_or(0.0, |f| ms((f - self.engine_start).as_secs_f64())),
             prompt_ms: ms(usage.prompt_secs),
             prompt_tokens_per_sec: per_sec(usage.prompt_tokens - usage.cached_tokens, usage.prompt_secs),
@@ -270,7 +266,7 @@ impl Chunks {
     /// the timings), and `[DONE]`.
     fn finish(&mut self, finish: &'static str, usage: &EngineUsage, timings: Timings, out: &mut Vec<SseEvent>) {
         self.piece(String::new(), out);
-        let on_finish = (!self.include_usage).then_some(timings);
+        let on_finish = (!self.include_usage).then(|| timings.clone());
         out.push(match self.kind {
             Kind::Chat => self.chat(Delta::default(), Some(finish), on_finish),
             Kind::Text => self.text(String::new(), Some(finish), on_finish),
@@ -363,7 +359,7 @@ mod tests {
         tx.send(Event::Error("tensor computation failed: out of device memory".into())).await.unwrap();
         drop(tx);
         let ids = Ids { id: "chatcmpl-1".into(), created: 1, model: "m".into() };
-        let tracker = Tracker { state: state.clone(), model: "m".into(), started: Instant::now(), engine_start: Instant::now(), first: None, ended: false };
+        let tracker = Tracker { state: state.clone(), model: "m".into(), node_id: String::new(), started: Instant::now(), engine_start: Instant::now(), first: None, ended: false };
         let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false);
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();

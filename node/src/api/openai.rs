@@ -290,8 +290,10 @@ impl From<&EngineUsage> for Usage {
 
 /// rbee's extension (llama.cpp's server sends a similar `timings`): where a
 /// generation's time went, measured by the node.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Timings {
+    /// The swarm node that ran it ("" when the node runs alone).
+    pub node_id: String,
     /// From handing the request to the engine to its first token.
     pub ttft_ms: f64,
     /// Processing the prompt (the part not reused from the slot's cache).
