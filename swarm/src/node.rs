@@ -68,7 +68,9 @@ impl Config {
             bootstrap: Vec::new(),
             mdns: true,
             heartbeat: Duration::from_secs(1),
-            ttl: Duration::from_secs(3),
+            // Two and a half heartbeats: one lost gossip is not a death, and a
+            // silent peer is down in under 3 s.
+            ttl: Duration::from_millis(2500),
             forget_after: Duration::from_secs(60),
             redial: Duration::from_secs(2),
             memory_transport: false,
