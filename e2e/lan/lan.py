@@ -2,7 +2,11 @@
 """The swarm on a real (virtual) LAN: network namespaces on a bridge, one
 `rbee serve` per namespace, real mDNS and TCP.
 
-Usage (as root): lan.py RBEE_BINARY FIXTURE.gguf
+Usage (as root): lan.py RBEE_BINARY FIXTURE.gguf [--bench]
+
+With --bench it runs the swarm benchmark instead of the tests (see
+e2e/bench/swarm.sh): routed against local time to first token, and how long
+a new node takes to appear in every registry.
 
 Each node lives in its own namespace with a veth into a bridge that lives in
 a namespace of its own, so nothing touches the host's network. Everything is
@@ -303,7 +307,63 @@ def main():
     check("bootstrap peers alone (mDNS off) form the same swarm", bootstrap_only)
 
 
+def first_token_ms(ns, body):
+    """Client-side time to the first streamed text, in ms (curl's start-up is in both sides of a comparison)."""
+    t0 = time.monotonic()
+    s = stream(ns, body)
+    for line in s.stdout:
+        if line.startswith("data: {") and '"text":"' in line and '"text":""' not in line:
+            t = (time.monotonic() - t0) * 1e3
+            break
+    else:
+        raise AssertionError("no text")
+    s.kill()
+    s.wait()
+    return t
+
+
+def bench():
+    import statistics
+    setup_bridge()
+    hosts = {i: add_host(i) for i in (1, 2, 3)}
+    k = key()
+    start("a", hosts[1], k)
+    start("c", hosts[3], k, model=True)
+    ids = sorted(node_id(n) for n in "ac")
+    wait_for(lambda: up_hosts("a") == ids and up_hosts("c") == ids, 15, "a and c")
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    first_token_ms(hosts[3], body)
+    first_token_ms(hosts[1], body)
+    local, routed = [], []
+    for i in range(15):
+        pair = [(local, hosts[3]), (routed, hosts[1])]
+        for out, ns in pair if i % 2 == 0 else reversed(pair):
+            out.append(first_token_ms(ns, body))
+    ml, mr = statistics.median(local), statistics.median(routed)
+    print(f"time to first token, 15 runs each: local (at C) {ml:.1f} ms, routed (at A, run on C) {mr:.1f} ms, routing adds {mr - ml:.1f} ms (medians)")
+    # A new node: from its process start to being listed by both others.
+    t0 = time.monotonic()
+    start("b", hosts[2], k)
+    b = node_id("b")
+    t = wait_for(lambda: b in up_hosts("a") and b in up_hosts("c"), 15, "b everywhere")
+    print(f"new node listed by every registry {(time.monotonic() - t0) * 1e3:.0f} ms after its process started "
+          f"({t * 1e3:.0f} ms after its API answered; polled through curl every ~10 ms)")
+    t0 = time.monotonic()
+    procs["b"][0].kill()
+    t = wait_for(lambda: b not in up_hosts("a") and b not in up_hosts("c"), 10, "b down")
+    print(f"SIGKILLed node marked down by both others in {t * 1e3:.0f} ms")
+    print("silent peer: see the partition test of e2e/lan (marked down 2.5 s after its last heartbeat)")
+
+
 if __name__ == "__main__":
+    if "--bench" in sys.argv:
+        if os.geteuid() != 0:
+            sys.exit("the swarm benchmark needs root (it creates network namespaces)")
+        try:
+            bench()
+        finally:
+            teardown()
+        sys.exit(0)
     if os.geteuid() != 0:
         sys.exit("e2e/lan needs root (it creates network namespaces)")
     signal.signal(signal.SIGTERM, lambda *_: (teardown(), sys.exit(1)))

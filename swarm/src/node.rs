@@ -334,7 +334,7 @@ impl EventLoop {
                     Some(Command::Dial(addr)) => { self.bootstrap.insert(addr.clone()); self.dial_addr(addr); }
                     None => break,
                 },
-                _ = heartbeat.tick() => self.gossip(),
+                _ = heartbeat.tick() => self.heartbeat(),
                 _ = redial.tick() => self.redial(),
                 _ = expire.tick() => {
                     if self.registry.tick(Instant::now()) {
@@ -386,6 +386,14 @@ impl EventLoop {
             }
             Err(e) => tracing::error!(error = %e, "cannot sign our record"),
         }
+    }
+
+    /// Publishes this node's record with the next seq: every heartbeat is a
+    /// newer record, which is what keeps this node alive in others' registries.
+    fn heartbeat(&mut self) {
+        self.local.seq += 1;
+        self.publish_local();
+        self.gossip();
     }
 
     fn gossip(&mut self) {

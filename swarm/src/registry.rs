@@ -1,8 +1,8 @@
 //! The replicated registry: every node's newest record, and whether it is up.
 //!
 //! Merge rule: per owner, the record with the higher (incarnation, seq)
-//! wins. A record heard from its owner (gossip it published, or a snapshot
-//! it answered) also proves the owner alive. A peer whose connections all
+//! wins, and a newer record proves its owner alive (owners bump seq on every
+//! heartbeat). A peer whose connections all
 //! closed is down at once; one not heard from within the TTL is down; a down
 //! peer is forgotten after `forget_after`.
 
@@ -78,13 +78,12 @@ impl Registry {
                 Merge::Updated
             }
             Some(e) => {
-                // The same record again only shows life when its owner sends it:
-                // a relay of a dead node's last record must not revive it.
-                if from_owner && record.incarnation == e.record.incarnation {
+                // Owners bump seq on every heartbeat, so only a newer record
+                // is news: a late or replayed copy of a down node's last
+                // record (gossip caches and forwards messages) must not
+                // bring it back.
+                if from_owner && e.down_since.is_none() && record.incarnation == e.record.incarnation && record.seq == e.record.seq {
                     e.heard = now;
-                    if e.down_since.take().is_some() {
-                        return Merge::Updated;
-                    }
                 }
                 Merge::Unchanged
             }
@@ -189,7 +188,10 @@ mod tests {
         assert!(!r.tick(t + Duration::from_millis(2900)));
         assert!(r.tick(t + Duration::from_millis(3100)));
         assert!(!r.view(t + Duration::from_secs(4))[0].up);
-        // The owner speaks again (same record): up.
+        // Its last record again (a replay) does not bring it back; its next heartbeat does.
+        assert!(!r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(5)).changed());
+        assert!(!r.view(t + Duration::from_secs(5))[0].up);
+        let (p, rec, env) = sealed(&k, 1, 2, "a");
         assert!(r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(5)).changed());
         assert!(r.view(t + Duration::from_secs(5))[0].up);
         // Connections closed: down at once; forgotten after 30 s down.
