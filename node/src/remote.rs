@@ -110,7 +110,7 @@ fn resolve(s: &AppState, name: &str) -> String {
 }
 
 fn retry_elsewhere(e: &ApiError) -> bool {
-    e.status.as_u16() == 404 || e.status.as_u16() == 502 || e.status.is_server_error()
+    e.status.as_u16() == 404 || e.status.is_server_error()
 }
 
 fn node_id(s: &AppState) -> String {
