@@ -209,26 +209,30 @@ impl Client {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn transport(key: &Keypair, swarm_key: SwarmKey, memory: bool) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, BoxError> {
-    let psk = swarm_key.psk();
-    let noise = noise::Config::new(key)?;
-    let timeout = Duration::from_secs(10);
     Ok(if memory {
-        MemoryTransport::default()
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
-            .timeout(timeout)
-            .boxed()
+        secure(MemoryTransport::default(), key, swarm_key)?
     } else {
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
-            .timeout(timeout)
-            .boxed()
+        secure(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)), key, swarm_key)?
     })
+}
+
+/// `base` behind the swarm key (pnet), then Noise and Yamux.
+fn secure<T>(base: T, key: &Keypair, swarm_key: SwarmKey) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, BoxError>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures_util::AsyncRead + futures_util::AsyncWrite + Send + Unpin + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    let psk = swarm_key.psk();
+    Ok(base
+        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(10))
+        .boxed())
 }
 
 /// Starts the swarm on the current tokio runtime.
@@ -424,14 +428,14 @@ impl EventLoop {
     /// Merges a received record. One learned from a snapshot (a peer that
     /// just connected) is passed on to everyone at once, so a new node is in
     /// every registry without waiting for its next heartbeat.
-    fn take(&mut self, opened: std::result::Result<(PeerId, NodeRecord, Envelope), Error>, from: PeerId, via_snapshot: bool) {
+    fn take(&mut self, opened: std::result::Result<(PeerId, NodeRecord, Envelope), Error>, from: Option<PeerId>, via_snapshot: bool) {
         match opened {
             Ok((owner, record, env)) => {
                 if owner == *self.swarm.local_peer_id() {
                     return;
                 }
                 let relay = via_snapshot.then(|| env.to_bytes());
-                if self.registry.merge(owner, record, env, owner == from, Instant::now()).changed() {
+                if self.registry.merge(owner, record, env, Some(owner) == from, Instant::now()).changed() {
                     self.publish_view();
                     if let Some(bytes) = relay {
                         let n = bytes.len() as u64;
@@ -443,7 +447,7 @@ impl EventLoop {
             }
             Err(e) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, error = %e, "record rejected");
+                tracing::debug!(?from, error = %e, "record rejected");
             }
         }
     }
@@ -523,12 +527,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
                 self.stats.gossip_bytes_in.fetch_add(message.data.len() as u64, Ordering::Relaxed);
-                let from = message.source.unwrap_or(PeerId::random());
-                let opened = Envelope::open(&message.data).map(|(owner, record)| {
-                    let env = serde_json::from_slice::<Envelope>(&message.data).expect("opened above");
-                    (owner, record, env)
-                });
-                self.take(opened, from, false);
+                self.take(Envelope::open(&message.data), message.source, false);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Snapshot(request_response::Event::Message { peer, message, .. })) => {
                 let snapshot = match message {
@@ -541,7 +540,7 @@ impl EventLoop {
                 };
                 for env in snapshot.envelopes.into_iter().take(10_000) {
                     let opened = env.verify().map(|(owner, record)| (owner, record, env));
-                    self.take(opened, peer, true);
+                    self.take(opened, Some(peer), true);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => tracing::debug!(?peer_id, %error, "dial error"),

@@ -108,16 +108,18 @@ impl Envelope {
     }
 
     /// Decodes and checks an envelope from the network: size, JSON, the
-    /// signature, and that the record's node id is the signer's.
+    /// signature, and that the record's node id is the signer's. Returns the
+    /// owner, the record and the envelope (kept for relaying).
     ///
     /// # Errors
     /// [`Error::Rejected`] saying which check failed.
-    pub fn open(bytes: &[u8]) -> Result<(PeerId, NodeRecord)> {
+    pub fn open(bytes: &[u8]) -> Result<(PeerId, NodeRecord, Envelope)> {
         if bytes.len() > MAX_ENVELOPE {
             return Err(Error::Rejected(format!("envelope of {} bytes exceeds {MAX_ENVELOPE}", bytes.len())));
         }
         let env: Envelope = serde_json::from_slice(bytes).map_err(|e| Error::Rejected(format!("not an envelope: {e}")))?;
-        env.verify()
+        let (owner, record) = env.verify()?;
+        Ok((owner, record, env))
     }
 
     /// Checks the signature and the owner.
@@ -164,7 +166,7 @@ mod tests {
     fn a_sealed_record_opens_and_a_forged_one_does_not() {
         let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let env = Envelope::seal(&record(&a), &a).unwrap();
-        let (peer, r) = Envelope::open(&env.to_bytes()).unwrap();
+        let (peer, r, _) = Envelope::open(&env.to_bytes()).unwrap();
         assert_eq!((peer, r.hostname.as_str()), (a.public().to_peer_id(), "pc-1"));
         // b signs a record claiming to be a.
         let forged = Envelope::seal(&record(&a), &b).unwrap();
