@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Swarm benchmark (not part of CI; root): on a LAN of network namespaces,
+# Swarm benchmark (not part of CI; root). On a LAN of network namespaces:
 # routed against local time to first token, time for a new node to appear in
-# every registry, crash detection. Usage: e2e/bench/swarm.sh
+# every registry, crash detection. Then many nodes in one process (memory
+# transport): convergence and bytes on the wire per node, at 50 and 100.
+# Usage: e2e/bench/swarm.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
 cargo build --release --quiet -p rbee-node --bin rbee
-exec python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/release/rbee" "$(e2e/fetch-fixture.sh)" --bench
+cargo build --release --quiet -p rbee-swarm --example swarm_sim
+python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/release/rbee" "$(e2e/fetch-fixture.sh)" --bench
+sim="$CARGO_TARGET_DIR/release/examples/swarm_sim"
+"$sim" 50 mesh 10 || true
+"$sim" 100 mesh 10 || true
+# One process does every node's work on this machine's cores; at 100 nodes
+# that is where it runs out, so also with a TTL that forgives the stalls.
+TTL_MS=30000 "$sim" 100 mesh 10 || true

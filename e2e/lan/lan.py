@@ -307,19 +307,38 @@ def main():
     check("bootstrap peers alone (mDNS off) form the same swarm", bootstrap_only)
 
 
-def first_token_ms(ns, body):
-    """Client-side time to the first streamed text, in ms (curl's start-up is in both sides of a comparison)."""
-    t0 = time.monotonic()
-    s = stream(ns, body)
-    for line in s.stdout:
-        if line.startswith("data: {") and '"text":"' in line and '"text":""' not in line:
-            t = (time.monotonic() - t0) * 1e3
+# Runs inside a namespace: `runs` streamed completions over one kept-alive
+# connection to the node there; for each, the client's time to the first
+# text and the prompt time of the engine that ran it (from `timings`).
+TTFT_CLIENT = r"""
+import http.client, json, sys, time
+body, runs = json.loads(sys.argv[1]), int(sys.argv[2])
+conn = http.client.HTTPConnection("127.0.0.1", 7833)
+out = []
+for _ in range(runs):
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"})
+    r = conn.getresponse()
+    first, timings = None, None
+    while True:
+        line = r.readline()
+        if not line or line.startswith(b"data: [DONE]"):
             break
-    else:
-        raise AssertionError("no text")
-    s.kill()
-    s.wait()
-    return t
+        if not line.startswith(b"data: {"):
+            continue
+        ev = json.loads(line[6:])
+        if first is None and any(c.get("text") for c in ev.get("choices", [])):
+            first = time.perf_counter() - t0
+        timings = ev.get("timings") or timings
+    r.read()
+    out.append({"ttft_ms": first * 1e3, "engine_prompt_ms": timings["prompt_ms"], "node": timings["node_id"]})
+print(json.dumps(out))
+"""
+
+
+def ttft_runs(ns, body, runs):
+    b = dict(body, stream=True, stream_options={"include_usage": True})
+    return json.loads(ns_exec(ns, sys.executable, "-c", TTFT_CLIENT, json.dumps(b), str(runs)))
 
 
 def bench():
@@ -331,16 +350,22 @@ def bench():
     start("c", hosts[3], k, model=True)
     ids = sorted(node_id(n) for n in "ac")
     wait_for(lambda: up_hosts("a") == ids and up_hosts("c") == ids, 15, "a and c")
-    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
-    first_token_ms(hosts[3], body)
-    first_token_ms(hosts[1], body)
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}
+    ttft_runs(hosts[3], body, 2)
+    ttft_runs(hosts[1], body, 2)
     local, routed = [], []
-    for i in range(15):
-        pair = [(local, hosts[3]), (routed, hosts[1])]
-        for out, ns in pair if i % 2 == 0 else reversed(pair):
-            out.append(first_token_ms(ns, body))
-    ml, mr = statistics.median(local), statistics.median(routed)
-    print(f"time to first token, 15 runs each: local (at C) {ml:.1f} ms, routed (at A, run on C) {mr:.1f} ms, routing adds {mr - ml:.1f} ms (medians)")
+    for _ in range(6):
+        local += ttft_runs(hosts[3], body, 5)
+        routed += ttft_runs(hosts[1], body, 5)
+    c = node_id("c")
+    assert all(r["node"] == c for r in local + routed), "every run should have run on C"
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    over = lambda rs: [r["ttft_ms"] - r["engine_prompt_ms"] for r in rs]  # noqa: E731
+    print(f"time to first token, {len(local)} runs each (medians): local at C {med([r['ttft_ms'] for r in local]):.1f} ms, "
+          f"routed at A to C {med([r['ttft_ms'] for r in routed]):.1f} ms")
+    ol, orr = over(local), over(routed)
+    print(f"  beyond C's own prompt time, per request: local {med(ol):.2f} ms (worst {max(ol):.2f}), routed {med(orr):.2f} ms "
+          f"(worst {max(orr):.2f}): routing adds {med(orr) - med(ol):.2f} ms")
     # A new node: from its process start to being listed by both others.
     t0 = time.monotonic()
     start("b", hosts[2], k)

@@ -85,8 +85,8 @@ pub struct Envelope {
     /// The owner's public key, protobuf-encoded.
     #[serde(with = "hex_bytes")]
     pub public_key: Vec<u8>,
-    /// The record as JSON.
-    #[serde(with = "hex_bytes")]
+    /// The record as JSON (carried as a string: the signed bytes verbatim).
+    #[serde(with = "utf8_bytes")]
     pub record: Vec<u8>,
     #[serde(with = "hex_bytes")]
     pub signature: Vec<u8>,
@@ -114,12 +114,52 @@ impl Envelope {
     /// # Errors
     /// [`Error::Rejected`] saying which check failed.
     pub fn open(bytes: &[u8]) -> Result<(PeerId, NodeRecord, Envelope)> {
+        let env = Self::parse(bytes)?;
+        let (owner, record) = env.verify()?;
+        Ok((owner, record, env))
+    }
+
+    /// Decodes an envelope from the network without checking its signature.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when it is oversized or not an envelope.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > MAX_ENVELOPE {
             return Err(Error::Rejected(format!("envelope of {} bytes exceeds {MAX_ENVELOPE}", bytes.len())));
         }
-        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| Error::Rejected(format!("not an envelope: {e}")))?;
-        let (owner, record) = env.verify()?;
-        Ok((owner, record, env))
+        serde_json::from_slice(bytes).map_err(|e| Error::Rejected(format!("not an envelope: {e}")))
+    }
+
+    /// Whose record this claims to be and its (incarnation, seq), unchecked:
+    /// enough to drop, before the signature is checked, a record that is
+    /// not newer than the one already held (most of a snapshot, and every
+    /// extra copy of a gossip message). `None` when the record cannot say.
+    pub fn claim(&self) -> Option<(PeerId, u64, u64)> {
+        #[derive(Deserialize)]
+        struct Claim {
+            node_id: String,
+            incarnation: u64,
+            seq: u64,
+        }
+        let c: Claim = serde_json::from_slice(&self.record).ok()?;
+        Some((c.node_id.parse().ok()?, c.incarnation, c.seq))
+    }
+
+    /// The record and its owner, as `sender` passed it on. A record its
+    /// owner sends itself needs no signature check: the connection it came
+    /// over is authenticated (Noise) with that owner's identity key. One
+    /// that a peer relays must carry a valid signature of its owner.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] saying which check failed.
+    pub fn verify_from(&self, sender: Option<PeerId>) -> Result<(PeerId, NodeRecord)> {
+        if let Some(sender) = sender {
+            let record: NodeRecord = serde_json::from_slice(&self.record).map_err(|e| Error::Rejected(format!("not a record: {e}")))?;
+            if record.node_id == sender.to_string() {
+                return Ok((sender, record));
+            }
+        }
+        self.verify()
     }
 
     /// Checks the signature and the owner.
@@ -153,6 +193,18 @@ mod hex_bytes {
     }
 }
 
+mod utf8_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(b).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +228,23 @@ mod tests {
         tampered.record = serde_json::to_vec(&NodeRecord { seq: 10, ..record(&a) }).unwrap();
         assert!(Envelope::open(&tampered.to_bytes()).unwrap_err().to_string().contains("signature"));
         assert!(Envelope::open(&vec![b' '; MAX_ENVELOPE + 1]).unwrap_err().to_string().contains("exceeds"));
+    }
+
+    #[test]
+    fn a_record_its_owner_sends_needs_no_signature_but_a_relayed_one_does() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (pa, pb) = (a.public().to_peer_id(), b.public().to_peer_id());
+        let mut env = Envelope::seal(&record(&a), &a).unwrap();
+        env.signature = vec![0; 64];
+        // Straight from a over a connection authenticated as a: its own word.
+        assert_eq!(env.verify_from(Some(pa)).unwrap().0, pa);
+        // The same bytes passed on by b, or from a snapshot: the signature counts.
+        assert!(env.verify_from(Some(pb)).unwrap_err().to_string().contains("signature"));
+        assert!(env.verify_from(None).is_err());
+        // b cannot speak for a by sending a record that names a.
+        let forged = Envelope::seal(&record(&a), &b).unwrap();
+        assert!(forged.verify_from(Some(pb)).unwrap_err().to_string().contains("signed by"));
+        assert_eq!(forged.claim().map(|c| c.0), Some(pa));
     }
 
     #[test]

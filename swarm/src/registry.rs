@@ -7,6 +7,7 @@
 //! peer is forgotten after `forget_after`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -16,7 +17,8 @@ use crate::record::{Envelope, NodeRecord};
 
 #[derive(Debug, Clone)]
 struct Entry {
-    record: NodeRecord,
+    /// Shared with every view handed out (a view is taken on every change).
+    record: Arc<NodeRecord>,
     envelope: Envelope,
     heard: Instant,
     down_since: Option<Instant>,
@@ -26,8 +28,10 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
     Unchanged,
-    /// A newer record, or a down owner heard from again.
+    /// A newer record of an owner that is up.
     Updated,
+    /// A newer record of an owner that was down: it is back.
+    Revived,
     /// An owner not known before.
     New,
 }
@@ -35,6 +39,12 @@ pub enum Merge {
 impl Merge {
     pub fn changed(self) -> bool {
         self != Merge::Unchanged
+    }
+
+    /// Whether the owner joined (or came back) with this record: news worth
+    /// passing on at once rather than at the owner's next heartbeat.
+    pub fn joined(self) -> bool {
+        matches!(self, Merge::New | Merge::Revived)
     }
 }
 
@@ -47,7 +57,7 @@ pub struct PeerView {
     pub last_seen_ms: u64,
     /// This node's own entry.
     pub local: bool,
-    pub record: NodeRecord,
+    pub record: Arc<NodeRecord>,
 }
 
 /// Every known node's newest record.
@@ -71,11 +81,10 @@ impl Registry {
         match self.entries.get_mut(&owner) {
             // A newer record is news of its owner, whoever brings it.
             Some(e) if record.newer_than(&e.record) => {
-                e.record = record;
+                e.record = Arc::new(record);
                 e.envelope = envelope;
                 e.heard = now;
-                e.down_since = None;
-                Merge::Updated
+                if e.down_since.take().is_some() { Merge::Revived } else { Merge::Updated }
             }
             Some(e) => {
                 // Owners bump seq on every heartbeat, so only a newer record
@@ -88,7 +97,7 @@ impl Registry {
                 Merge::Unchanged
             }
             None => {
-                self.entries.insert(owner, Entry { record, envelope, heard: now, down_since: None });
+                self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, down_since: None });
                 Merge::New
             }
         }
@@ -120,13 +129,34 @@ impl Registry {
         changed || self.entries.len() != before
     }
 
-    /// Records to hand a peer that just connected: everyone up, ourselves included.
-    pub fn envelopes(&self) -> Vec<Envelope> {
-        self.entries.values().filter(|e| e.down_since.is_none()).map(|e| e.envelope.clone()).collect()
+    /// What this registry holds, as (node id, incarnation, seq) of every up
+    /// entry: a peer answers it with only what is newer.
+    pub fn summary(&self) -> Vec<(String, u64, u64)> {
+        self.entries.values().filter(|e| e.down_since.is_none()).map(|e| (e.record.node_id.clone(), e.record.incarnation, e.record.seq)).collect()
+    }
+
+    /// The envelopes of up entries whose owner `summary` lacks, or has only
+    /// from an older incarnation. A newer seq of the same incarnation is left
+    /// out: every heartbeat bumps it, gossip brings it within a second, and
+    /// sending it would make every answer the whole registry.
+    pub fn envelopes_missing_from(&self, summary: &[(String, u64, u64)]) -> Vec<Envelope> {
+        let held: HashMap<&str, u64> = summary.iter().map(|(id, i, _)| (id.as_str(), *i)).collect();
+        self.entries
+            .values()
+            .filter(|e| e.down_since.is_none())
+            .filter(|e| held.get(e.record.node_id.as_str()).is_none_or(|&incarnation| e.record.incarnation > incarnation))
+            .map(|e| e.envelope.clone())
+            .collect()
+    }
+
+    /// Whether the record held for `owner` is at least as new as
+    /// (`incarnation`, `seq`): a record claiming that could change nothing.
+    pub fn holds(&self, owner: &PeerId, incarnation: u64, seq: u64) -> bool {
+        self.entries.get(owner).is_some_and(|e| (e.record.incarnation, e.record.seq) >= (incarnation, seq))
     }
 
     pub fn record(&self, peer: &PeerId) -> Option<&NodeRecord> {
-        self.entries.get(peer).map(|e| &e.record)
+        self.entries.get(peer).map(|e| &*e.record)
     }
 
     /// Every entry, this node first, then by node id.
@@ -135,7 +165,9 @@ impl Registry {
             .entries
             .iter()
             .map(|(peer, e)| PeerView {
-                node_id: peer.to_string(),
+                // Verified equal to the signer's id, and cheaper than
+                // formatting the peer id (base58) for every entry of every view.
+                node_id: e.record.node_id.clone(),
                 up: e.down_since.is_none(),
                 last_seen_ms: u64::try_from(now.saturating_duration_since(e.heard).as_millis()).unwrap_or(u64::MAX),
                 local: *peer == self.local,
@@ -212,7 +244,24 @@ mod tests {
         assert_eq!(r.merge(p, rec, env, false, t), Merge::Unchanged);
         assert!(!r.view(t)[0].up);
         let (p, rec, env) = sealed(&k, 1, 2, "a");
-        assert_eq!(r.merge(p, rec, env, false, t), Merge::Updated);
+        assert_eq!(r.merge(p, rec, env, false, t), Merge::Revived);
         assert!(r.view(t)[0].up);
+    }
+
+    #[test]
+    fn a_joining_peer_is_sent_only_the_nodes_it_lacks_or_holds_from_an_older_incarnation() {
+        let (mut r, t) = reg();
+        let (a, b, c) = (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        for (k, inc, host) in [(&a, 1, "a"), (&b, 2, "b"), (&c, 1, "c")] {
+            let (p, rec, env) = sealed(k, inc, 9, host);
+            r.merge(p, rec, env, true, t);
+        }
+        let id = |k: &Keypair| k.public().to_peer_id().to_string();
+        // The asker has a (older seq: a heartbeat behind) and b's first incarnation.
+        let summary = vec![(id(&a), 1, 3), (id(&b), 1, 40)];
+        let mut sent: Vec<String> = r.envelopes_missing_from(&summary).iter().map(|e| e.verify().unwrap().1.hostname).collect();
+        sent.sort();
+        assert_eq!(sent, ["b", "c"]);
+        assert!(r.holds(&a.public().to_peer_id(), 1, 9) && !r.holds(&a.public().to_peer_id(), 1, 10));
     }
 }

@@ -109,7 +109,7 @@ mod tests {
                 up: n.up,
                 last_seen_ms: 0,
                 local: n.local,
-                record: NodeRecord {
+                record: std::sync::Arc::new(NodeRecord {
                     node_id: n.id.into(),
                     share: n.share,
                     models_on_disk: n.disk.iter().map(|(id, size)| ModelOnDisk { id: (*id).into(), size_bytes: *size, ..Default::default() }).collect(),
@@ -119,7 +119,7 @@ mod tests {
                         .map(|&(id, slots, busy, queued, decode_tps)| LoadedModel { id: id.into(), slots, busy, queued, decode_tps })
                         .collect(),
                     ..Default::default()
-                },
+                }),
             })
             .collect()
     }
