@@ -63,12 +63,11 @@ async fn until(limit: Duration, done: impl Fn() -> bool) -> Option<Duration> {
 /// CPU time this process has used (user + system), from /proc.
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the
-    // 12th and stime the 13th of them, in clock ticks (100 per second).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    // After the command name (in parentheses) come state, ppid, …: utime
+    // and stime are the 12th and 13th fields there, in clock ticks (100/s).
+    let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let tick = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((tick(11) + tick(12)) * 10)
 }
 
 fn bootstrap_for(topology: &str, earlier: &[Node]) -> Vec<Multiaddr> {
@@ -106,12 +105,13 @@ async fn main() {
                 let sum = |f: fn(&rbee_swarm::node::Stats) -> u64| clients.iter().map(|c| f(&c.stats)).sum::<u64>();
                 use std::sync::atomic::Ordering::Relaxed;
                 eprintln!(
-                    "  … registries list {}..{} up; wire in {} KiB, records in {} KiB, rejected {}",
+                    "  … registries list {}..{} up; wire in {} KiB, records in {} KiB, rejected {}, gossip dropped {}",
                     clients.iter().map(up).min().unwrap_or(0),
                     clients.iter().map(up).max().unwrap_or(0),
                     sum(|s| s.wire_bytes_in.load(Relaxed)) / 1024,
                     sum(|s| s.gossip_bytes_in.load(Relaxed)) / 1024,
                     sum(|s| s.rejected.load(Relaxed)),
+                    sum(|s| s.gossip_dropped.load(Relaxed)),
                 );
             }
         })
