@@ -22,6 +22,8 @@ struct Entry {
     envelope: Envelope,
     heard: Instant,
     down_since: Option<Instant>,
+    /// Down because its connection to us closed (not for silence).
+    closed: bool,
 }
 
 /// What a [`Registry::merge`] did.
@@ -79,8 +81,22 @@ impl Registry {
     /// owners it considers up). Returns what changed.
     pub fn merge(&mut self, owner: PeerId, record: NodeRecord, envelope: Envelope, from_owner: bool, now: Instant) -> Merge {
         match self.entries.get_mut(&owner) {
+            // A node whose connection closed is back when it says so itself
+            // (it reconnected) or restarts; a peer's copy of a record of the
+            // same run, maybe the last heartbeat it sent before dying and
+            // still being forwarded (gossip caches messages for seconds), is
+            // believed only once that window is past.
+            Some(e)
+                if e.closed
+                    && !from_owner
+                    && record.incarnation == e.record.incarnation
+                    && e.down_since.is_some_and(|d| now.saturating_duration_since(d) < self.ttl * 2) =>
+            {
+                Merge::Unchanged
+            }
             // A newer record is news of its owner, whoever brings it.
             Some(e) if record.newer_than(&e.record) => {
+                e.closed = false;
                 e.record = Arc::new(record);
                 e.envelope = envelope;
                 e.heard = now;
@@ -97,7 +113,7 @@ impl Registry {
                 Merge::Unchanged
             }
             None => {
-                self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, down_since: None });
+                self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, down_since: None, closed: false });
                 Merge::New
             }
         }
@@ -108,6 +124,7 @@ impl Registry {
         match self.entries.get_mut(peer) {
             Some(e) if e.down_since.is_none() && *peer != self.local => {
                 e.down_since = Some(now);
+                e.closed = true;
                 true
             }
             _ => false,
@@ -235,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_relayed_copy_of_the_last_record_does_not_revive_a_down_peer_but_a_newer_one_does() {
+    fn a_peer_whose_connection_closed_is_revived_by_its_own_word_a_restart_or_late_enough_gossip() {
         let (mut r, t) = reg();
         let k = Keypair::generate_ed25519();
         let (p, rec, env) = sealed(&k, 1, 1, "a");
@@ -243,8 +260,20 @@ mod tests {
         r.mark_down(&p, t);
         assert_eq!(r.merge(p, rec, env, false, t), Merge::Unchanged);
         assert!(!r.view(t)[0].up);
+        // Its connection closed: a newer heartbeat of the same run relayed
+        // by a peer (sent just before it died) does not bring it back…
         let (p, rec, env) = sealed(&k, 1, 2, "a");
-        assert_eq!(r.merge(p, rec, env, false, t), Merge::Revived);
+        assert_eq!(r.merge(p, rec.clone(), env.clone(), false, t + Duration::from_secs(1)), Merge::Unchanged);
+        assert!(!r.view(t)[0].up);
+        // …but its own word does (it reconnected), as would a restart, and
+        // a relayed one once gossip can no longer be carrying old copies.
+        assert_eq!(r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(1)), Merge::Revived);
+        r.mark_down(&p, t + Duration::from_secs(2));
+        let (p, rec, env) = sealed(&k, 1, 3, "a");
+        assert_eq!(r.merge(p, rec, env, false, t + Duration::from_secs(9)), Merge::Revived);
+        r.mark_down(&p, t + Duration::from_secs(10));
+        let (p, rec, env) = sealed(&k, 2, 1, "a");
+        assert_eq!(r.merge(p, rec, env, false, t + Duration::from_secs(10)), Merge::Revived);
         assert!(r.view(t)[0].up);
     }
 
