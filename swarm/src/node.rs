@@ -451,6 +451,7 @@ impl EventLoop {
     fn update(&mut self, mut r: NodeRecord) {
         r.schema = SCHEMA;
         r.node_id = self.local.node_id.clone();
+        r.addrs.clone_from(&self.local.addrs);
         r.incarnation = self.local.incarnation;
         r.seq = self.local.seq;
         if !r.content_eq(&self.local) {
@@ -527,9 +528,26 @@ impl EventLoop {
                     return;
                 }
                 let relay = via_snapshot.then(|| env.to_bytes());
+                let dial: Vec<Multiaddr> = if self.swarm.is_connected(&owner) || self.known.contains_key(&owner) {
+                    Vec::new()
+                } else {
+                    record.addrs.iter().filter_map(|a| a.parse().ok()).collect()
+                };
                 let merged = self.registry.merge(owner, record, env, Some(owner) == from, Instant::now());
                 if merged.changed() {
                     self.publish_view();
+                }
+                // Connect to every node heard of, as mDNS would: with
+                // bootstrap peers alone the swarm would otherwise be a star,
+                // and gossipsub keeps only a few of a hub's leaves in its
+                // mesh, so the others hear of everyone late.
+                if merged.changed()
+                    && let Some(first) = dial.first()
+                {
+                    self.known.insert(owner, first.clone());
+                    if let Err(e) = self.swarm.dial(DialOpts::peer_id(owner).addresses(dial).allocate_new_port().build()) {
+                        tracing::debug!(%owner, error = %e, "dial failed");
+                    }
                 }
                 // Only a join is relayed: a snapshot also carries newer
                 // heartbeats of nodes everyone already has, and relaying
@@ -595,7 +613,14 @@ impl EventLoop {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "swarm listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "swarm listening");
+                if !address.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())) {
+                    self.local.addrs.push(address.to_string());
+                    self.local.seq += 1;
+                    self.publish_local();
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 tracing::debug!(%peer_id, "connected");
                 self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);

@@ -58,6 +58,9 @@ pub struct NodeRecord {
     pub models_loaded: Vec<LoadedModel>,
     /// Whether this node runs requests for others.
     pub share: bool,
+    /// Where its swarm listens (multiaddrs), so that nodes which learn of
+    /// it through others (bootstrap peers, no mDNS) can connect to it too.
+    pub addrs: Vec<String>,
     /// Bumped on every start; a restarted node's records beat its old ones.
     pub incarnation: u64,
     /// Bumped on every change within one incarnation.

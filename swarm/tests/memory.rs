@@ -119,3 +119,26 @@ async fn a_restarted_node_rejoins_with_a_higher_incarnation_and_no_duplicate() {
     assert_eq!(v.len(), 2, "one entry per node");
     assert!(v.iter().find(|p| p.record.hostname == "b-second").unwrap().record.incarnation > first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_know_only_one_hub_connect_to_each_other_through_the_records() {
+    let key = SwarmKey::generate();
+    let (hub, hub_addr) = node(key, "hub", vec![]);
+    let leaves: Vec<Client> = ["b", "c", "d"].iter().map(|h| node(key, h, vec![hub_addr.clone()]).0).collect();
+    for n in leaves.iter().chain([&hub]) {
+        until(n, "all four", |v| up_hosts(v) == ["b", "c", "d", "hub"]).await;
+    }
+    // A leaf pings (so is connected to) the other leaves, not only the hub:
+    // a star would leave most of them out of the hub's gossip mesh.
+    let start = Instant::now();
+    for a in &leaves {
+        for b in &leaves {
+            if a.peer_id != b.peer_id {
+                while a.rtt(&b.peer_id.to_string()).is_none() {
+                    assert!(start.elapsed() < Duration::from_secs(10), "{} never connected to {}", a.peer_id, b.peer_id);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
