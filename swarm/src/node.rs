@@ -86,9 +86,9 @@ impl Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Snapshot {
     envelopes: Vec<Envelope>,
-    /// (node id, incarnation, seq) of every record the asker holds; empty in answers.
+    /// (node id, incarnation) of every record the asker holds; empty in answers.
     #[serde(default)]
-    have: Vec<(String, u64, u64)>,
+    have: Vec<(String, u64)>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -511,19 +511,26 @@ impl EventLoop {
         });
     }
 
+    /// A received envelope, read once: `None` when it is no newer than the
+    /// record held (dropped before its signature is checked), else the
+    /// authenticated owner and record.
+    fn check(&self, env: Result<Envelope>, from: Option<PeerId>) -> Result<Option<(PeerId, NodeRecord, Envelope)>> {
+        let env = env?;
+        let (owner, record) = env.read()?;
+        if self.registry.holds(&owner, record.incarnation, record.seq) {
+            return Ok(None);
+        }
+        env.authenticate(&owner, from)?;
+        Ok(Some((owner, record, env)))
+    }
+
     /// Merges a received record. A node learned of from a snapshot (a peer
     /// that just connected) is passed on to everyone at once, so a new node
     /// is in every registry without waiting for its next heartbeat.
     fn take(&mut self, env: Result<Envelope>, from: Option<PeerId>, via_snapshot: bool) {
-        if let Ok(env) = &env
-            && let Some((owner, incarnation, seq)) = env.claim()
-            && self.registry.holds(&owner, incarnation, seq)
-        {
-            return;
-        }
-        let opened = env.and_then(|env| env.verify_from(from).map(|(owner, record)| (owner, record, env)));
-        match opened {
-            Ok((owner, record, env)) => {
+        match self.check(env, from) {
+            Ok(None) => {}
+            Ok(Some((owner, record, env))) => {
                 if owner == *self.swarm.local_peer_id() {
                     return;
                 }

@@ -133,36 +133,48 @@ impl Envelope {
         serde_json::from_slice(bytes).map_err(|e| Error::Rejected(format!("not an envelope: {e}")))
     }
 
-    /// Whose record this claims to be and its (incarnation, seq), unchecked:
-    /// enough to drop, before the signature is checked, a record that is
-    /// not newer than the one already held (most of a snapshot, and every
-    /// extra copy of a gossip message). `None` when the record cannot say.
-    pub fn claim(&self) -> Option<(PeerId, u64, u64)> {
-        #[derive(Deserialize)]
-        struct Claim {
-            node_id: String,
-            incarnation: u64,
-            seq: u64,
-        }
-        let c: Claim = serde_json::from_slice(&self.record).ok()?;
-        Some((c.node_id.parse().ok()?, c.incarnation, c.seq))
+    /// The record and the owner it names, unchecked: enough to drop, before
+    /// any signature is checked, a record no newer than the one held.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when it is not a record or names no valid node id.
+    pub fn read(&self) -> Result<(PeerId, NodeRecord)> {
+        let record: NodeRecord = serde_json::from_slice(&self.record).map_err(|e| Error::Rejected(format!("not a record: {e}")))?;
+        let owner = record.node_id.parse().map_err(|e| Error::Rejected(format!("bad node id {:?}: {e}", record.node_id)))?;
+        Ok((owner, record))
     }
 
-    /// The record and its owner, as `sender` passed it on. A record its
-    /// owner sends itself needs no signature check: the connection it came
-    /// over is authenticated (Noise) with that owner's identity key. One
-    /// that a peer relays must carry a valid signature of its owner.
+    /// Whether `owner`'s record, as `sender` passed it on, is genuine. A
+    /// record its owner sends itself needs no signature check: the
+    /// connection it came over is authenticated (Noise) with that owner's
+    /// identity key. One that a peer relays must carry its owner's signature.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] saying which check failed.
+    pub fn authenticate(&self, owner: &PeerId, sender: Option<PeerId>) -> Result<()> {
+        if sender.as_ref() == Some(owner) {
+            return Ok(());
+        }
+        let key = PublicKey::try_decode_protobuf(&self.public_key).map_err(|e| Error::Rejected(format!("bad public key: {e}")))?;
+        if !key.verify(&self.record, &self.signature) {
+            return Err(Error::Rejected("signature does not match the record".into()));
+        }
+        let signer = key.to_peer_id();
+        if signer != *owner {
+            return Err(Error::Rejected(format!("record of {owner} signed by {signer}")));
+        }
+        Ok(())
+    }
+
+    /// The record and its owner, as `sender` passed it on ([`Self::read`]
+    /// then [`Self::authenticate`]).
     ///
     /// # Errors
     /// [`Error::Rejected`] saying which check failed.
     pub fn verify_from(&self, sender: Option<PeerId>) -> Result<(PeerId, NodeRecord)> {
-        if let Some(sender) = sender {
-            let record: NodeRecord = serde_json::from_slice(&self.record).map_err(|e| Error::Rejected(format!("not a record: {e}")))?;
-            if record.node_id == sender.to_string() {
-                return Ok((sender, record));
-            }
-        }
-        self.verify()
+        let (owner, record) = self.read()?;
+        self.authenticate(&owner, sender)?;
+        Ok((owner, record))
     }
 
     /// Checks the signature and the owner.
@@ -170,16 +182,7 @@ impl Envelope {
     /// # Errors
     /// [`Error::Rejected`] saying which check failed.
     pub fn verify(&self) -> Result<(PeerId, NodeRecord)> {
-        let key = PublicKey::try_decode_protobuf(&self.public_key).map_err(|e| Error::Rejected(format!("bad public key: {e}")))?;
-        if !key.verify(&self.record, &self.signature) {
-            return Err(Error::Rejected("signature does not match the record".into()));
-        }
-        let record: NodeRecord = serde_json::from_slice(&self.record).map_err(|e| Error::Rejected(format!("not a record: {e}")))?;
-        let signer = key.to_peer_id();
-        if record.node_id != signer.to_string() {
-            return Err(Error::Rejected(format!("record of {} signed by {signer}", record.node_id)));
-        }
-        Ok((signer, record))
+        self.verify_from(None)
     }
 }
 
@@ -247,7 +250,7 @@ mod tests {
         // b cannot speak for a by sending a record that names a.
         let forged = Envelope::seal(&record(&a), &b).unwrap();
         assert!(forged.verify_from(Some(pb)).unwrap_err().to_string().contains("signed by"));
-        assert_eq!(forged.claim().map(|c| c.0), Some(pa));
+        assert_eq!(forged.read().unwrap().0, pa);
     }
 
     #[test]

@@ -77,8 +77,7 @@ impl Registry {
     }
 
     /// Takes a verified record of `owner`; `from_owner` when the owner itself
-    /// sent it now (otherwise a peer relayed it, which it does only for
-    /// owners it considers up). Returns what changed.
+    /// sent it (otherwise a peer relayed it). Returns what changed.
     pub fn merge(&mut self, owner: PeerId, record: NodeRecord, envelope: Envelope, from_owner: bool, now: Instant) -> Merge {
         match self.entries.get_mut(&owner) {
             // A node whose connection closed is back when it says so itself
@@ -102,16 +101,10 @@ impl Registry {
                 e.heard = now;
                 if e.down_since.take().is_some() { Merge::Revived } else { Merge::Updated }
             }
-            Some(e) => {
-                // Owners bump seq on every heartbeat, so only a newer record
-                // is news: a late or replayed copy of a down node's last
-                // record (gossip caches and forwards messages) must not
-                // bring it back.
-                if from_owner && e.down_since.is_none() && record.incarnation == e.record.incarnation && record.seq == e.record.seq {
-                    e.heard = now;
-                }
-                Merge::Unchanged
-            }
+            // Owners bump seq on every heartbeat, so only a newer record is
+            // news: a late or replayed copy of a down node's last record
+            // (gossip caches and forwards messages) must not bring it back.
+            Some(_) => Merge::Unchanged,
             None => {
                 self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, down_since: None, closed: false });
                 Merge::New
@@ -146,18 +139,18 @@ impl Registry {
         changed || self.entries.len() != before
     }
 
-    /// What this registry holds, as (node id, incarnation, seq) of every up
-    /// entry: a peer answers it with only what is newer.
-    pub fn summary(&self) -> Vec<(String, u64, u64)> {
-        self.entries.values().filter(|e| e.down_since.is_none()).map(|e| (e.record.node_id.clone(), e.record.incarnation, e.record.seq)).collect()
+    /// What this registry holds, as (node id, incarnation) of every up
+    /// entry: a peer answers it with only what is missing.
+    pub fn summary(&self) -> Vec<(String, u64)> {
+        self.entries.values().filter(|e| e.down_since.is_none()).map(|e| (e.record.node_id.clone(), e.record.incarnation)).collect()
     }
 
     /// The envelopes of up entries whose owner `summary` lacks, or has only
     /// from an older incarnation. A newer seq of the same incarnation is left
     /// out: every heartbeat bumps it, gossip brings it within a second, and
     /// sending it would make every answer the whole registry.
-    pub fn envelopes_missing_from(&self, summary: &[(String, u64, u64)]) -> Vec<Envelope> {
-        let held: HashMap<&str, u64> = summary.iter().map(|(id, i, _)| (id.as_str(), *i)).collect();
+    pub fn envelopes_missing_from(&self, summary: &[(String, u64)]) -> Vec<Envelope> {
+        let held: HashMap<&str, u64> = summary.iter().map(|(id, i)| (id.as_str(), *i)).collect();
         self.entries
             .values()
             .filter(|e| e.down_since.is_none())
@@ -286,8 +279,8 @@ mod tests {
             r.merge(p, rec, env, true, t);
         }
         let id = |k: &Keypair| k.public().to_peer_id().to_string();
-        // The asker has a (older seq: a heartbeat behind) and b's first incarnation.
-        let summary = vec![(id(&a), 1, 3), (id(&b), 1, 40)];
+        // The asker has a (this run of it) and b's first incarnation.
+        let summary = vec![(id(&a), 1), (id(&b), 1)];
         let mut sent: Vec<String> = r.envelopes_missing_from(&summary).iter().map(|e| e.verify().unwrap().1.hostname).collect();
         sent.sort();
         assert_eq!(sent, ["b", "c"]);
