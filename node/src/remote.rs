@@ -72,12 +72,7 @@ pub async fn generate(s: &AppState, model: &str, prompt: Prompt, params: Samplin
     }
     let mut last = None;
     for (i, (node, is_local)) in candidates.iter().enumerate() {
-        let started = if *is_local {
-            local(s, &id, prompt.clone(), params.clone(), prompt_param).await
-        } else {
-            remote(s, node, &id, prompt.clone(), params.clone(), prompt_param).await
-        };
-        match started {
+        match start_on(s, node, *is_local, &id, prompt.clone(), params.clone(), prompt_param).await {
             Ok(st) => {
                 let rest: Vec<(String, bool)> = candidates[i + 1..].to_vec();
                 let (prompt_tokens, model, node_id) = (st.prompt_tokens, st.model.clone(), st.node_id.clone());
@@ -92,6 +87,11 @@ pub async fn generate(s: &AppState, model: &str, prompt: Prompt, params: Samplin
         }
     }
     Err(last.unwrap_or_else(|| ApiError::model_not_found(model)))
+}
+
+/// Starts the request on `node`: here, or over the swarm.
+async fn start_on(s: &AppState, node: &str, is_local: bool, model: &str, prompt: Prompt, params: SamplingParams, prompt_param: &'static str) -> Result<Started, ApiError> {
+    if is_local { local(s, model, prompt, params, prompt_param).await } else { remote(s, node, model, prompt, params, prompt_param).await }
 }
 
 /// The catalog id `name` means here, or `name` itself (a peer's model).
@@ -238,12 +238,7 @@ fn failover(
                     let mut next = None;
                     while !rest.is_empty() {
                         let (node, is_local) = rest.remove(0);
-                        let r = if is_local {
-                            local(&s, &model, cont.clone(), params.clone(), prompt_param).await
-                        } else {
-                            remote(&s, &node, &model, cont.clone(), params.clone(), prompt_param).await
-                        };
-                        if let Ok(st) = r {
+                        if let Ok(st) = start_on(&s, &node, is_local, &model, cont.clone(), params.clone(), prompt_param).await {
                             next = Some(st);
                             break;
                         }
