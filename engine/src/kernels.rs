@@ -64,6 +64,11 @@ impl Weight for BlockQ5_0 {
 /// # Panics
 /// On mismatched lengths (the callers, candle's matmul dispatch, check them).
 pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
+    matmul_with(imp::Tile::vnni(), m, k, n, lhs, rhs, dst);
+}
+
+/// [`matmul`] with the VNNI tile on or off (`vnni` only where the CPU has it).
+fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
     assert!(AVAILABLE && k.is_multiple_of(32) && lhs.len() == m * k && rhs.len() == n * (k / 32) && dst.len() >= m * n);
     let kb = k / 32;
     let pool = candle_core::utils::barrier_pool();
@@ -85,6 +90,10 @@ pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: 
             }
         });
     }
+    // The VNNI tile stores weights offset by 128 (unsigned bytes); each
+    // activation block's sum undoes the offset.
+    let xsum: Vec<i32> = if m > 1 && vnni { xq.iter().map(block_sum).collect() } else { Vec::new() };
+    let xsum = &xsum;
     let dst_addr = dst.as_mut_ptr() as usize;
     // Eight rows at a time when several activation rows reuse them (a
     // prompt); four when there is one (decoding), where reading the weights
@@ -95,7 +104,7 @@ pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: 
     let xq = &xq;
     pool.execute(|t| {
         let (g0, g1) = ((t * per).min(groups), ((t + 1) * per).min(groups));
-        let mut tile = if group == 8 && g1 > g0 { Some(Tile(imp::Tile::new(kb))) } else { None };
+        let mut tile = if group == 8 && g1 > g0 { Some(Tile(imp::Tile::new(kb, vnni))) } else { None };
         for g in g0..g1 {
             let col = g * group;
             let w = rhs[col * kb..].as_ptr();
@@ -110,7 +119,7 @@ pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: 
                 // `col`, inside `rhs`, and kb blocks of `x`.
                 unsafe {
                     match &tile {
-                        Some(tile) => out = tile.0.dot8(x),
+                        Some(tile) => out = tile.0.dot8(x, xsum.get(r * kb..).map_or(std::ptr::null(), <[i32]>::as_ptr)),
                         None => out[..4].copy_from_slice(&W::dot4(w, kb, x)),
                     }
                 }
@@ -130,6 +139,14 @@ pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: 
             }
         }
     });
+}
+
+/// The sum of a Q8_0 block's 32 values.
+fn block_sum(b: &BlockQ8_0) -> i32 {
+    // SAFETY: a Q8_0 block is its f16 scale followed by 32 signed bytes
+    // (`repr(C)`, the GGUF layout the kernels read throughout).
+    let qs = unsafe { std::slice::from_raw_parts((b as *const BlockQ8_0 as *const i8).add(2), 32) };
+    qs.iter().map(|&q| i32::from(q)).sum()
 }
 
 /// GELU with the tanh approximation (Gemma's activation), vectorized.
@@ -232,48 +249,113 @@ mod imp {
         }
     }
 
-    /// Eight weight rows of kb blocks, unpacked: per block and row the
-    /// values, their absolute values, and the scale as f32, so that one
-    /// activation block meets all eight rows with no unpacking and their
-    /// eight sums come out in one vector.
+    /// Eight weight rows of kb blocks, unpacked so that one activation block
+    /// meets all eight rows with no unpacking and their eight sums come out
+    /// in one vector; with the scales as f32 (`scale[b·8 + r]`).
+    ///
+    /// Two layouts. Where the CPU has AVX-VNNI (Intel since Alder Lake and
+    /// Sapphire Rapids, AMD since Zen 4), `inter` holds per block eight
+    /// vectors, vector j carrying bytes 4j..4j+4 of row r in lane r, offset
+    /// by 128 to make them unsigned: `vpdpbusd` with the activation's dword j
+    /// broadcast then adds four products per row into that row's lane, and
+    /// no horizontal sums are needed. Otherwise `val` and `abs` hold each
+    /// row's values and their absolute values for AVX2's
+    /// `maddubs`/`madd` pairs, summed across lanes per block.
     pub(crate) struct Tile {
         kb: usize,
+        vnni: bool,
+        inter: Vec<__m256i>,
         val: Vec<__m256i>,
         abs: Vec<__m256i>,
         scale: Vec<f32>,
     }
 
     impl Tile {
-        pub(super) fn new(kb: usize) -> Self {
+        /// Whether tiles use the VNNI layout on this CPU.
+        pub(super) fn vnni() -> bool {
+            is_x86_feature_detected!("avxvnni")
+        }
+
+        /// `vnni` only where [`Tile::vnni`] says so.
+        pub(super) fn new(kb: usize, vnni: bool) -> Self {
             // SAFETY: AVX is enabled for this build.
             let zero = unsafe { _mm256_setzero_si256() };
-            Self { kb, val: vec![zero; 8 * kb], abs: vec![zero; 8 * kb], scale: vec![0.0; 8 * kb] }
+            let (inter, val, abs) = if vnni { (vec![zero; 8 * kb], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
+            Self { kb, vnni, inter, val, abs, scale: vec![0.0; 8 * kb] }
         }
 
         /// # Safety
         /// `w` points at 8·kb blocks of `U`.
         pub(super) unsafe fn fill<U: Unpack>(&mut self, w: *const u8) {
             let kb = self.kb;
+            let inter = self.inter.as_mut_ptr() as *mut u32;
             for r in 0..8 {
                 for b in 0..kb {
                     let i = b * 8 + r;
-                    // SAFETY: block (r, b) is in bounds per the contract.
+                    // SAFETY: block (r, b) is in bounds per the contract;
+                    // `inter` holds 8·kb vectors of 8 dwords when `vnni`.
                     unsafe {
                         let p = w.add((r * kb + b) * U::SIZE);
                         let v = U::values(p);
-                        self.val[i] = v;
-                        self.abs[i] = _mm256_sign_epi8(v, v);
+                        if self.vnni {
+                            let mut dw = [0u32; 8];
+                            _mm256_storeu_si256(dw.as_mut_ptr() as *mut __m256i, _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)));
+                            for (j, d) in dw.into_iter().enumerate() {
+                                *inter.add((b * 8 + j) * 8 + r) = d;
+                            }
+                        } else {
+                            self.val[i] = v;
+                            self.abs[i] = _mm256_sign_epi8(v, v);
+                        }
                         self.scale[i] = scale(p);
                     }
                 }
             }
         }
 
-        /// The eight rows' dot products with the kb Q8_0 blocks at `x`.
+        /// The eight rows' dot products with the kb Q8_0 blocks at `x`;
+        /// `xsum` holds those blocks' sums of values (read only with VNNI).
         ///
         /// # Safety
-        /// `x` points at kb blocks.
-        pub(super) unsafe fn dot8(&self, x: *const BlockQ8_0) -> [f32; 8] {
+        /// `x` points at kb blocks, and with VNNI `xsum` at kb sums.
+        pub(super) unsafe fn dot8(&self, x: *const BlockQ8_0, xsum: *const i32) -> [f32; 8] {
+            // SAFETY: `vnni` was read from the CPU; forwarded contract.
+            if self.vnni { unsafe { self.dot8_vnni(x, xsum) } } else { unsafe { self.dot8_avx2(x) } }
+        }
+
+        #[target_feature(enable = "avxvnni")]
+        unsafe fn dot8_vnni(&self, x: *const BlockQ8_0, xsum: *const i32) -> [f32; 8] {
+            let x = x as *const u8;
+            let xs = std::mem::size_of::<BlockQ8_0>();
+            // SAFETY: x holds kb blocks and xsum kb sums; the tile holds 8·kb
+            // vectors and scales.
+            unsafe {
+                let mut acc = _mm256_setzero_ps();
+                let w = self.inter.as_ptr();
+                for b in 0..self.kb {
+                    let xb = x.add(b * xs);
+                    let q = xb.add(2) as *const i32;
+                    let wb = w.add(b * 8);
+                    // Two chains, so that each vpdpbusd need not wait for
+                    // the one before.
+                    let mut s0 = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), *wb, _mm256_set1_epi32(std::ptr::read_unaligned(q)));
+                    let mut s1 = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), *wb.add(1), _mm256_set1_epi32(std::ptr::read_unaligned(q.add(1))));
+                    for j in (2..8).step_by(2) {
+                        s0 = _mm256_dpbusd_avx_epi32(s0, *wb.add(j), _mm256_set1_epi32(std::ptr::read_unaligned(q.add(j))));
+                        s1 = _mm256_dpbusd_avx_epi32(s1, *wb.add(j + 1), _mm256_set1_epi32(std::ptr::read_unaligned(q.add(j + 1))));
+                    }
+                    // Σ (w+128)·x = Σ w·x + 128·Σ x
+                    let sums = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_set1_epi32(128 * *xsum.add(b)));
+                    let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(b * 8)), _mm256_set1_ps(scale(xb)));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+                }
+                let mut out = [0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), acc);
+                out
+            }
+        }
+
+        unsafe fn dot8_avx2(&self, x: *const BlockQ8_0) -> [f32; 8] {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
             // SAFETY: x holds kb blocks; the tile's vectors hold 8·kb entries.
@@ -418,14 +500,17 @@ mod imp {
     pub(crate) struct Tile;
 
     impl Tile {
-        pub(super) fn new(_kb: usize) -> Self {
+        pub(super) fn new(_kb: usize, _vnni: bool) -> Self {
             unreachable!("matmul asserts AVAILABLE")
         }
         pub(super) unsafe fn fill<U: Unpack>(&mut self, _w: *const u8) {
             unreachable!("matmul asserts AVAILABLE")
         }
-        pub(super) unsafe fn dot8(&self, _x: *const BlockQ8_0) -> [f32; 8] {
+        pub(super) unsafe fn dot8(&self, _x: *const BlockQ8_0, _xsum: *const i32) -> [f32; 8] {
             unreachable!("matmul asserts AVAILABLE")
+        }
+        pub(super) fn vnni() -> bool {
+            false
         }
     }
 
@@ -459,7 +544,9 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0] {
+        // Both prompt tiles where this CPU has VNNI; the AVX2 one everywhere.
+        let tiles = if super::imp::Tile::vnni() { vec![false, true] } else { vec![false] };
+        for (dtype, vnni) in [GgmlDType::Q8_0, GgmlDType::Q5_0].into_iter().flat_map(|d| tiles.iter().map(move |&v| (d, v))) {
             for (m, k, n) in [(1, 640, 262), (3, 128, 9), (5, 2048, 17), (7, 640, 43), (2, 64, 8)] {
                 let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
                 let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
@@ -470,11 +557,11 @@ mod tests {
                 let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let mut got = vec![0f32; m * n];
                 match dtype {
-                    GgmlDType::Q8_0 => super::matmul::<BlockQ8_0>(m, k, n, &x, &crate::gguf::blocks_from_bytes(&bytes), &mut got),
-                    _ => super::matmul::<BlockQ5_0>(m, k, n, &x, &crate::gguf::blocks_from_bytes(&bytes), &mut got),
+                    GgmlDType::Q8_0 => super::matmul_with::<BlockQ8_0>(vnni, m, k, n, &x, &crate::gguf::blocks_from_bytes(&bytes), &mut got),
+                    _ => super::matmul_with::<BlockQ5_0>(vnni, m, k, n, &x, &crate::gguf::blocks_from_bytes(&bytes), &mut got),
                 }
                 for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{dtype:?} {m}x{k}x{n}: {a} vs {b}");
+                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{dtype:?} vnni {vnni} {m}x{k}x{n}: {a} vs {b}");
                 }
             }
         }
