@@ -5,6 +5,7 @@
 //! - [`api`]: the axum router — `/v1/models`, `/v1/chat/completions`,
 //!   `/v1/completions`, `/health`, `/metrics` — with OpenAI's wire types and
 //!   error objects, API keys and CORS.
+//! - [`conversations`]: the UI's chats in SQLite, served at `/api/conversations`.
 //! - [`remote`]: running a request on the best node of the swarm, with
 //!   failover, and answering other nodes' requests.
 //! - [`server`]: serving on a listener with graceful shutdown.
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod config;
+pub mod conversations;
 pub mod remote;
 pub mod server;
 pub mod swarm;

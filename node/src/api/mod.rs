@@ -1,10 +1,12 @@
-//! The HTTP API: OpenAI-compatible endpoints under `/v1`, `/health` and
-//! `/metrics`, behind API-key checks (beyond loopback) and CORS.
+//! The HTTP API: OpenAI-compatible endpoints under `/v1`, the UI's under
+//! `/api`, `/health` and `/metrics`, behind API-key checks (beyond
+//! loopback) and CORS.
 //!
 //! Every failure, including a body that is not JSON, an unknown path or a
 //! wrong method, is answered with OpenAI's error object.
 
 pub mod chat;
+pub mod conversations;
 pub mod error;
 pub mod metrics;
 pub mod models;
@@ -21,7 +23,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Req
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use rbee_engine::Engine;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -43,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The swarm, when this node is in one.
     pub swarm: Option<rbee_swarm::Client>,
+    /// The UI's chats.
+    pub conversations: Arc<crate::conversations::Conversations>,
     /// Measured decode speed per model (tokens/s, smoothed).
     speeds: Arc<std::sync::Mutex<std::collections::HashMap<String, f32>>>,
     /// SHA-256 of each configured API key: compared in constant time, and
@@ -53,7 +57,13 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Engine, config: Config) -> Self {
         let key_hashes = config.api_keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect();
+        let path = config.data_dir.join(crate::conversations::FILE);
+        let conversations = crate::conversations::Conversations::open(&path).unwrap_or_else(|e| {
+            tracing::error!(error = %e, file = %path.display(), "cannot keep conversations in the data dir; this run keeps them in memory only");
+            crate::conversations::Conversations::in_memory()
+        });
         Self {
+            conversations: Arc::new(conversations),
             engine,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
@@ -95,6 +105,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(chat::completions))
         .route("/api/swarm", get(swarm_view))
+        .route("/api/conversations", get(conversations::list).post(conversations::create))
+        .route("/api/conversations/{id}", get(conversations::get).patch(conversations::update).delete(conversations::delete))
+        .route("/api/conversations/{id}/messages", post(conversations::append))
+        .route("/api/conversations/{id}/messages/{message}", delete(conversations::truncate))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
@@ -116,33 +130,51 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            let status = e.status();
-            let mut err = ApiError::bad_body(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("the request body is larger than {} MiB", MAX_BODY >> 20)
-            } else {
-                format!("could not read the request body: {e}")
-            });
-            err.status = status;
-            err
-        })?;
+        let bytes = body_bytes(req, state).await?;
         if bytes.is_empty() {
             return Err(ApiError::bad_body("the request body is empty; send a JSON object"));
         }
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let what = if inner.is_syntax() || inner.is_eof() { "the body is not valid JSON" } else { "the body does not match the request format" };
-            let mut err = ApiError::bad_body(format!("{what}: {inner}"));
-            if !matches!(path.as_str(), "." | "?" | "") {
-                err.param = Some(path);
-            }
-            err
-        })?;
-        de.end().map_err(|e| ApiError::bad_body(format!("the body is not valid JSON: {e}")))?;
-        Ok(Self(parsed))
+        parse_json(&bytes).map(Self)
     }
+}
+
+/// `Option<JsonBody<T>>`: an empty body is `None`, anything else must parse.
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.is_empty() { Ok(None) } else { parse_json(&bytes).map(|t| Some(Self(t))) }
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        let status = e.status();
+        let mut err = ApiError::bad_body(if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than {} MiB", MAX_BODY >> 20)
+        } else {
+            format!("could not read the request body: {e}")
+        });
+        err.status = status;
+        err
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if inner.is_syntax() || inner.is_eof() { "the body is not valid JSON" } else { "the body does not match the request format" };
+        let mut err = ApiError::bad_body(format!("{what}: {inner}"));
+        if !matches!(path.as_str(), "." | "?" | "") {
+            err.param = Some(path);
+        }
+        err
+    })?;
+    de.end().map_err(|e| ApiError::bad_body(format!("the body is not valid JSON: {e}")))?;
+    Ok(parsed)
 }
 
 async fn health(State(s): State<AppState>) -> impl IntoResponse {
@@ -223,7 +255,7 @@ fn cors(extra: &[String]) -> CorsLayer {
             let Ok(o) = origin.to_str() else { return false };
             any || loopback_origin(o) || extra.iter().any(|e| e.eq_ignore_ascii_case(o))
         }))
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
         .max_age(Duration::from_secs(3600))
 }

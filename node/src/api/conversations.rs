@@ -1,0 +1,79 @@
+//! `/api/conversations`: the UI's chats, kept by the node (see
+//! [`crate::conversations`]). Errors use the same OpenAI-shaped object as
+//! the rest of the API.
+//!
+//! - `GET /api/conversations[?q=TEXT]` — newest first; `q` searches titles
+//!   and message text
+//! - `POST /api/conversations` `{title?, model?}` — start one
+//! - `GET /api/conversations/{id}` — one, with its messages
+//! - `PATCH /api/conversations/{id}` `{title?, model?}` — rename, or record the model
+//! - `DELETE /api/conversations/{id}`
+//! - `POST /api/conversations/{id}/messages` `{role, content, model?, node_id?, tokens_per_sec?, note?}`
+//! - `DELETE /api/conversations/{id}/messages/{message_id}` — that message
+//!   and every later one (regenerate, edit and resend)
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{AppState, JsonBody};
+use crate::conversations::{Error, NewMessage};
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound(_) | Error::NoMessage(..) => ApiError::not_found(e.to_string()),
+            Error::Invalid(param, m) => ApiError::invalid(param, m),
+            Error::Sql(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Search {
+    q: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Fields {
+    title: Option<String>,
+    model: Option<String>,
+}
+
+pub async fn list(State(s): State<AppState>, Query(q): Query<Search>) -> Result<impl IntoResponse, ApiError> {
+    let data = s.conversations.list(q.q.as_deref())?;
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+pub async fn create(State(s): State<AppState>, body: Option<JsonBody<Fields>>) -> Result<impl IntoResponse, ApiError> {
+    let f = body.map(|b| b.0).unwrap_or_default();
+    let c = s.conversations.create(f.title.as_deref().unwrap_or(""), f.model.as_deref().unwrap_or(""))?;
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.conversations.get(&id)?))
+}
+
+pub async fn update(State(s): State<AppState>, Path(id): Path<String>, JsonBody(f): JsonBody<Fields>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.conversations.update(&id, f.title.as_deref(), f.model.as_deref())?))
+}
+
+pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    s.conversations.delete(&id)?;
+    Ok(Json(json!({ "id": id, "object": "conversation", "deleted": true })))
+}
+
+pub async fn append(State(s): State<AppState>, Path(id): Path<String>, JsonBody(m): JsonBody<NewMessage>) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::CREATED, Json(s.conversations.append(&id, &m)?)))
+}
+
+pub async fn truncate(State(s): State<AppState>, Path((id, from)): Path<(String, i64)>) -> Result<impl IntoResponse, ApiError> {
+    let removed = s.conversations.truncate(&id, from)?;
+    Ok(Json(json!({ "id": id, "removed": removed })))
+}

@@ -1,0 +1,412 @@
+//! Chat conversations kept by the node for its UI, in a SQLite file in the
+//! data dir (`conversations.sqlite`).
+//!
+//! A conversation is a title, the model last chosen for it, and its messages
+//! in order. An unreadable file is moved aside (never deleted) and a fresh
+//! one started, with a warning naming where the old one went.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// File name in the data dir.
+pub const FILE: &str = "conversations.sqlite";
+
+/// Longest title kept, in characters.
+pub const MAX_TITLE: usize = 200;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Conversation {
+    pub id: String,
+    pub title: String,
+    /// The model last used in it ("" when none yet).
+    pub model: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Only when one conversation is asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Message {
+    pub id: i64,
+    pub role: String,
+    pub content: String,
+    /// For answers: the model, the swarm node that ran it, its decode speed.
+    pub model: Option<String>,
+    pub node_id: Option<String>,
+    pub tokens_per_sec: Option<f64>,
+    /// An answer cut short (stopped, or failed) says why here.
+    pub note: Option<String>,
+    pub created_at: i64,
+}
+
+/// A message to append.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub role: String,
+    pub content: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub tokens_per_sec: Option<f64>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no conversation with id `{0}`")]
+    NotFound(String),
+    #[error("conversation `{0}` has no message with id {1}")]
+    NoMessage(String, i64),
+    #[error("{0}")]
+    Invalid(&'static str, String),
+    #[error("conversation store: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// The store. Calls are short (one SQLite statement or transaction), so one
+/// connection behind a lock serves the UI's handful of requests.
+#[derive(Debug)]
+pub struct Conversations {
+    db: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA foreign_keys = ON;
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    model TEXT,
+    node_id TEXT,
+    tokens_per_sec REAL,
+    note TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id);
+";
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_title(title: &str) -> Result<String, Error> {
+    let t = title.trim();
+    if t.chars().count() > MAX_TITLE {
+        return Err(Error::Invalid("title", format!("a title has at most {MAX_TITLE} characters")));
+    }
+    Ok(t.to_string())
+}
+
+impl Conversations {
+    /// Opens (or creates) the store at `path`. A file SQLite cannot read as
+    /// a database is renamed to `PATH.unreadable-<ms>` and a new one begun.
+    ///
+    /// # Errors
+    /// When neither the file nor a fresh one can be opened.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        match Self::open_at(path) {
+            Ok(s) => Ok(s),
+            Err(Error::Sql(e)) if path.exists() => {
+                let aside = PathBuf::from(format!("{}.unreadable-{}", path.display(), now_ms()));
+                tracing::warn!(error = %e, file = %path.display(), moved_to = %aside.display(), "conversation store unreadable; moved aside, starting a new one");
+                std::fs::rename(path, &aside).map_err(|io| Error::Invalid("store", format!("cannot move {} aside: {io}", path.display())))?;
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+                }
+                Self::open_at(path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A store that lives in memory only (tests, and a data dir that
+    /// cannot hold one).
+    pub fn in_memory() -> Self {
+        let db = Connection::open_in_memory().expect("SQLite opens in memory");
+        db.execute_batch(SCHEMA).expect("schema applies to an empty database");
+        Self { db: Mutex::new(db) }
+    }
+
+    fn open_at(path: &Path) -> Result<Self, Error> {
+        let db = Connection::open(path)?;
+        db.execute_batch(SCHEMA)?;
+        // Reading every table proves the file is a usable database.
+        db.query_row("SELECT (SELECT count(*) FROM conversations) + (SELECT count(*) FROM messages)", [], |r| r.get::<_, i64>(0))?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every
+        // change is one statement or a transaction), so go on.
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every conversation, most recently changed first; with `query`, only
+    /// those whose title or any message contains it (case-insensitive).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub fn list(&self, query: Option<&str>) -> Result<Vec<Conversation>, Error> {
+        let db = self.db();
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(Conversation { id: r.get(0)?, title: r.get(1)?, model: r.get(2)?, created_at: r.get(3)?, updated_at: r.get(4)?, messages: None })
+        };
+        let q = query.map(str::trim).filter(|q| !q.is_empty());
+        let out = match q {
+            None => db
+                .prepare_cached("SELECT id, title, model, created_at, updated_at FROM conversations ORDER BY updated_at DESC, rowid DESC")?
+                .query_map([], row)?
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(q) => {
+                let pattern = format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+                db.prepare_cached(
+                    "SELECT id, title, model, created_at, updated_at FROM conversations c
+                     WHERE title LIKE ?1 ESCAPE '\\'
+                        OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.id AND m.content LIKE ?1 ESCAPE '\\')
+                     ORDER BY updated_at DESC, rowid DESC",
+                )?
+                .query_map([pattern], row)?
+                .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        Ok(out)
+    }
+
+    /// Starts a conversation.
+    ///
+    /// # Errors
+    /// On a title over [`MAX_TITLE`] characters, or a database failure.
+    pub fn create(&self, title: &str, model: &str) -> Result<Conversation, Error> {
+        let title = check_title(title)?;
+        let (id, now) = (new_id(), now_ms());
+        self.db().execute("INSERT INTO conversations (id, title, model, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)", params![id, title, model, now])?;
+        Ok(Conversation { id, title, model: model.to_string(), created_at: now, updated_at: now, messages: None })
+    }
+
+    /// One conversation with its messages.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or a database failure.
+    pub fn get(&self, id: &str) -> Result<Conversation, Error> {
+        let db = self.db();
+        let mut c = db
+            .query_row("SELECT id, title, model, created_at, updated_at FROM conversations WHERE id = ?1", [id], |r| {
+                Ok(Conversation { id: r.get(0)?, title: r.get(1)?, model: r.get(2)?, created_at: r.get(3)?, updated_at: r.get(4)?, messages: None })
+            })
+            .optional()?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let messages = db
+            .prepare_cached("SELECT id, role, content, model, node_id, tokens_per_sec, note, created_at FROM messages WHERE conversation = ?1 ORDER BY id")?
+            .query_map([id], |r| {
+                Ok(Message {
+                    id: r.get(0)?,
+                    role: r.get(1)?,
+                    content: r.get(2)?,
+                    model: r.get(3)?,
+                    node_id: r.get(4)?,
+                    tokens_per_sec: r.get(5)?,
+                    note: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        c.messages = Some(messages);
+        Ok(c)
+    }
+
+    /// Renames it and/or records the model chosen.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], a title too long, or a database failure.
+    pub fn update(&self, id: &str, title: Option<&str>, model: Option<&str>) -> Result<Conversation, Error> {
+        let title = title.map(check_title).transpose()?;
+        let n = self.db().execute(
+            "UPDATE conversations SET title = coalesce(?2, title), model = coalesce(?3, model), updated_at = ?4 WHERE id = ?1",
+            params![id, title, model, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let mut c = self.get(id)?;
+        c.messages = None;
+        Ok(c)
+    }
+
+    /// Deletes it and its messages.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or a database failure.
+    pub fn delete(&self, id: &str) -> Result<(), Error> {
+        if self.db().execute("DELETE FROM conversations WHERE id = ?1", [id])? == 0 {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Appends a message.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], a role other than system, user or assistant, or
+    /// a database failure.
+    pub fn append(&self, id: &str, m: &NewMessage) -> Result<Message, Error> {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err(Error::Invalid("role", format!("role must be system, user or assistant, not {:?}", m.role)));
+        }
+        if m.tokens_per_sec.is_some_and(|t| !t.is_finite() || t < 0.0) {
+            return Err(Error::Invalid("tokens_per_sec", "tokens_per_sec must be a number of zero or more".into()));
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_ms();
+        if tx.execute("UPDATE conversations SET updated_at = ?2, model = coalesce(?3, model) WHERE id = ?1", params![id, now, m.model])? == 0 {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO messages (conversation, role, content, model, node_id, tokens_per_sec, note, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![id, m.role, m.content, m.model, m.node_id, m.tokens_per_sec, m.note, now],
+        )?;
+        let mid = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Message {
+            id: mid,
+            role: m.role.clone(),
+            content: m.content.clone(),
+            model: m.model.clone(),
+            node_id: m.node_id.clone(),
+            tokens_per_sec: m.tokens_per_sec,
+            note: m.note.clone(),
+            created_at: now,
+        })
+    }
+
+    /// Removes message `from` and every later one (to regenerate an answer,
+    /// or edit a question and send it again). Returns how many went.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NoMessage`], or a database failure.
+    pub fn truncate(&self, id: &str, from: i64) -> Result<usize, Error> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if tx.execute("UPDATE conversations SET updated_at = ?2 WHERE id = ?1", params![id, now_ms()])? == 0 {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM messages WHERE conversation = ?1 AND id = ?2)", params![id, from], |r| r.get(0))?;
+        if !exists {
+            return Err(Error::NoMessage(id.to_string(), from));
+        }
+        let n = tx.execute("DELETE FROM messages WHERE conversation = ?1 AND id >= ?2", params![id, from])?;
+        tx.commit()?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> NewMessage {
+        NewMessage { role: "user".into(), content: text.into(), ..NewMessage::default() }
+    }
+
+    #[test]
+    fn a_conversation_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let s = Conversations::open(&path).unwrap();
+        let c = s.create("Trip", "gemma").unwrap();
+        s.append(&c.id, &user("Where to?")).unwrap();
+        let answer = NewMessage { role: "assistant".into(), content: "Lisbon.".into(), model: Some("gemma".into()), node_id: Some("12D3".into()), tokens_per_sec: Some(41.5), note: None };
+        s.append(&c.id, &answer).unwrap();
+        drop(s);
+        let s = Conversations::open(&path).unwrap();
+        let got = s.get(&c.id).unwrap();
+        let m = got.messages.unwrap();
+        assert_eq!((got.title.as_str(), m.len()), ("Trip", 2));
+        assert_eq!((m[1].content.as_str(), m[1].tokens_per_sec, m[1].node_id.as_deref()), ("Lisbon.", Some(41.5), Some("12D3")));
+    }
+
+    #[test]
+    fn search_finds_titles_and_message_text_and_treats_wildcards_literally() {
+        let s = Conversations::in_memory();
+        let a = s.create("Rust lifetimes", "").unwrap();
+        let b = s.create("Dinner", "").unwrap();
+        s.append(&b.id, &user("A recipe with 100% rye flour_please")).unwrap();
+        let ids = |q: &str| s.list(Some(q)).unwrap().into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids("LIFETIME"), vec![a.id.clone()]);
+        assert_eq!(ids("rye"), vec![b.id.clone()]);
+        assert_eq!(ids("100%"), vec![b.id.clone()]);
+        assert!(ids("100%%").is_empty());
+        assert!(ids("r_e").is_empty(), "_ is not a wildcard");
+        // The most recently changed first.
+        assert_eq!(s.list(None).unwrap()[0].id, b.id);
+    }
+
+    #[test]
+    fn truncate_drops_a_message_and_everything_after_it_in_that_conversation_only() {
+        let s = Conversations::in_memory();
+        let c = s.create("", "").unwrap();
+        let other = s.create("", "").unwrap();
+        let first = s.append(&c.id, &user("one")).unwrap();
+        let second = s.append(&c.id, &user("two")).unwrap();
+        s.append(&c.id, &user("three")).unwrap();
+        let kept = s.append(&other.id, &user("elsewhere")).unwrap();
+        assert!(matches!(s.truncate(&other.id, second.id), Err(Error::NoMessage(..))));
+        assert_eq!(s.truncate(&c.id, second.id).unwrap(), 2);
+        assert_eq!(s.get(&c.id).unwrap().messages.unwrap(), vec![first]);
+        assert_eq!(s.get(&other.id).unwrap().messages.unwrap(), vec![kept]);
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_deleting_takes_the_messages_along() {
+        let s = Conversations::in_memory();
+        assert!(matches!(s.create(&"x".repeat(MAX_TITLE + 1), ""), Err(Error::Invalid("title", _))));
+        let c = s.create("t", "").unwrap();
+        assert!(matches!(s.append(&c.id, &NewMessage { role: "tool".into(), ..user("x") }), Err(Error::Invalid("role", _))));
+        assert!(matches!(s.append(&c.id, &NewMessage { tokens_per_sec: Some(f64::NAN), ..user("x") }), Err(Error::Invalid(..))));
+        assert!(matches!(s.append("nope", &user("x")), Err(Error::NotFound(_))));
+        s.append(&c.id, &user("x")).unwrap();
+        s.delete(&c.id).unwrap();
+        assert!(matches!(s.get(&c.id), Err(Error::NotFound(_))));
+        assert!(matches!(s.delete(&c.id), Err(Error::NotFound(_))));
+        let n: i64 = s.db().query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_moved_aside_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        std::fs::write(&path, b"this is not a database, but someone's bytes".repeat(100)).unwrap();
+        let s = Conversations::open(&path).unwrap();
+        assert!(s.list(None).unwrap().is_empty());
+        s.create("new", "").unwrap();
+        let aside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".unreadable-")).collect();
+        assert_eq!(aside.len(), 1);
+        assert!(std::fs::read(aside[0].path()).unwrap().starts_with(b"this is not a database"));
+    }
+}
