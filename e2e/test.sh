@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 curl; do
+for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 curl chromium fonts-dejavu-core; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 command -v npm >/dev/null || need+=(nodejs npm)
@@ -18,6 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+
+# The UI first: the node serves ui/dist (and embeds it in release builds).
+(cd ui && npm ci --silent --no-audit --no-fund && npm run --silent build)
 
 # One target directory outside the clone, reused between runs and clones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
@@ -36,6 +39,8 @@ fi
 # The openai SDKs (Python and npm) against a real `rbee serve`; the tests
 # above built the binary.
 e2e/openai/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
+# The UI in a real Chromium against real nodes.
+e2e/browser/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
 # The swarm on a LAN of network namespaces (needs root, as CI runs).
 if [ "$(id -u)" = 0 ]; then
   python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1

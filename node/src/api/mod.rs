@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod openai;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +110,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/conversations/{id}", get(conversations::get).patch(conversations::update).delete(conversations::delete))
         .route("/api/conversations/{id}/messages", post(conversations::append))
         .route("/api/conversations/{id}/messages/{message}", delete(conversations::truncate))
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::asset))
+        .route("/favicon.svg", get(ui::favicon))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)

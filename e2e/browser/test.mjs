@@ -1,0 +1,189 @@
+// The UI in Debian's Chromium against real `rbee serve` nodes on the
+// fixture model. Screenshots go to $RBEE_SCREENSHOTS (default: screenshots/).
+// Usage: node --test test.mjs   (RBEE_BIN, RBEE_FIXTURE set by run.sh)
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const BIN = process.env.RBEE_BIN;
+const FIXTURE = process.env.RBEE_FIXTURE;
+const SHOTS = process.env.RBEE_SCREENSHOTS ?? new URL("screenshots/", import.meta.url).pathname;
+const CHROMIUM = process.env.RBEE_CHROMIUM ?? "/usr/bin/chromium";
+mkdirSync(SHOTS, { recursive: true });
+
+const freePort = () =>
+  new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+
+const nodes = [];
+
+/// Starts `rbee serve` on `dir` and resolves once it listens.
+async function startNode(dir, extra = []) {
+  const env = { ...process.env, RBEE_CONFIG: join(dir, "none.toml") };
+  const child = spawn(BIN, ["--data-dir", dir, "serve", "--listen", "127.0.0.1:0", ...extra], { env, stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  child.stderr.on("data", (d) => (log += d));
+  const url = await new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/rbee listening on (\S+)/);
+      if (m) resolve(m[1].replace(/\/v1$/, ""));
+    });
+    child.on("exit", (code) => reject(new Error(`rbee serve exited ${code}: ${log}`)));
+  });
+  const node = { child, url, dir, log: () => log };
+  nodes.push(node);
+  return node;
+}
+
+async function stopNode(node) {
+  const exited = new Promise((r) => node.child.once("exit", (code) => r(code)));
+  node.child.kill("SIGTERM");
+  assert.equal(await exited, 0, "rbee serve exits 0 on SIGTERM");
+  nodes.splice(nodes.indexOf(node), 1);
+}
+
+function dataDirWithFixture() {
+  const dir = mkdtempSync(join(tmpdir(), "rbee-browser-"));
+  const r = spawnSync(BIN, ["--data-dir", dir, "models", "import", FIXTURE], { env: { ...process.env, RBEE_CONFIG: join(dir, "none.toml") } });
+  assert.equal(r.status, 0, String(r.stderr));
+  return dir;
+}
+
+let browser;
+const dirs = [];
+
+before(async () => {
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+});
+
+after(async () => {
+  await browser?.close();
+  for (const n of [...nodes]) n.child.kill("SIGKILL");
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+async function openPage(url, { maxTokens } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  if (maxTokens) await context.addInitScript((n) => localStorage.setItem("rbee.maxTokens", String(n)), maxTokens);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  await page.goto(url);
+  return { page, errors };
+}
+
+test("a message streams in, and the conversation survives a reload and a node restart", async () => {
+  const dir = dataDirWithFixture();
+  dirs.push(dir);
+  let node = await startNode(dir);
+  const { page, errors } = await openPage(node.url, { maxTokens: 40 });
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill("Write one sentence about honey bees.");
+  await box.press("Enter");
+
+  // The answer grows while it streams: several different partial texts.
+  const streaming = page.locator(".msg.assistant.streaming .body");
+  await streaming.waitFor();
+  const seen = new Set();
+  while ((await page.locator(".msg.assistant.streaming").count()) > 0) {
+    const t = (await streaming.textContent().catch(() => "")) ?? "";
+    if (t && t !== "…") seen.add(t);
+    await page.waitForTimeout(15);
+  }
+  assert.ok(seen.size >= 2, `saw ${seen.size} partial texts`);
+  const answer = page.locator(".msg.assistant").last();
+  const meta = await answer.locator(".meta").textContent();
+  assert.match(meta, /\d+\.\d tok\/s · answered by this machine/);
+  const text = await answer.locator(".body").textContent();
+  assert.ok(text.trim().length > 0);
+  await page.screenshot({ path: join(SHOTS, "chat.png") });
+
+  // The conversation is in the list, titled after the question.
+  const item = page.locator(".conversations li .title").first();
+  assert.equal(await item.textContent(), "Write one sentence about honey bees.");
+
+  await page.reload();
+  await page.locator(".msg.assistant").first().waitFor();
+  assert.equal(await page.locator(".msg.user .body").first().textContent(), "Write one sentence about honey bees.");
+  assert.equal(await page.locator(".msg.assistant .body").first().textContent(), text);
+
+  await stopNode(node);
+  node = await startNode(dir);
+  await page.goto(node.url);
+  await page.locator(".msg.assistant").first().waitFor();
+  assert.equal(await page.locator(".msg.assistant .body").first().textContent(), text);
+  assert.deepEqual(errors, []);
+  await stopNode(node);
+});
+
+test("Stop ends the answer where it is, keeps it marked as stopped, and the node answers the next one", async () => {
+  const dir = dataDirWithFixture();
+  dirs.push(dir);
+  const node = await startNode(dir);
+  const { page, errors } = await openPage(node.url);
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill("Tell me a very long story about a dragon who learns to bake bread.");
+  await box.press("Enter");
+  const body = page.locator(".msg.assistant.streaming .body");
+  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body")?.textContent ?? "").length > 40);
+  await page.getByRole("button", { name: "Stop" }).click();
+  await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
+  assert.equal(await body.count(), 0);
+  const answer = page.locator(".msg.assistant").last();
+  assert.match(await answer.locator(".meta").textContent(), /stopped/);
+
+  // Stored as stopped on the node.
+  const list = await (await fetch(`${node.url}/api/conversations`)).json();
+  const conv = await (await fetch(`${node.url}/api/conversations/${list.data[0].id}`)).json();
+  assert.equal(conv.messages.at(-1).note, "stopped");
+
+  // The slot is free again: a short request is answered.
+  const res = await fetch(`${node.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "gemma-3-270m-q4_k_m", messages: [{ role: "user", content: "Hi" }], max_tokens: 3 }),
+  });
+  assert.equal(res.status, 200);
+  assert.deepEqual(errors, []);
+  await stopNode(node);
+});
+
+test("the swarm page shows a second node, and the models page says where each model is", async () => {
+  const dir = dataDirWithFixture();
+  const other = mkdtempSync(join(tmpdir(), "rbee-browser-"));
+  dirs.push(dir, other);
+  const code = spawnSync(BIN, ["--data-dir", other, "swarm", "init"], { env: { ...process.env, RBEE_CONFIG: join(other, "none.toml") } }).stdout.toString().trim();
+  const [pa, pb] = [await freePort(), await freePort()];
+  const a = await startNode(dir, ["--swarm-key", code, "--no-mdns", "--swarm-listen", `/ip4/127.0.0.1/tcp/${pa}`]);
+  const b = await startNode(other, ["--swarm-key", code, "--no-mdns", "--swarm-listen", `/ip4/127.0.0.1/tcp/${pb}`, "--peer", `/ip4/127.0.0.1/tcp/${pa}`]);
+  const { page, errors } = await openPage(`${b.url}/#/swarm`);
+  await page.locator("table tbody tr").nth(1).waitFor();
+  assert.equal(await page.locator("table tbody tr").count(), 2);
+  assert.equal(await page.locator("table tbody tr.local").count(), 1);
+  const remote = page.locator("table tbody tr:not(.local)");
+  assert.match(await remote.textContent(), /gemma-3-270m-q4_k_m/, "the other machine's model is listed");
+  assert.match(await page.locator(".summary").textContent(), /2 machines up/);
+  await page.screenshot({ path: join(SHOTS, "swarm.png") });
+
+  // B has no model of its own: the models page lists A's, on A.
+  await page.getByRole("link", { name: "Models" }).click();
+  const row = page.locator('tr[data-model="gemma-3-270m-q4_k_m"]');
+  await row.waitFor();
+  assert.doesNotMatch(await row.textContent(), /this machine/);
+  await page.screenshot({ path: join(SHOTS, "models.png") });
+  assert.deepEqual(errors, []);
+  await stopNode(b);
+  await stopNode(a);
+});

@@ -1,0 +1,174 @@
+// The node's HTTP API, as the UI uses it. Every failure becomes an Error
+// whose message is the API's own (OpenAI-shaped) error message.
+
+export interface Conversation {
+  id: string;
+  title: string;
+  model: string;
+  created_at: number;
+  updated_at: number;
+  messages?: Message[];
+}
+
+export interface Message {
+  id: number;
+  role: "system" | "user" | "assistant";
+  content: string;
+  model?: string | null;
+  node_id?: string | null;
+  tokens_per_sec?: number | null;
+  note?: string | null;
+}
+
+export interface ModelLocation {
+  node_id: string;
+  hostname: string;
+  local: boolean;
+  loaded: boolean;
+}
+
+export interface Model {
+  id: string;
+  rbee: { loaded: boolean; architecture: string; quantization: string; size_bytes: number; nodes: ModelLocation[] };
+}
+
+export interface LoadedModel {
+  id: string;
+  slots: number;
+  busy: number;
+  queued: number;
+  decode_tps: number;
+}
+
+export interface Peer {
+  node_id: string;
+  up: boolean;
+  last_seen_ms: number;
+  local: boolean;
+  rtt_ms: number | null;
+  record: {
+    hostname: string;
+    devices: string[];
+    ram_total_bytes: number;
+    ram_free_bytes: number;
+    models_on_disk: { id: string; size_bytes: number }[];
+    models_loaded: LoadedModel[];
+    share: boolean;
+  };
+}
+
+export interface Swarm {
+  enabled: boolean;
+  message?: string;
+  node_id?: string;
+  swarm_key_fingerprint?: string;
+  peers: Peer[];
+}
+
+async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(path, {
+      method,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new Error(`The rbee node does not answer (${(e as Error).message}). Is it running?`);
+  }
+  const text = await res.text();
+  let json: any = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    /* not JSON: reported below */
+  }
+  if (!res.ok) throw new Error(json?.error?.message ?? `${method} ${path}: HTTP ${res.status}`);
+  return json as T;
+}
+
+export const api = {
+  conversations: (q?: string) =>
+    call<{ data: Conversation[] }>("GET", `/api/conversations${q ? `?q=${encodeURIComponent(q)}` : ""}`).then((r) => r.data),
+  conversation: (id: string) => call<Conversation>("GET", `/api/conversations/${id}`),
+  createConversation: (title: string, model: string) => call<Conversation>("POST", "/api/conversations", { title, model }),
+  updateConversation: (id: string, fields: { title?: string; model?: string }) => call<Conversation>("PATCH", `/api/conversations/${id}`, fields),
+  deleteConversation: (id: string) => call<unknown>("DELETE", `/api/conversations/${id}`),
+  addMessage: (id: string, m: Omit<Message, "id">) => call<Message>("POST", `/api/conversations/${id}/messages`, m),
+  trimFrom: (id: string, messageId: number) => call<unknown>("DELETE", `/api/conversations/${id}/messages/${messageId}`),
+  models: () => call<{ data: Model[] }>("GET", "/v1/models").then((r) => r.data),
+  swarm: () => call<Swarm>("GET", "/api/swarm"),
+};
+
+export interface StreamResult {
+  content: string;
+  nodeId: string;
+  tokensPerSec: number | null;
+  finish: string | null;
+}
+
+/// The longest answer to ask for (Settings; unset: until the model stops).
+export function maxTokens(): number | undefined {
+  const n = Number(localStorage.getItem("rbee.maxTokens"));
+  return Number.isInteger(n) && n > 0 ? n : undefined;
+}
+
+/// Streams a chat completion, calling `onText` with the whole text so far.
+/// Resolves when the answer ends or `signal` aborts (with what came so far).
+export async function streamChat(
+  model: string,
+  messages: { role: string; content: string }[],
+  onText: (text: string) => void,
+  signal: AbortSignal,
+): Promise<StreamResult> {
+  const out: StreamResult = { content: "", nodeId: "", tokensPerSec: null, finish: null };
+  let res: Response;
+  try {
+    res = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true }, max_tokens: maxTokens() }),
+      signal,
+    });
+  } catch (e) {
+    if (signal.aborted) return out;
+    throw new Error(`The rbee node does not answer (${(e as Error).message}). Is it running?`);
+  }
+  if (!res.ok || !res.body) {
+    const body = await res.json().catch(() => null);
+    throw new Error(body?.error?.message ?? `HTTP ${res.status}`);
+  }
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).trimEnd();
+        buf = buf.slice(nl + 1);
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return out;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message ?? "the model failed");
+        const choice = chunk.choices?.[0];
+        if (choice?.delta?.content) {
+          out.content += choice.delta.content;
+          onText(out.content);
+        }
+        if (choice?.finish_reason) out.finish = choice.finish_reason;
+        if (chunk.timings) {
+          out.nodeId = chunk.timings.node_id ?? "";
+          out.tokensPerSec = chunk.timings.decode_tokens_per_sec ?? null;
+        }
+      }
+    }
+  } catch (e) {
+    if (signal.aborted) return out;
+    throw e;
+  }
+  return out;
+}

@@ -1,0 +1,285 @@
+// The chat page: conversations kept by the node, answers streamed from
+// whichever machine of the swarm runs the chosen model.
+import { api, streamChat, type Conversation, type Message, type Model } from "./api";
+import { renderMarkdown } from "./markdown";
+
+const h = <K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string) => {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+};
+
+export class ChatPage {
+  root = h("div", { class: "chat" });
+  private list = h("ul", { class: "conversations", "aria-label": "Conversations" });
+  private search = h("input", { type: "search", placeholder: "Search chats", "aria-label": "Search chats" });
+  private picker = h("select", { "aria-label": "Model" });
+  private log = h("div", { class: "log", "aria-live": "polite" });
+  private input = h("textarea", { rows: "3", placeholder: "Message rbee (Enter sends, Shift+Enter adds a line)", "aria-label": "Message" });
+  private send = h("button", { class: "send" }, "Send");
+  private current: Conversation | null = null;
+  private models: Model[] = [];
+  private hosts = new Map<string, string>();
+  private running: AbortController | null = null;
+
+  constructor() {
+    const side = h("aside");
+    const fresh = h("button", { class: "new" }, "New chat");
+    fresh.onclick = () => this.open(null);
+    side.append(fresh, this.search, this.list);
+    let timer = 0;
+    this.search.oninput = () => {
+      clearTimeout(timer);
+      timer = window.setTimeout(() => this.refreshList(), 200);
+    };
+    const main = h("section", { class: "thread" });
+    const bar = h("header");
+    bar.append(h("label", {}, "Model "), this.picker);
+    this.picker.onchange = () => {
+      if (this.current) api.updateConversation(this.current.id, { model: this.picker.value }).catch((e) => this.error(e));
+    };
+    const composer = h("form", { class: "composer" });
+    composer.append(this.input, this.send);
+    composer.onsubmit = (e) => {
+      e.preventDefault();
+      if (this.running) this.running.abort();
+      else this.submit();
+    };
+    this.input.onkeydown = (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        if (!this.running) this.submit();
+      }
+    };
+    main.append(bar, this.log, composer);
+    this.root.append(side, main);
+  }
+
+  async show(): Promise<void> {
+    await Promise.all([this.refreshList(), this.refreshModels()]);
+    if (!this.current) {
+      const first = (await api.conversations())[0];
+      await this.open(first?.id ?? null);
+    }
+    this.input.focus();
+  }
+
+  private async refreshModels(): Promise<void> {
+    try {
+      const [models, swarm] = await Promise.all([api.models(), api.swarm()]);
+      this.models = models;
+      this.hosts = new Map(swarm.peers.map((p) => [p.node_id, p.local ? "this machine" : p.record.hostname]));
+    } catch (e) {
+      this.error(e);
+    }
+    const keep = this.picker.value || this.current?.model;
+    this.picker.replaceChildren(
+      ...this.models.map((m) => {
+        const where = m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : ""));
+        return h("option", { value: m.id }, `${m.id} — ${where.join(", ") || "nowhere"}`);
+      }),
+    );
+    if (keep && this.models.some((m) => m.id === keep)) this.picker.value = keep;
+    if (this.models.length === 0) this.picker.append(h("option", { value: "" }, "No models: add one on the Models page"));
+  }
+
+  private async refreshList(): Promise<void> {
+    let items: Conversation[] = [];
+    try {
+      items = await api.conversations(this.search.value);
+    } catch (e) {
+      this.error(e);
+    }
+    this.list.replaceChildren(
+      ...items.map((c) => {
+        const li = h("li", { "data-id": c.id });
+        if (c.id === this.current?.id) li.classList.add("active");
+        const title = h("span", { class: "title" }, c.title || "New chat");
+        title.onclick = () => this.open(c.id);
+        const rename = h("button", { class: "icon", title: "Rename", "aria-label": "Rename" }, "✎");
+        rename.onclick = async () => {
+          const t = prompt("Rename this chat", c.title);
+          if (t === null) return;
+          await api.updateConversation(c.id, { title: t }).catch((e) => this.error(e));
+          if (this.current?.id === c.id) this.current.title = t;
+          this.refreshList();
+        };
+        const del = h("button", { class: "icon", title: "Delete", "aria-label": "Delete" }, "×");
+        del.onclick = async () => {
+          if (!confirm(`Delete “${c.title || "New chat"}”?`)) return;
+          await api.deleteConversation(c.id).catch((e) => this.error(e));
+          if (this.current?.id === c.id) await this.open(null);
+          this.refreshList();
+        };
+        li.append(title, rename, del);
+        return li;
+      }),
+    );
+  }
+
+  private async open(id: string | null): Promise<void> {
+    this.running?.abort();
+    this.current = id ? await api.conversation(id).catch((e) => (this.error(e), null)) : null;
+    if (this.current?.model && this.models.some((m) => m.id === this.current!.model)) this.picker.value = this.current.model;
+    this.log.replaceChildren();
+    for (const m of this.current?.messages ?? []) this.log.append(this.bubble(m));
+    if (!this.current?.messages?.length) this.log.append(h("p", { class: "empty" }, "Ask anything. The answer runs on the best machine in your office that has the model."));
+    for (const li of this.list.querySelectorAll("li")) li.classList.toggle("active", li.getAttribute("data-id") === id);
+    this.scroll();
+  }
+
+  private bubble(m: Message): HTMLElement {
+    const div = h("div", { class: `msg ${m.role}`, "data-id": String(m.id) });
+    const body = h("div", { class: "body" });
+    if (m.role === "assistant") renderMarkdown(body, m.content);
+    else body.textContent = m.content;
+    div.append(body);
+    const foot = h("div", { class: "meta" });
+    if (m.role === "assistant") {
+      foot.textContent = this.meta(m.tokens_per_sec ?? null, m.node_id ?? "", m.note ?? null);
+      const again = h("button", { class: "link regenerate" }, "Regenerate");
+      again.onclick = () => this.regenerate(m);
+      foot.append(again);
+    } else if (m.role === "user") {
+      const edit = h("button", { class: "link edit" }, "Edit");
+      edit.onclick = () => this.edit(m, div);
+      foot.append(edit);
+    }
+    div.append(foot);
+    return div;
+  }
+
+  private meta(tps: number | null, nodeId: string, note: string | null): string {
+    const parts: string[] = [];
+    if (tps) parts.push(`${tps.toFixed(1)} tok/s`);
+    parts.push(`answered by ${this.hosts.get(nodeId) ?? (nodeId ? nodeId.slice(0, 12) : "this machine")}`);
+    if (note) parts.push(note);
+    return parts.join(" · ") + " ";
+  }
+
+  private async submit(): Promise<void> {
+    const text = this.input.value.trim();
+    if (!text) return;
+    const model = this.picker.value;
+    if (!model) return this.error(new Error("There is no model to answer with: pull or import one on the Models page."));
+    this.input.value = "";
+    try {
+      if (!this.current) {
+        this.current = { ...(await api.createConversation(text.slice(0, 60), model)), messages: [] };
+        this.log.replaceChildren();
+        this.refreshList();
+      }
+      const m = await api.addMessage(this.current.id, { role: "user", content: text });
+      this.current.messages!.push(m);
+      this.log.querySelector(".empty")?.remove();
+      this.log.append(this.bubble(m));
+      await this.answer();
+    } catch (e) {
+      this.error(e);
+    }
+  }
+
+  /// Streams an answer to the conversation as it stands and keeps it.
+  private async answer(): Promise<void> {
+    const conv = this.current!;
+    const model = this.picker.value;
+    const div = h("div", { class: "msg assistant streaming" });
+    const body = h("div", { class: "body" }, "…");
+    const foot = h("div", { class: "meta" });
+    div.append(body, foot);
+    this.log.append(div);
+    this.scroll();
+    this.running = new AbortController();
+    this.send.textContent = "Stop";
+    this.send.classList.add("stop");
+    let pending = false;
+    let latest = "";
+    try {
+      const history = conv.messages!.map((m) => ({ role: m.role, content: m.content }));
+      const r = await streamChat(
+        model,
+        history,
+        (text) => {
+          latest = text;
+          if (pending) return;
+          pending = true;
+          requestAnimationFrame(() => {
+            pending = false;
+            renderMarkdown(body, latest);
+            this.scroll();
+          });
+        },
+        this.running.signal,
+      );
+      const stopped = this.running.signal.aborted;
+      const note = stopped ? "stopped" : r.finish === "length" ? "cut at the length limit" : null;
+      const saved = await api.addMessage(conv.id, { role: "assistant", content: r.content, model, node_id: r.nodeId, tokens_per_sec: r.tokensPerSec, note });
+      conv.messages!.push(saved);
+      div.replaceWith(this.bubble(saved));
+    } catch (e) {
+      div.remove();
+      this.error(e);
+    } finally {
+      this.running = null;
+      this.send.textContent = "Send";
+      this.send.classList.remove("stop");
+      this.scroll();
+    }
+  }
+
+  private async regenerate(m: Message): Promise<void> {
+    if (this.running || !this.current) return;
+    await this.trimFrom(m);
+    await this.answer();
+  }
+
+  private edit(m: Message, div: HTMLElement): void {
+    if (this.running) return;
+    const box = h("textarea", { rows: "3", "aria-label": "Edit message" });
+    box.value = m.content;
+    const go = h("button", {}, "Send");
+    const cancel = h("button", { class: "link" }, "Cancel");
+    const form = h("div", { class: "editing" });
+    form.append(box, go, cancel);
+    div.replaceChildren(form);
+    box.focus();
+    cancel.onclick = () => div.replaceWith(this.bubble(m));
+    go.onclick = async () => {
+      const text = box.value.trim();
+      if (!text || !this.current) return;
+      try {
+        await this.trimFrom(m);
+        const added = await api.addMessage(this.current.id, { role: "user", content: text });
+        this.current.messages!.push(added);
+        this.log.append(this.bubble(added));
+        await this.answer();
+      } catch (e) {
+        this.error(e);
+      }
+    };
+  }
+
+  /// Removes `m` and everything after it, here and on the node.
+  private async trimFrom(m: Message): Promise<void> {
+    const conv = this.current!;
+    await api.trimFrom(conv.id, m.id);
+    conv.messages = conv.messages!.filter((x) => x.id < m.id);
+    let el = this.log.querySelector(`[data-id="${m.id}"]`);
+    while (el) {
+      const next: Element | null = el.nextElementSibling;
+      el.remove();
+      el = next;
+    }
+  }
+
+  private error(e: unknown): void {
+    const div = h("div", { class: "msg error", role: "alert" }, (e as Error).message ?? String(e));
+    this.log.append(div);
+    this.scroll();
+  }
+
+  private scroll(): void {
+    this.log.scrollTop = this.log.scrollHeight;
+  }
+}

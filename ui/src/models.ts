@@ -1,0 +1,32 @@
+// The models page: every model in the swarm and which machines hold it.
+import { api } from "./api";
+
+export class ModelsPage {
+  root = document.createElement("div");
+
+  constructor() {
+    this.root.className = "models";
+  }
+
+  async show(): Promise<void> {
+    const table = document.createElement("table");
+    table.innerHTML = "<thead><tr><th>Model</th><th>Architecture</th><th>Quantization</th><th>Size</th><th>Where</th></tr></thead>";
+    const body = document.createElement("tbody");
+    try {
+      for (const m of await api.models()) {
+        const tr = document.createElement("tr");
+        tr.dataset.model = m.id;
+        const where = m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : "")).join(", ");
+        for (const c of [m.id, m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? `${(m.rbee.size_bytes / 2 ** 20).toFixed(0)} MiB` : "", where]) {
+          tr.append(Object.assign(document.createElement("td"), { textContent: c }));
+        }
+        body.append(tr);
+      }
+    } catch (e) {
+      this.root.replaceChildren(Object.assign(document.createElement("p"), { className: "msg error", textContent: (e as Error).message }));
+      return;
+    }
+    table.append(body);
+    this.root.replaceChildren(table);
+  }
+}
