@@ -14,7 +14,7 @@ if ! command -v chromium >/dev/null; then
     exit 1
   fi
 fi
-[ -f "$root/ui/dist/index.html" ] || (cd "$root/ui" && npm ci --silent --no-audit --no-fund && npm run --silent build)
+[ -f "$root/ui/dist/index.html" ] || (cd "$root/ui" && npm install --no-save --no-audit --no-fund && npm run build)
 rbee="${1:-}"
 if [ -z "$rbee" ]; then
   (cd "$root" && cargo build --quiet -p rbee-node)
