@@ -16,7 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
 # The chat UI, which the release binary carries inside it.
-(cd ui && npm install --no-save --no-audit --no-fund && npm run build)
+ui/build.sh
 cargo build --release --quiet -p rbee-node
 rbee="$CARGO_TARGET_DIR/release/rbee"
 if [ $# -eq 0 ]; then

@@ -20,10 +20,7 @@ fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 
 # The UI first: the node serves ui/dist (and embeds it in release builds).
-# `npm install --no-save` rather than `npm ci`: npm writes lock files without
-# the other platforms' optional packages (rollup's, esbuild's), which `npm ci`
-# then refuses; this installs the locked versions and leaves the lock alone.
-(cd ui && npm install --no-save --no-audit --no-fund && npm run build)
+ui/build.sh
 
 # One target directory outside the clone, reused between runs and clones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"

@@ -6,15 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-  else
-    echo "Chromium is missing: sudo apt-get install chromium" >&2
-    exit 1
-  fi
-fi
-[ -f "$root/ui/dist/index.html" ] || (cd "$root/ui" && npm install --no-save --no-audit --no-fund && npm run build)
+command -v chromium >/dev/null || { echo "Chromium is missing: apt-get install chromium (e2e/test.sh installs it)" >&2; exit 1; }
+[ -f "$root/ui/dist/index.html" ] || "$root/ui/build.sh"
 rbee="${1:-}"
 if [ -z "$rbee" ]; then
   (cd "$root" && cargo build --quiet -p rbee-node)

@@ -109,6 +109,17 @@ class ExactGemma3:
         return x @ w["token_embd.weight"].T
 
 
+def greedy(llm, prompt_ids, n):
+    """llama.cpp's greedy continuation of `prompt_ids`: up to `n` tokens, or to EOS."""
+    llm.reset()
+    ids = []
+    for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        if tok == llm.token_eos() or len(ids) == n:
+            break
+        ids.append(tok)
+    return ids
+
+
 def main():
     model, out = sys.argv[1], sys.argv[2]
     sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
@@ -121,14 +132,7 @@ def main():
     greedy = []
     for p in PROMPTS + [long_prompt()]:
         prompt_ids = llm.tokenize(p.encode("utf-8"), add_bos=True, special=False)
-        llm.reset()
-        ids = []
-        for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-            if tok == llm.token_eos():
-                break
-            ids.append(tok)
-            if len(ids) == 32:
-                break
+        ids = greedy(llm, prompt_ids, 32)
         text = llm.detokenize(ids).decode("utf-8", errors="replace")
         # llama.cpp's top candidates at each generated step: where two are
         # nearly tied, implementations that round differently may part ways.

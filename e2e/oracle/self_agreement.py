@@ -4,7 +4,7 @@ when only its settings change (batch size, threads, flash attention, KV cache
 type): the yardstick for the engine test's "same greedy tokens" check.
 
 Usage: self_agreement.py MODEL.gguf [GOLDEN.json]
-Needs: the venv e2e/bench/run.sh builds (llama-cpp-python 0.3.36).
+Needs: what make_golden.py needs (llama-cpp-python 0.3.36, gguf, numpy).
 
 For each setting, prints per golden prompt how many leading greedy tokens
 equal the golden file's (written with n_batch=512, 2 threads, f16 KV cache).
@@ -14,6 +14,8 @@ import os
 import sys
 
 from llama_cpp import Llama
+
+from make_golden import greedy
 
 SETTINGS = {
     "as the golden file, 1 thread": dict(n_threads=1, n_batch=512),
@@ -35,15 +37,7 @@ def main():
     print(f"prompts of {[len(e['prompt_ids']) for e in g]} tokens; golden continuations of {[len(e['ids']) for e in g]}")
     for name, kw in SETTINGS.items():
         llm = Llama(model_path=model, n_ctx=2048, verbose=False, **kw)
-        agree = []
-        for e in g:
-            llm.reset()
-            ids = []
-            for tok in llm.generate(e["prompt_ids"], temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-                if tok == llm.token_eos() or len(ids) == len(e["ids"]):
-                    break
-                ids.append(tok)
-            agree.append(leading_equal(ids, e["ids"]))
+        agree = [leading_equal(greedy(llm, e["prompt_ids"], len(e["ids"])), e["ids"]) for e in g]
         print(f"{name:34s} leading greedy tokens equal to the golden file: {agree}", flush=True)
 
 

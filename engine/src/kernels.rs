@@ -119,7 +119,7 @@ fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32],
                 // `col`, inside `rhs`, and kb blocks of `x`.
                 unsafe {
                     match &tile {
-                        Some(tile) => out = tile.0.dot8(x, xsum.get(r * kb..).map_or(std::ptr::null(), <[i32]>::as_ptr)),
+                        Some(tile) => out = tile.0.dot8(x, xsum.as_ptr().wrapping_add(r * kb)),
                         None => out[..4].copy_from_slice(&W::dot4(w, kb, x)),
                     }
                 }

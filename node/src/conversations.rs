@@ -72,6 +72,8 @@ pub enum Error {
     Invalid(&'static str, String),
     #[error("conversation store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("conversation store: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The store. Calls are short (one SQLite statement or transaction), so one
@@ -114,6 +116,13 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The columns every conversation query selects, in [`conversation_row`]'s order.
+const COLUMNS: &str = "id, title, model, created_at, updated_at";
+
+fn conversation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation { id: r.get(0)?, title: r.get(1)?, model: r.get(2)?, created_at: r.get(3)?, updated_at: r.get(4)?, messages: None })
+}
+
 fn check_title(title: &str) -> Result<String, Error> {
     let t = title.trim();
     if t.chars().count() > MAX_TITLE {
@@ -134,7 +143,7 @@ impl Conversations {
             Err(Error::Sql(e)) if path.exists() => {
                 let aside = PathBuf::from(format!("{}.unreadable-{}", path.display(), now_ms()));
                 tracing::warn!(error = %e, file = %path.display(), moved_to = %aside.display(), "conversation store unreadable; moved aside, starting a new one");
-                std::fs::rename(path, &aside).map_err(|io| Error::Invalid("store", format!("cannot move {} aside: {io}", path.display())))?;
+                std::fs::rename(path, &aside)?;
                 for ext in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
                 }
@@ -173,24 +182,21 @@ impl Conversations {
     /// On a database failure.
     pub fn list(&self, query: Option<&str>) -> Result<Vec<Conversation>, Error> {
         let db = self.db();
-        let row = |r: &rusqlite::Row<'_>| {
-            Ok(Conversation { id: r.get(0)?, title: r.get(1)?, model: r.get(2)?, created_at: r.get(3)?, updated_at: r.get(4)?, messages: None })
-        };
         let q = query.map(str::trim).filter(|q| !q.is_empty());
         let out = match q {
             None => db
-                .prepare_cached("SELECT id, title, model, created_at, updated_at FROM conversations ORDER BY updated_at DESC, rowid DESC")?
-                .query_map([], row)?
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM conversations ORDER BY updated_at DESC, rowid DESC"))?
+                .query_map([], conversation_row)?
                 .collect::<Result<Vec<_>, _>>()?,
             Some(q) => {
                 let pattern = format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-                db.prepare_cached(
-                    "SELECT id, title, model, created_at, updated_at FROM conversations c
+                db.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM conversations c
                      WHERE title LIKE ?1 ESCAPE '\\'
                         OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.id AND m.content LIKE ?1 ESCAPE '\\')
-                     ORDER BY updated_at DESC, rowid DESC",
-                )?
-                .query_map([pattern], row)?
+                     ORDER BY updated_at DESC, rowid DESC"
+                ))?
+                .query_map([pattern], conversation_row)?
                 .collect::<Result<Vec<_>, _>>()?
             }
         };
@@ -214,12 +220,7 @@ impl Conversations {
     /// [`Error::NotFound`], or a database failure.
     pub fn get(&self, id: &str) -> Result<Conversation, Error> {
         let db = self.db();
-        let mut c = db
-            .query_row("SELECT id, title, model, created_at, updated_at FROM conversations WHERE id = ?1", [id], |r| {
-                Ok(Conversation { id: r.get(0)?, title: r.get(1)?, model: r.get(2)?, created_at: r.get(3)?, updated_at: r.get(4)?, messages: None })
-            })
-            .optional()?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut c = Self::head(&db, id)?;
         let messages = db
             .prepare_cached("SELECT id, role, content, model, node_id, tokens_per_sec, note, created_at FROM messages WHERE conversation = ?1 ORDER BY id")?
             .query_map([id], |r| {
@@ -239,22 +240,25 @@ impl Conversations {
         Ok(c)
     }
 
+    /// The conversation without its messages.
+    fn head(db: &Connection, id: &str) -> Result<Conversation, Error> {
+        db.query_row(&format!("SELECT {COLUMNS} FROM conversations WHERE id = ?1"), [id], conversation_row)
+            .optional()?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
     /// Renames it and/or records the model chosen.
     ///
     /// # Errors
     /// [`Error::NotFound`], a title too long, or a database failure.
     pub fn update(&self, id: &str, title: Option<&str>, model: Option<&str>) -> Result<Conversation, Error> {
         let title = title.map(check_title).transpose()?;
-        let n = self.db().execute(
+        let db = self.db();
+        db.execute(
             "UPDATE conversations SET title = coalesce(?2, title), model = coalesce(?3, model), updated_at = ?4 WHERE id = ?1",
             params![id, title, model, now_ms()],
         )?;
-        if n == 0 {
-            return Err(Error::NotFound(id.to_string()));
-        }
-        let mut c = self.get(id)?;
-        c.messages = None;
-        Ok(c)
+        Self::head(&db, id)
     }
 
     /// Deletes it and its messages.

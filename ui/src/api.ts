@@ -65,6 +65,11 @@ export interface Swarm {
   peers: Peer[];
 }
 
+/// Where a model is: "this machine (loaded), ada-pc" and so on.
+export function whereLabel(m: Model): string {
+  return m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : "")).join(", ");
+}
+
 async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
   let res: Response;
   try {

@@ -1,14 +1,8 @@
 // The chat page: conversations kept by the node, answers streamed from
 // whichever machine of the swarm runs the chosen model.
-import { api, streamChat, type Conversation, type Message, type Model } from "./api";
+import { api, streamChat, whereLabel, type Conversation, type Message, type Model } from "./api";
+import { h } from "./dom";
 import { renderMarkdown } from "./markdown";
-
-const h = <K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string) => {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  if (text !== undefined) el.textContent = text;
-  return el;
-};
 
 export class ChatPage {
   root = h("div", { class: "chat" });
@@ -75,10 +69,7 @@ export class ChatPage {
     }
     const keep = this.picker.value || this.current?.model;
     this.picker.replaceChildren(
-      ...this.models.map((m) => {
-        const where = m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : ""));
-        return h("option", { value: m.id }, `${m.id} — ${where.join(", ") || "nowhere"}`);
-      }),
+      ...this.models.map((m) => h("option", { value: m.id }, `${m.id} — ${whereLabel(m) || "nowhere"}`)),
     );
     if (keep && this.models.some((m) => m.id === keep)) this.picker.value = keep;
     if (this.models.length === 0) this.picker.append(h("option", { value: "" }, "No models: add one on the Models page"));
@@ -120,9 +111,11 @@ export class ChatPage {
 
   private async open(id: string | null): Promise<void> {
     this.running?.abort();
-    this.current = id ? await api.conversation(id).catch((e) => (this.error(e), null)) : null;
+    let failed: unknown = null;
+    this.current = id ? await api.conversation(id).catch((e) => ((failed = e), null)) : null;
     if (this.current?.model && this.models.some((m) => m.id === this.current!.model)) this.picker.value = this.current.model;
     this.log.replaceChildren();
+    if (failed) this.error(failed);
     for (const m of this.current?.messages ?? []) this.log.append(this.bubble(m));
     if (!this.current?.messages?.length) this.log.append(h("p", { class: "empty" }, "Ask anything. The answer runs on the best machine in your office that has the model."));
     for (const li of this.list.querySelectorAll("li")) li.classList.toggle("active", li.getAttribute("data-id") === id);

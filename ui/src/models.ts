@@ -1,5 +1,6 @@
 // The models page: every model in the swarm and which machines hold it.
-import { api } from "./api";
+import { api, whereLabel } from "./api";
+import { h } from "./dom";
 
 export class ModelsPage {
   root = document.createElement("div");
@@ -14,16 +15,14 @@ export class ModelsPage {
     const body = document.createElement("tbody");
     try {
       for (const m of await api.models()) {
-        const tr = document.createElement("tr");
-        tr.dataset.model = m.id;
-        const where = m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : "")).join(", ");
-        for (const c of [m.id, m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? `${(m.rbee.size_bytes / 2 ** 20).toFixed(0)} MiB` : "", where]) {
-          tr.append(Object.assign(document.createElement("td"), { textContent: c }));
+        const tr = h("tr", { "data-model": m.id });
+        for (const c of [m.id, m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? `${(m.rbee.size_bytes / 2 ** 20).toFixed(0)} MiB` : "", whereLabel(m)]) {
+          tr.append(h("td", {}, c));
         }
         body.append(tr);
       }
     } catch (e) {
-      this.root.replaceChildren(Object.assign(document.createElement("p"), { className: "msg error", textContent: (e as Error).message }));
+      this.root.replaceChildren(h("p", { class: "msg error" }, (e as Error).message));
       return;
     }
     table.append(body);

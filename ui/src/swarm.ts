@@ -1,5 +1,6 @@
 // The swarm page: every machine the registry knows, refreshed every second.
 import { api, type Swarm } from "./api";
+import { h } from "./dom";
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 const ago = (ms: number) => (ms < 1500 ? "now" : `${Math.round(ms / 1000)} s ago`);
@@ -26,8 +27,7 @@ export class SwarmPage {
     try {
       s = await api.swarm();
     } catch (e) {
-      this.root.innerHTML = "";
-      this.root.append(Object.assign(document.createElement("p"), { className: "msg error", textContent: (e as Error).message }));
+      this.root.replaceChildren(h("p", { class: "msg error" }, (e as Error).message));
       return;
     }
     const rows = s.peers
@@ -49,7 +49,7 @@ export class SwarmPage {
           p.rtt_ms === null ? "" : `${p.rtt_ms.toFixed(1)} ms`,
           p.local ? "" : ago(p.last_seen_ms),
         ];
-        for (const c of cells) tr.append(Object.assign(document.createElement("td"), { textContent: c }));
+        for (const c of cells) tr.append(h("td", {}, c));
         return tr;
       });
     const head = document.createElement("p");

@@ -29,6 +29,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) | Error::NoMessage(..) => ApiError::not_found(e.to_string()),
             Error::Invalid(param, m) => ApiError::invalid(param, m),
             Error::Sql(e) => ApiError::internal(&e),
+            Error::Io(e) => ApiError::internal(&e),
         }
     }
 }
