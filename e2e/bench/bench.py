@@ -10,11 +10,13 @@ machine is shared, so each pair of runs is repeated (--repeat, alternating
 the engines) and every figure is the median of its runs.
 """
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
 import subprocess
+import shutil
 import statistics
 import sys
 import tempfile
@@ -85,6 +87,8 @@ def main():
     _, _, py_base = peak_rss_mib([sys.executable, "-c", "import llama_cpp, numpy"])
 
     data = tempfile.mkdtemp(prefix="rbee-bench-")
+    # The store holds a copy of the model: removed however the run ends.
+    atexit.register(shutil.rmtree, data, ignore_errors=True)
     subprocess.run([a.rbee, "--data-dir", data, "models", "import", a.model], check=True, stdout=subprocess.DEVNULL)
     model_id = os.path.basename(a.model)[: -len(".gguf")].lower()
 

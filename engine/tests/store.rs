@@ -3,15 +3,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use rbee_engine::store::{Progress, ProgressFn, Source, Store, hash_file};
 use rbee_engine::Error;
+use support::hub::{hub_for, serve};
 use support::{Tiny, tiny};
 
 #[test]
@@ -77,65 +74,6 @@ fn corrupt_or_deleted_catalog_is_rebuilt_from_the_files() {
     let store = Store::open(&data).unwrap();
     assert!(store.warnings().iter().any(|w| w.contains("is gone")), "{:?}", store.warnings());
     assert_eq!(store.list().unwrap(), before[1..]);
-}
-
-/// A stand-in for the hub: serves one file at `/{owner}/{repo}/resolve/{rev}/{file}`
-/// with range requests, and can cut one transfer off halfway.
-#[derive(Clone)]
-struct Hub {
-    bytes: Arc<Vec<u8>>,
-    etag: String,
-    ranges: Arc<Mutex<Vec<String>>>,
-    /// The first data request starting at this byte is cut off halfway.
-    cut_at: Arc<AtomicUsize>,
-}
-
-async fn resolve(State(hub): State<Hub>, UrlPath((_owner, _repo, _rev, _file)): UrlPath<(String, String, String, String)>, headers: HeaderMap) -> Response {
-    let len = hub.bytes.len();
-    let range = headers.get("range").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    hub.ranges.lock().unwrap().push(range.clone());
-    let (start, end) = match range.strip_prefix("bytes=").and_then(|r| r.split_once('-')) {
-        Some((s, e)) => {
-            let s: usize = s.parse().unwrap();
-            let e: usize = if e.is_empty() { len - 1 } else { e.parse::<usize>().unwrap().min(len - 1) };
-            (s, e)
-        }
-        None => (0, len - 1),
-    };
-    let body = hub.bytes[start..=end].to_vec();
-    let builder = Response::builder()
-        .status(StatusCode::PARTIAL_CONTENT)
-        .header("x-repo-commit", "0123456789abcdef0123456789abcdef01234567")
-        .header("etag", format!("\"{}\"", hub.etag))
-        .header("content-range", format!("bytes {start}-{end}/{len}"))
-        .header("content-length", body.len().to_string());
-    if range != "bytes=0-0" && hub.cut_at.compare_exchange(start, usize::MAX, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-        // Half the chunk, then the connection breaks.
-        let half = body[..body.len() / 2].to_vec();
-        let stream = futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(axum::body::Bytes::from(half)),
-            Err(std::io::Error::other("connection cut")),
-        ]);
-        return builder.body(Body::from_stream(stream)).unwrap();
-    }
-    builder.body(Body::from(body)).unwrap()
-}
-
-async fn serve(hub: Hub) -> String {
-    let app = axum::Router::new().route("/{owner}/{repo}/resolve/{rev}/{*file}", axum::routing::get(resolve)).with_state(hub);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
-}
-
-fn hub_for(path: &std::path::Path) -> Hub {
-    Hub {
-        bytes: Arc::new(std::fs::read(path).unwrap()),
-        etag: hash_file(path).unwrap(),
-        ranges: Arc::default(),
-        cut_at: Arc::new(AtomicUsize::new(usize::MAX)),
-    }
 }
 
 #[tokio::test]

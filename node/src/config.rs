@@ -14,6 +14,9 @@ use serde::Deserialize;
 /// The API's default address (loopback: only this machine can reach it).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7833";
 
+/// Where models are pulled from unless `hf_endpoint` says otherwise.
+pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+
 /// The swarm's default TCP port (on every interface: the swarm is for the LAN).
 pub const DEFAULT_SWARM_PORT: u16 = 7834;
 
@@ -51,6 +54,8 @@ pub struct Overrides {
     pub swarm_listen: Option<String>,
     /// Whether to find peers by mDNS.
     pub mdns: Option<bool>,
+    /// Where models are pulled from (Hugging Face or a mirror of its paths).
+    pub hf_endpoint: Option<String>,
 }
 
 impl Overrides {
@@ -99,6 +104,8 @@ impl Overrides {
             share: parse("RBEE_SHARE", get("RBEE_SHARE"))?,
             swarm_listen: get("RBEE_SWARM_LISTEN").filter(|v| !v.is_empty()),
             mdns: parse("RBEE_MDNS", get("RBEE_MDNS"))?,
+            // Hugging Face's own variable, as its tools read it.
+            hf_endpoint: get("HF_ENDPOINT").filter(|v| !v.is_empty()),
         })
     }
 
@@ -121,6 +128,7 @@ impl Overrides {
             share: over.share.or(self.share),
             swarm_listen: over.swarm_listen.or(self.swarm_listen),
             mdns: over.mdns.or(self.mdns),
+            hf_endpoint: over.hf_endpoint.or(self.hf_endpoint),
         }
     }
 }
@@ -143,6 +151,10 @@ pub struct Config {
     pub share: bool,
     pub swarm_listen: rbee_swarm::Multiaddr,
     pub mdns: bool,
+    pub hf_endpoint: String,
+    /// The file these settings were read from, where the UI's settings page
+    /// writes its changes; `None` for a node built without one (tests).
+    pub config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -190,6 +202,8 @@ impl Config {
             share: o.share.unwrap_or(true),
             swarm_listen,
             mdns: o.mdns.unwrap_or(true),
+            hf_endpoint: o.hf_endpoint.unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string()).trim_end_matches('/').to_string(),
+            config_file: None,
             listen,
             data_dir: o.data_dir.unwrap_or_else(default_data_dir),
             api_keys,
@@ -212,6 +226,19 @@ impl Config {
         c.max_context = self.max_context;
         c
     }
+}
+
+/// The settings of a node: the config `file` (the default one when `None`),
+/// then the `RBEE_*` variables, then `flags`.
+///
+/// # Errors
+/// When the file cannot be parsed or a setting is invalid.
+pub fn load(file: Option<PathBuf>, flags: Overrides) -> Result<Config> {
+    let file = file.unwrap_or_else(default_config_file);
+    let layers = Overrides::from_file(&file)?.then(Overrides::from_env(|k| std::env::var(k).ok())?).then(flags);
+    let mut cfg = Config::resolve(layers)?;
+    cfg.config_file = Some(file);
+    Ok(cfg)
 }
 
 /// `rbee/` in the platform's data dir (`~/.local/share/rbee` on Linux).

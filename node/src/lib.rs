@@ -6,6 +6,9 @@
 //!   `/v1/completions`, `/health`, `/metrics` — with OpenAI's wire types and
 //!   error objects, API keys and CORS.
 //! - [`conversations`]: the UI's chats in SQLite, served at `/api/conversations`.
+//! - [`node`]: one running node (store, swarm, API), as `rbee serve` and
+//!   the desktop app run it.
+//! - [`pulls`]: model downloads the UI starts, watches and cancels.
 //! - [`remote`]: running a request on the best node of the swarm, with
 //!   failover, and answering other nodes' requests.
 //! - [`server`]: serving on a listener with graceful shutdown.
@@ -14,6 +17,8 @@
 pub mod api;
 pub mod config;
 pub mod conversations;
+pub mod node;
+pub mod pulls;
 pub mod remote;
 pub mod server;
 pub mod swarm;

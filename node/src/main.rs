@@ -126,8 +126,9 @@ enum ModelsCommand {
         file: String,
         #[arg(long, default_value = "main")]
         revision: String,
-        #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
-        endpoint: String,
+        /// Hugging Face or a mirror of its paths [env: HF_ENDPOINT] [default: https://huggingface.co].
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// List the models in the store.
     Ls,
@@ -191,13 +192,6 @@ fn main() {
     }
 }
 
-/// The config file, then `RBEE_*` variables, then `flags`.
-fn settings(cli_config: Option<PathBuf>, flags: Overrides) -> Result<Config> {
-    let file = cli_config.unwrap_or_else(config::default_config_file);
-    let layers = Overrides::from_file(&file)?.then(Overrides::from_env(|k| std::env::var(k).ok())?).then(flags);
-    Config::resolve(layers)
-}
-
 fn run(cli: Cli) -> Result<()> {
     let mut flags = Overrides { data_dir: cli.data_dir, ..Overrides::default() };
     if let Command::Serve(a) = &cli.command {
@@ -218,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             ..flags
         };
     }
-    let cfg = settings(cli.config, flags)?;
+    let cfg = config::load(cli.config, flags)?;
     let data_dir = cfg.data_dir.clone();
     match cli.command {
         Command::Serve(_) => serve(cfg),
@@ -233,7 +227,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Peers { url } => peers(&cfg, url),
         Command::Chat { model, system, temperature, seed, max_tokens } => chat(&cfg, model, system, temperature, seed, max_tokens),
-        Command::Models { command } => models(&data_dir, command),
+        Command::Models { command } => models(&data_dir, &cfg.hf_endpoint, command),
         Command::Generate(args) => generate(&data_dir, args),
         Command::Hw => {
             println!("{}", serde_json_pretty(&rbee_engine::hardware::probe()));
@@ -249,27 +243,11 @@ fn serde_json_pretty<T: serde::Serialize>(v: &T) -> String {
 fn serve(cfg: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let engine = Engine::new(cfg.engine()).with_context(|| format!("opening the model store in {}", cfg.data_dir.display()))?;
-        for w in engine.store().warnings() {
-            tracing::warn!("{w}");
-        }
-        let listener =
-            tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {} (is another rbee running?)", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        let models = engine.store().list()?.len();
-        tracing::info!(data_dir = %cfg.data_dir.display(), models, keys = cfg.api_keys.len(), "node ready");
+        let node = rbee_node::node::start(cfg).await?;
         // The one line scripts and tests wait for.
-        println!("rbee listening on http://{addr}/v1");
+        println!("rbee listening on http://{}/v1", node.addr);
         std::io::stdout().flush()?;
-        let swarm = rbee_node::swarm::start(&cfg)?;
-        let state = rbee_node::AppState::new(engine, cfg).with_swarm(swarm.clone());
-        if let Some(client) = swarm {
-            rbee_node::remote::serve(state.clone(), &client)?;
-            rbee_node::swarm::publish(state.clone(), client, addr);
-        }
-        rbee_node::serve(listener, state, rbee_node::shutdown_signal()).await?;
-        tracing::info!("stopped");
-        Ok(())
+        node.serve(rbee_node::shutdown_signal()).await
     })
 }
 
@@ -410,7 +388,7 @@ fn progress_bar(msg: &str) -> (ProgressBar, ProgressFn) {
     (bar, f)
 }
 
-fn models(data_dir: &Path, command: ModelsCommand) -> Result<()> {
+fn models(data_dir: &Path, hf_endpoint: &str, command: ModelsCommand) -> Result<()> {
     let engine = open_engine(data_dir, 1)?;
     let store = engine.store();
     match command {
@@ -424,6 +402,7 @@ fn models(data_dir: &Path, command: ModelsCommand) -> Result<()> {
         ModelsCommand::Pull { repo, file, revision, endpoint } => {
             let (bar, f) = progress_bar("pulling");
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let endpoint = endpoint.unwrap_or_else(|| hf_endpoint.to_string());
             let e = rt.block_on(store.pull(&endpoint, &repo, &file, &revision, Some(f)));
             bar.finish_and_clear();
             let e = e?;

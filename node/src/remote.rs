@@ -283,7 +283,7 @@ async fn answer(s: AppState, peer: String, mut stream: rbee_swarm::Stream) {
         }
     };
     let refuse = |status: u16, message: String, code: Option<&str>, param: Option<String>| InferFrame::Error { status, message, code: code.map(String::from), param };
-    if !s.config.share {
+    if !s.sharing() {
         let _ = frame::write(&mut stream, &refuse(503, "this node does not run requests for others".into(), None, None)).await;
         return;
     }

@@ -18,6 +18,7 @@ use crate::api::{self, AppState};
 /// When accepting connections fails.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
+    let stopping = state.clone();
     let app = api::router(state);
     // Streamed tokens are small writes that must leave at once, not wait
     // for the previous segment's ACK (Nagle).
@@ -30,6 +31,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     let notify = begun.clone();
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
         shutdown.await;
+        stopping.begin_shutdown();
         tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections; finishing requests in flight");
         notify.notify_one();
     });

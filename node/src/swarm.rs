@@ -91,7 +91,7 @@ fn record(state: &AppState, hostname: &str, devices: &[String], ram_total: u64, 
         ram_free_bytes: free & !((64 << 20) - 1),
         models_on_disk,
         models_loaded,
-        share: state.config.share,
+        share: state.sharing(),
         ..NodeRecord::default()
     }
 }
@@ -118,7 +118,7 @@ pub fn view(state: &AppState) -> serde_json::Value {
         "enabled": true,
         "node_id": client.peer_id.to_string(),
         "swarm_key_fingerprint": client.fingerprint,
-        "share": state.config.share,
+        "share": state.sharing(),
         "rejected_messages": client.stats.rejected.load(std::sync::atomic::Ordering::Relaxed),
         "peers": peers,
     })

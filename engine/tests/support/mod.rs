@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 mod fixture;
+pub mod hub;
 #[allow(unused_imports)]
 pub use fixture::fixture;
 

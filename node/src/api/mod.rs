@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod openai;
+pub mod settings;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -46,8 +47,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The swarm, when this node is in one.
     pub swarm: Option<rbee_swarm::Client>,
+    /// Model downloads started from the UI.
+    pub pulls: Arc<crate::pulls::Pulls>,
     /// The UI's chats.
     pub conversations: Arc<crate::conversations::Conversations>,
+    /// Whether this node runs requests for the rest of the swarm now
+    /// (starts as configured; the app's tray and the settings page flip it).
+    sharing: Arc<std::sync::atomic::AtomicBool>,
+    /// Turns true when the node begins to shut down: endless streams (the
+    /// swarm page's events) end then, so they do not hold the shutdown up.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// How the process hosting this node restarts it (the app sets one;
+    /// `rbee serve` has none).
+    restart: Arc<std::sync::OnceLock<RestartHook>>,
     /// Measured decode speed per model (tokens/s, smoothed).
     speeds: Arc<std::sync::Mutex<std::collections::HashMap<String, f32>>>,
     /// SHA-256 of each configured API key: compared in constant time, and
@@ -64,6 +76,10 @@ impl AppState {
             crate::conversations::Conversations::in_memory()
         });
         Self {
+            sharing: Arc::new(config.share.into()),
+            pulls: Arc::default(),
+            restart: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             conversations: Arc::new(conversations),
             engine,
             config: Arc::new(config),
@@ -79,6 +95,48 @@ impl AppState {
     pub fn with_swarm(mut self, client: Option<rbee_swarm::Client>) -> Self {
         self.swarm = client;
         self
+    }
+
+    /// Whether this node runs requests for other nodes now.
+    pub fn sharing(&self) -> bool {
+        self.sharing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts or stops running requests for other nodes (the next record
+    /// gossiped says so; requests already running finish).
+    pub fn set_sharing(&self, on: bool) {
+        if self.sharing.swap(on, std::sync::atomic::Ordering::Relaxed) != on {
+            tracing::info!(share = on, "sharing this machine with the swarm {}", if on { "resumed" } else { "paused" });
+        }
+    }
+
+    /// Says the node is shutting down (the server calls it when it stops accepting).
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Completes once the node has begun to shut down.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// Lets `POST /api/restart` restart the node by calling `hook` (once set,
+    /// it stays).
+    pub fn set_restart_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.restart.set(RestartHook(Box::new(hook)));
+    }
+
+    /// Whether this node's host can restart it.
+    pub fn can_restart(&self) -> bool {
+        self.restart.get().is_some()
+    }
+
+    /// Asks the host to restart the node; `false` when it cannot.
+    pub fn request_restart(&self) -> bool {
+        self.restart.get().map(|h| (h.0)()).is_some()
     }
 
     /// Adds one generation's decode speed to `model`'s running estimate.
@@ -97,15 +155,32 @@ impl AppState {
     }
 }
 
+/// A host's way to restart its node.
+struct RestartHook(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for RestartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestartHook")
+    }
+}
+
 /// The API's routes and layers.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config.cors_origins);
     Router::new()
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::get))
+        .route("/v1/models/{*id}", get(models::get).delete(models::delete))
+        .route("/api/models/pull", post(models::pull))
+        .route("/api/models/pulls", get(models::pulls))
+        .route("/api/models/pulls/{id}", delete(models::cancel_pull))
+        .route("/api/models/import", post(models::import).layer(DefaultBodyLimit::disable()))
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(chat::completions))
         .route("/api/swarm", get(swarm_view))
+        .route("/api/swarm/events", get(swarm_events))
+        .route("/api/settings", get(settings::get).patch(settings::update))
+        .route("/api/settings/new-swarm", post(settings::new_swarm))
+        .route("/api/restart", post(settings::restart))
         .route("/api/conversations", get(conversations::list).post(conversations::create))
         .route("/api/conversations/{id}", get(conversations::get).patch(conversations::update).delete(conversations::delete))
         .route("/api/conversations/{id}/messages", post(conversations::append))
@@ -193,6 +268,41 @@ async fn swarm_view(State(s): State<AppState>) -> impl IntoResponse {
     axum::Json(crate::swarm::view(&s))
 }
 
+/// `GET /api/swarm/events`: the registry as server-sent events, one `data:`
+/// with the same body as `GET /api/swarm` at once and whenever it changes
+/// (checked as the registry changes and each second, for RTTs and ages).
+/// The stream ends when the node shuts down.
+async fn swarm_events(State(s): State<AppState>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let watch = s.swarm.as_ref().map(rbee_swarm::Client::watch);
+    let keep_alive = s.config.keep_alive;
+    let stopped = s.stopped();
+    let stream = futures_util::stream::unfold((s, watch, None::<String>), |(s, mut watch, last)| async move {
+        loop {
+            if last.is_some() {
+                let tick = tokio::time::sleep(Duration::from_secs(1));
+                match watch.as_mut() {
+                    Some(w) => {
+                        tokio::select! {
+                            changed = w.changed() => if changed.is_err() { watch = None },
+                            () = tick => {}
+                        }
+                    }
+                    None => tick.await,
+                }
+            }
+            let body = crate::swarm::view(&s).to_string();
+            if last.as_deref() != Some(body.as_str()) {
+                let event = Event::default().data(body.clone());
+                return Some((Ok::<_, std::convert::Infallible>(event), (s, watch, Some(body))));
+            }
+        }
+    })
+    .take_until(stopped);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive))
+}
+
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
     let body = s.metrics.render(&s.engine.loaded());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
@@ -223,17 +333,18 @@ async fn authorize(State(s): State<AppState>, req: Request, next: Next) -> Respo
     if s.config.listen.ip().is_loopback() || req.uri().path() == "/health" {
         return next.run(req).await;
     }
-    // `MockConnectInfo` is how tests (and embedders without a socket) say who is calling.
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
-        .or_else(|| req.extensions().get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
+    let peer = caller(req.extensions());
     let peer_is_local = peer.is_some_and(|a| a.ip().to_canonical().is_loopback());
     if peer_is_local || key_matches(&s.key_hashes, req.headers().get(header::AUTHORIZATION)) {
         return next.run(req).await;
     }
     ApiError::unauthorized().into_response()
+}
+
+/// The caller's address. `MockConnectInfo` is how tests (and embedders
+/// without a socket) say who is calling.
+fn caller(ext: &axum::http::Extensions) -> Option<SocketAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0).or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
 }
 
 fn key_matches(hashes: &[[u8; 32]], header: Option<&HeaderValue>) -> bool {

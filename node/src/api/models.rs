@@ -1,15 +1,26 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: every model in the catalog,
 //! loaded or not (a model loads on its first request), and every model the
 //! swarm's sharing peers hold; `rbee.nodes` says where each one is.
+//! `DELETE /v1/models/{id}` deletes one of this machine's models.
+//!
+//! The UI's model management, under `/api/models`:
+//! - `POST /api/models/pull` `{repo, file, revision?}` — download in the background
+//! - `GET /api/models/pulls` — each download's progress
+//! - `DELETE /api/models/pulls/{id}` — cancel one (or dismiss a finished one)
+//! - `POST /api/models/import?filename=NAME` with the file as the body
 
 use std::collections::HashSet;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use rbee_engine::store::Entry;
+use serde::Deserialize;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, JsonBody};
+use crate::pulls::Pull;
 use super::openai::{ModelInfo, ModelList, ModelLocation, ModelObject};
 
 fn object(e: Entry, loaded: &HashSet<String>) -> ModelObject {
@@ -87,4 +98,116 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Js
         Err(_) => with_swarm(&s, Vec::new(), &loaded),
     };
     all.into_iter().find(|m| m.id == id || (m.rbee.nodes.iter().any(|n| n.local) && m.id.starts_with(&id))).map(Json).ok_or_else(|| ApiError::model_not_found(&id))
+}
+
+/// `DELETE /v1/models/{id}`: unloads the model and deletes its file and
+/// catalog entry (OpenAI's shape: `{id, object: "model", deleted: true}`).
+pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    // An exact id only: a prefix that happens to be unique must not delete.
+    let entry = s.engine.store().get(&id).ok().filter(|e| e.id == id).ok_or_else(|| ApiError::model_not_found(&id))?;
+    s.engine.unload(&entry.id);
+    let engine = s.engine.clone();
+    let removed = tokio::task::spawn_blocking(move || engine.store().remove(&entry.id)).await.map_err(|e| ApiError::internal(&e))?;
+    let removed = removed.map_err(|e| ApiError::from_engine(&e, "model"))?;
+    tracing::info!(model = %removed.id, "model deleted");
+    Ok(Json(serde_json::json!({ "id": removed.id, "object": "model", "deleted": true })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PullRequest {
+    repo: String,
+    file: String,
+    #[serde(default)]
+    revision: Option<String>,
+}
+
+/// `POST /api/models/pull` `{repo, file, revision?}`: starts a download from
+/// the configured Hugging Face endpoint (202 with the pull to watch).
+pub async fn pull(State(s): State<AppState>, JsonBody(r): JsonBody<PullRequest>) -> Result<(StatusCode, Json<Pull>), ApiError> {
+    let repo = r.repo.trim().to_string();
+    let file = r.file.trim().to_string();
+    let valid_repo = {
+        let mut parts = repo.split('/');
+        matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty())
+            && repo.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            && !repo.contains("..")
+    };
+    if !valid_repo {
+        return Err(ApiError::invalid("repo", format!("{repo:?} is not a Hugging Face repository id such as unsloth/gemma-3-270m-it-GGUF")));
+    }
+    if file.is_empty() || file.starts_with('/') || file.split('/').any(|p| p == ".." || p.is_empty()) {
+        return Err(ApiError::invalid("file", format!("{file:?} is not a file path in the repository, such as gemma-3-270m-it-Q4_K_M.gguf")));
+    }
+    if !file.to_ascii_lowercase().ends_with(".gguf") {
+        return Err(ApiError::invalid("file", format!("{file:?} is not a GGUF file: rbee runs .gguf models")));
+    }
+    let revision = r.revision.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).unwrap_or_else(|| "main".into());
+    let p = s.pulls.start(s.engine.clone(), s.config.hf_endpoint.clone(), repo, file, revision);
+    Ok((StatusCode::ACCEPTED, Json(p)))
+}
+
+/// `GET /api/models/pulls`: every pull since the node started, with progress.
+pub async fn pulls(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "object": "list", "data": s.pulls.list() }))
+}
+
+/// `DELETE /api/models/pulls/{id}`: cancels a running pull, or dismisses a finished one.
+pub async fn cancel_pull(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Pull>, ApiError> {
+    let not_found = || ApiError::not_found(format!("no pull {id}"));
+    let n: u64 = id.parse().map_err(|_| not_found())?;
+    s.pulls.cancel(n).map(Json).ok_or_else(not_found)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImportQuery {
+    filename: Option<String>,
+}
+
+/// `POST /api/models/import?filename=NAME.gguf` with the file as the body:
+/// how the UI imports a GGUF from the user's disk (a browser gives a page
+/// the file's bytes, never its path). The upload is kept in the data dir's
+/// `models/` until the store has checked and copied it.
+pub async fn import(State(s): State<AppState>, Query(q): Query<ImportQuery>, body: Body) -> Result<(StatusCode, Json<ModelObject>), ApiError> {
+    let name = q.filename.as_deref().map(|f| f.rsplit(['/', '\\']).next().unwrap_or("").trim().to_string()).unwrap_or_default();
+    if name.is_empty() || name.starts_with('.') {
+        return Err(ApiError::invalid("filename", "say the file's name: POST /api/models/import?filename=NAME.gguf with the file as the body"));
+    }
+    let dir = s.config.data_dir.join("models").join(format!(".upload-{}", now_millis()));
+    let result = receive_and_import(&s, &dir, &name, body).await;
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let entry = result?;
+    tracing::info!(model = %entry.id, file = %name, "model imported");
+    Ok((StatusCode::CREATED, Json(object(entry, &loaded(&s)))))
+}
+
+async fn receive_and_import(s: &AppState, dir: &std::path::Path, name: &str, body: Body) -> Result<Entry, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal(&e))?;
+    let path = dir.join(name);
+    let mut f = tokio::fs::File::create(&path).await.map_err(|e| ApiError::internal(&e))?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_body(format!("the upload broke off: {e}")))?;
+        size += chunk.len() as u64;
+        f.write_all(&chunk).await.map_err(|e| ApiError::internal(&e))?;
+    }
+    f.flush().await.map_err(|e| ApiError::internal(&e))?;
+    drop(f);
+    if size == 0 {
+        return Err(ApiError::bad_body("the upload is empty; send the GGUF file as the request body"));
+    }
+    let engine = s.engine.clone();
+    let imported = tokio::task::spawn_blocking(move || engine.store().import(&path, None)).await.map_err(|e| ApiError::internal(&e))?;
+    imported.map_err(|e| match e {
+        // The upload is what is wrong, not the node.
+        rbee_engine::Error::InvalidModel { reason, .. } => ApiError::invalid("file", format!("{name} is not a usable GGUF model: {reason}")),
+        rbee_engine::Error::UnsupportedArchitecture(_) => ApiError::invalid("file", format!("{name}: {e}")),
+        e => ApiError::from_engine(&e, "file"),
+    })
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }

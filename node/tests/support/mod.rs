@@ -16,18 +16,32 @@ pub use fixture::fixture;
 /// The fixture's id in the catalog.
 pub const MODEL: &str = "gemma-3-270m-q4_k_m";
 
-/// A data dir holding the fixture, imported once per test binary and shared
+/// A data dir holding the fixture, imported once per test process and shared
 /// by its nodes (the catalog is SQLite; several engines may open it).
+///
+/// A static is never dropped, so a `TempDir` here would leave a copy of the
+/// model behind after every process (nextest runs each test in its own):
+/// the dir is named after the process instead, and each new one removes
+/// those of processes that have ended.
 pub fn data_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = rbee_engine::store::Store::open(dir.path()).unwrap();
+        let root = std::env::temp_dir().join("rbee-node-tests");
+        std::fs::create_dir_all(&root).unwrap();
+        #[cfg(target_os = "linux")]
+        for e in std::fs::read_dir(&root).unwrap().flatten() {
+            let pid = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+            if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = rbee_engine::store::Store::open(&dir).unwrap();
         store.import(&fixture(), None).unwrap();
         dir
     })
-    .path()
-    .to_path_buf()
+    .clone()
 }
 
 /// A node serving the API on an ephemeral loopback port, in this process.
