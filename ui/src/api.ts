@@ -65,6 +65,36 @@ export interface Swarm {
   peers: Peer[];
 }
 
+export interface Pull {
+  id: number;
+  repo: string;
+  file: string;
+  revision: string;
+  state: "running" | "done" | "failed" | "cancelled";
+  done_bytes: number;
+  total_bytes: number | null;
+  model: string | null;
+  error: string | null;
+}
+
+export interface Settings {
+  config_file: string | null;
+  listen: string;
+  api_keys: string[];
+  share: boolean;
+  swarm: { enabled: boolean; fingerprint: string | null; join_code: string | null };
+  saved: { listen: string | null; api_keys: string[] | null; swarm_fingerprint: string | null; swarm_join_code: string | null };
+  restart_required: string[];
+  can_restart: boolean;
+}
+
+export interface SettingsChange {
+  listen?: string;
+  api_keys?: string[];
+  share?: boolean;
+  swarm_key?: string | null;
+}
+
 /// Where a model is: "this machine (loaded), ada-pc" and so on.
 export function whereLabel(m: Model): string {
   return m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : "")).join(", ");
@@ -103,7 +133,47 @@ export const api = {
   trimFrom: (id: string, messageId: number) => call<unknown>("DELETE", `/api/conversations/${id}/messages/${messageId}`),
   models: () => call<{ data: Model[] }>("GET", "/v1/models").then((r) => r.data),
   swarm: () => call<Swarm>("GET", "/api/swarm"),
+  deleteModel: (id: string) => call<unknown>("DELETE", `/v1/models/${encodeURIComponent(id)}`),
+  pull: (repo: string, file: string) => call<Pull>("POST", "/api/models/pull", { repo, file }),
+  pulls: () => call<{ data: Pull[] }>("GET", "/api/models/pulls").then((r) => r.data),
+  cancelPull: (id: number) => call<Pull>("DELETE", `/api/models/pulls/${id}`),
+  settings: () => call<Settings>("GET", "/api/settings"),
+  updateSettings: (change: SettingsChange) => call<Settings>("PATCH", "/api/settings", change),
+  newSwarm: () => call<Settings>("POST", "/api/settings/new-swarm"),
+  restart: () => call<unknown>("POST", "/api/restart"),
 };
+
+/// Uploads a GGUF file into this machine's store, reporting the fraction
+/// sent (XMLHttpRequest: fetch cannot report upload progress).
+export function importModel(file: File, onProgress: (fraction: number) => void): Promise<Model> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/api/models/import?filename=${encodeURIComponent(file.name)}`);
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+    xhr.onerror = () => reject(new Error("The rbee node does not answer. Is it running?"));
+    xhr.onload = () => {
+      let json: any = null;
+      try {
+        json = JSON.parse(xhr.responseText);
+      } catch {
+        /* reported below */
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(json as Model);
+      else reject(new Error(json?.error?.message ?? `import failed: HTTP ${xhr.status}`));
+    };
+    xhr.send(file);
+  });
+}
+
+/// The registry, live: `onData` at once and on every change. Returns a
+/// function that stops listening.
+export function watchSwarm(onData: (s: Swarm) => void, onError: (message: string) => void): () => void {
+  const source = new EventSource("/api/swarm/events");
+  source.onmessage = (e) => onData(JSON.parse(e.data) as Swarm);
+  // EventSource reconnects by itself; say so while it does.
+  source.onerror = () => onError("Lost the node's event stream; reconnecting…");
+  return () => source.close();
+}
 
 export interface StreamResult {
   content: string;

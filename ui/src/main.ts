@@ -1,6 +1,7 @@
 import "./style.css";
 import { ChatPage } from "./chat";
 import { ModelsPage } from "./models";
+import { SettingsPage } from "./settings";
 import { SwarmPage } from "./swarm";
 
 interface Page {
@@ -9,7 +10,7 @@ interface Page {
   hide?(): void;
 }
 
-const pages: Record<string, Page> = { chat: new ChatPage(), swarm: new SwarmPage(), models: new ModelsPage() };
+const pages: Record<string, Page> = { chat: new ChatPage(), swarm: new SwarmPage(), models: new ModelsPage(), settings: new SettingsPage() };
 const main = document.getElementById("page")!;
 let shown: Page | null = null;
 

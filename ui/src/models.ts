@@ -1,31 +1,169 @@
-// The models page: every model in the swarm and which machines hold it.
-import { api, whereLabel } from "./api";
+// The models page: pull from Hugging Face with progress and cancel, import a
+// file from this computer, delete; every model in the swarm and which
+// machines hold it.
+import { api, importModel, type Model, type Pull, whereLabel } from "./api";
 import { h } from "./dom";
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 
 export class ModelsPage {
   root = document.createElement("div");
+  private table = h("div", { class: "model-list" });
+  private pullList = h("ul", { class: "pulls" });
+  private message = h("div", { class: "page-message" });
+  private timer = 0;
+  private watching = false;
+  /// Finished pulls whose model the list already shows.
+  private seenDone = new Set<number>();
 
   constructor() {
     this.root.className = "models";
+    const repo = h("input", { name: "repo", placeholder: "Repository, e.g. unsloth/gemma-3-270m-it-GGUF", required: "", size: "36" });
+    const file = h("input", { name: "file", placeholder: "File, e.g. gemma-3-270m-it-Q4_K_M.gguf", required: "", size: "32" });
+    const pullForm = h("form", { class: "pull" });
+    pullForm.append(h("h3", {}, "Pull from Hugging Face"), repo, file, h("button", { type: "submit" }, "Pull"));
+    pullForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      try {
+        await api.pull(repo.value.trim(), file.value.trim());
+        this.say("");
+        this.watchPulls();
+      } catch (err) {
+        this.say((err as Error).message, true);
+      }
+    });
+    const picker = h("input", { type: "file", accept: ".gguf", name: "import" });
+    const importBar = h("progress", { max: "1", value: "0", hidden: "" });
+    picker.addEventListener("change", async () => {
+      const f = picker.files?.[0];
+      if (!f) return;
+      importBar.hidden = false;
+      this.say(`Importing ${f.name}…`);
+      try {
+        const m = await importModel(f, (x) => (importBar.value = x));
+        this.say(`Imported ${m.id}.`);
+        await this.refresh();
+      } catch (err) {
+        this.say((err as Error).message, true);
+      } finally {
+        importBar.hidden = true;
+        picker.value = "";
+      }
+    });
+    const importForm = h("div", { class: "import" });
+    importForm.append(h("h3", {}, "Import a GGUF file from this computer"), picker, importBar);
+    this.root.append(this.message, pullForm, this.pullList, importForm, h("h3", {}, "Models in the swarm"), this.table);
   }
 
   async show(): Promise<void> {
-    const table = document.createElement("table");
-    table.innerHTML = "<thead><tr><th>Model</th><th>Architecture</th><th>Quantization</th><th>Size</th><th>Where</th></tr></thead>";
-    const body = document.createElement("tbody");
-    try {
-      for (const m of await api.models()) {
-        const tr = h("tr", { "data-model": m.id });
-        for (const c of [m.id, m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? `${(m.rbee.size_bytes / 2 ** 20).toFixed(0)} MiB` : "", whereLabel(m)]) {
-          tr.append(h("td", {}, c));
-        }
-        body.append(tr);
+    await this.refresh();
+    this.watchPulls();
+  }
+
+  hide(): void {
+    clearTimeout(this.timer);
+    this.watching = false;
+  }
+
+  private say(text: string, error = false): void {
+    this.message.textContent = text;
+    this.message.className = `page-message${error ? " msg error" : ""}`;
+  }
+
+  /// Refreshes the pulls every 300 ms while any runs.
+  private watchPulls(): void {
+    if (this.watching) return;
+    this.watching = true;
+    const tick = async () => {
+      let pulls: Pull[] = [];
+      try {
+        pulls = await api.pulls();
+      } catch (err) {
+        this.say((err as Error).message, true);
       }
+      this.renderPulls(pulls);
+      const finished = pulls.filter((p) => p.state === "done" && !this.seenDone.has(p.id));
+      for (const p of finished) this.seenDone.add(p.id);
+      if (finished.length > 0) await this.refresh();
+      const running = pulls.some((p) => p.state === "running");
+      if (running && this.watching) this.timer = window.setTimeout(tick, 300);
+      else this.watching = false;
+    };
+    tick();
+  }
+
+  private renderPulls(pulls: Pull[]): void {
+    this.pullList.replaceChildren(
+      ...pulls.map((p) => {
+        const li = h("li", { "data-pull": String(p.id), "data-state": p.state });
+        const name = h("span", { class: "name" }, `${p.repo} / ${p.file}`);
+        const bar = h("progress", { max: String(p.total_bytes ?? 1), value: String(p.total_bytes ? p.done_bytes : 0) });
+        const what =
+          p.state === "running"
+            ? p.total_bytes
+              ? `${mib(p.done_bytes)} of ${mib(p.total_bytes)}`
+              : "starting…"
+            : p.state === "done"
+              ? `done: ${p.model}`
+              : p.state === "failed"
+                ? `failed: ${p.error}`
+                : "cancelled";
+        const status = h("span", { class: `pull-status${p.state === "failed" ? " error" : ""}` }, what);
+        const button = h("button", { type: "button", class: "link" }, p.state === "running" ? "Cancel" : "Dismiss");
+        button.addEventListener("click", async () => {
+          try {
+            await api.cancelPull(p.id);
+          } catch (err) {
+            this.say((err as Error).message, true);
+          }
+          this.watching = false;
+          this.watchPulls();
+        });
+        li.append(name, bar, status, button);
+        return li;
+      }),
+    );
+  }
+
+  async refresh(): Promise<void> {
+    let models: Model[];
+    try {
+      models = await api.models();
     } catch (e) {
-      this.root.replaceChildren(h("p", { class: "msg error" }, (e as Error).message));
+      this.table.replaceChildren(h("p", { class: "msg error" }, (e as Error).message));
       return;
     }
+    if (models.length === 0) {
+      this.table.replaceChildren(h("p", { class: "empty" }, "No models yet: pull one or import a GGUF file."));
+      return;
+    }
+    const table = document.createElement("table");
+    table.innerHTML = "<thead><tr><th>Model</th><th>Architecture</th><th>Quantization</th><th>Size</th><th>Where</th><th></th></tr></thead>";
+    const body = document.createElement("tbody");
+    for (const m of models) {
+      const tr = h("tr", { "data-model": m.id });
+      for (const c of [m.id, m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? mib(m.rbee.size_bytes) : "", whereLabel(m)]) {
+        tr.append(h("td", {}, c));
+      }
+      const actions = h("td");
+      if (m.rbee.nodes.some((n) => n.local)) {
+        const del = h("button", { type: "button", class: "link delete" }, "Delete");
+        del.addEventListener("click", async () => {
+          if (!confirm(`Delete ${m.id} from this machine?`)) return;
+          try {
+            await api.deleteModel(m.id);
+            this.say(`Deleted ${m.id}.`);
+          } catch (err) {
+            this.say((err as Error).message, true);
+          }
+          await this.refresh();
+        });
+        actions.append(del);
+      }
+      tr.append(actions);
+      body.append(tr);
+    }
     table.append(body);
-    this.root.replaceChildren(table);
+    this.table.replaceChildren(table);
   }
 }

@@ -1,5 +1,5 @@
-// The swarm page: every machine the registry knows, refreshed every second.
-import { api, type Swarm } from "./api";
+// The swarm page: every machine the registry knows, live over server-sent events.
+import { type Swarm, watchSwarm } from "./api";
 import { h } from "./dom";
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
@@ -7,29 +7,26 @@ const ago = (ms: number) => (ms < 1500 ? "now" : `${Math.round(ms / 1000)} s ago
 
 export class SwarmPage {
   root = document.createElement("div");
-  private timer = 0;
+  private stop: (() => void) | null = null;
 
   constructor() {
     this.root.className = "swarm";
   }
 
   async show(): Promise<void> {
-    await this.refresh();
-    this.timer = window.setInterval(() => this.refresh(), 1000);
+    this.stop?.();
+    this.stop = watchSwarm(
+      (s) => this.render(s),
+      (message) => this.root.prepend(h("p", { class: "msg error" }, message)),
+    );
   }
 
   hide(): void {
-    clearInterval(this.timer);
+    this.stop?.();
+    this.stop = null;
   }
 
-  private async refresh(): Promise<void> {
-    let s: Swarm;
-    try {
-      s = await api.swarm();
-    } catch (e) {
-      this.root.replaceChildren(h("p", { class: "msg error" }, (e as Error).message));
-      return;
-    }
+  private render(s: Swarm): void {
     const rows = s.peers
       .slice()
       .sort((a, b) => Number(b.local) - Number(a.local) || a.record.hostname.localeCompare(b.record.hostname))
@@ -41,7 +38,7 @@ export class SwarmPage {
         const loaded = p.record.models_loaded.map((m) => `${m.id} (${m.busy}/${m.slots} busy${m.decode_tps ? `, ${m.decode_tps.toFixed(0)} tok/s` : ""})`);
         const cells = [
           p.record.hostname + (p.local ? " (this machine)" : ""),
-          p.up ? "up" : "down",
+          p.up ? (p.record.share || p.local ? "up" : "up, not sharing") : "down",
           p.record.devices.join(", "),
           `${gib(p.record.ram_free_bytes)} free of ${gib(p.record.ram_total_bytes)}`,
           loaded.join(", ") || "—",
