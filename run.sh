@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Builds rbee (release, once) and runs it: `./run.sh ARGS…` runs `rbee ARGS…`.
-# With no arguments it starts this machine's node (`rbee serve`: the chat
-# UI at http://127.0.0.1:7833/, the API at http://127.0.0.1:7833/v1); on a machine with no models yet it first imports
-# the small test model, so a fresh machine has something to talk to.
+# Builds rbee (release, once) and runs it.
+#   ./run.sh           on a desktop (DISPLAY or WAYLAND_DISPLAY set): the app —
+#                      tray icon and chat window, with this machine's node inside;
+#                      without a display: the headless node (`rbee serve`).
+#                      Either way the chat UI is at http://127.0.0.1:7833/ and
+#                      the API at http://127.0.0.1:7833/v1. On a machine with no
+#                      models yet it first imports the small test model.
+#   ./run.sh ARGS…     runs `rbee ARGS…` (e.g. `./run.sh serve --swarm-key CODE`).
 set -euo pipefail
 cd "$(dirname "$0")"
+desktop=""
+if [ $# -eq 0 ] && { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ]; }; then desktop=1; fi
 need=()
-for p in build-essential pkg-config python3 python3-pip ca-certificates; do
+pkgs=(build-essential pkg-config python3 python3-pip ca-certificates)
+[ -n "$desktop" ] && pkgs+=(libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev)
+for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 command -v npm >/dev/null || need+=(nodejs npm)
@@ -22,6 +30,10 @@ rbee="$CARGO_TARGET_DIR/release/rbee"
 if [ $# -eq 0 ]; then
   if "$rbee" models ls | grep -q "^no models yet"; then
     "$rbee" models import "$(e2e/fetch-fixture.sh)"
+  fi
+  if [ -n "$desktop" ]; then
+    cargo build --release --quiet -p rbee-app --features custom-protocol
+    exec "$CARGO_TARGET_DIR/release/rbee-app"
   fi
   set -- serve
 fi

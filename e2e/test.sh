@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 curl chromium fonts-dejavu-core; do
+# The desktop app's build needs WebKitGTK and the tray's libraries; its test
+# runs it under Xvfb with a D-Bus session, driven over WebKitWebDriver.
+for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 curl chromium fonts-dejavu-core \
+  libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev \
+  xvfb xauth dbus dbus-x11 imagemagick webkit2gtk-driver python3-dbus python3-gi; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 command -v npm >/dev/null || need+=(nodejs npm)
@@ -32,15 +36,17 @@ export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --failure-output final "$@" || status=1
+  cargo nextest run --no-fail-fast --failure-output final "$@" || status=1
 else
-  cargo test --workspace --no-fail-fast "$@" || status=1
+  cargo test --no-fail-fast "$@" || status=1
 fi
 # The openai SDKs (Python and npm) against a real `rbee serve`; the tests
 # above built the binary.
 e2e/openai/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
 # The UI in a real Chromium against real nodes.
 e2e/browser/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
+# The desktop app: window, tray, a chat, Quit.
+e2e/app/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
 # The swarm on a LAN of network namespaces (needs root, as CI runs).
 if [ "$(id -u)" = 0 ]; then
   python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1

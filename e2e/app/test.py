@@ -1,0 +1,271 @@
+"""The desktop app, started as a user would, under Xvfb with a D-Bus session.
+
+Run by e2e/app/run.sh inside `dbus-run-session -- xvfb-run …` with Debian's
+python3 (python3-dbus). Checks, on the fixture model:
+  - the window shows the chat UI (the screen, captured with ImageMagick,
+    holds the page's accent-coloured brand and Send button; the page has its
+    navigation and message box);
+  - the tray icon registers and its menu has Open chat, a status line,
+    Pause sharing and Quit;
+  - a message typed in the window gets an answer;
+  - Quit in the tray menu exits, with the node shut down (its port closed);
+  - SIGTERM exits 0, with the node's "stopped" in the log.
+Prints the figures the README reports: start to ready chat, idle RSS.
+
+Usage: test.py APP_BINARY RBEE_BINARY FIXTURE SCREENSHOT_DIR
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import dbus
+
+APP, RBEE, FIXTURE, SHOTS = sys.argv[1:5]
+HERE = os.path.dirname(os.path.abspath(__file__))
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what, flush=True)
+    if not ok:
+        failures.append(what)
+    return ok
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(what, f, timeout=60.0, every=0.1):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            v = f()
+            if v:
+                return v
+            last = v
+        except Exception as e:  # not there yet
+            last = e
+        time.sleep(every)
+    raise TimeoutError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def http(method, url, body=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def descendants(pid):
+    """pid and every process below it."""
+    children = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(p))
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_mib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+# A user's home of its own: config and data dirs, the fixture imported.
+home = tempfile.mkdtemp(prefix="rbee-app-")
+port = free_port()
+env = dict(
+    os.environ,
+    HOME=home,
+    XDG_CONFIG_HOME=f"{home}/.config",
+    XDG_DATA_HOME=f"{home}/.local/share",
+    XDG_CACHE_HOME=f"{home}/.cache",
+    RUST_LOG="info,wgpu_hal=off,wgpu_core=warn",
+    # WebKitGTK under Xvfb: no GPU, no compositor.
+    WEBKIT_DISABLE_COMPOSITING_MODE="1",
+    LIBGL_ALWAYS_SOFTWARE="1",
+)
+for k in ("RBEE_CONFIG", "RBEE_DATA_DIR", "RBEE_LISTEN", "RBEE_SWARM_KEY"):
+    env.pop(k, None)
+os.makedirs(f"{home}/.config/rbee")
+with open(f"{home}/.config/rbee/config.toml", "w") as f:
+    f.write(f'listen = "127.0.0.1:{port}"\n')
+subprocess.run([RBEE, "models", "import", FIXTURE], env=env, check=True, capture_output=True)
+base = f"http://127.0.0.1:{port}"
+
+bus = dbus.SessionBus()
+watcher = subprocess.Popen(["/usr/bin/python3", f"{HERE}/sni_watcher.py"], stdout=subprocess.PIPE, text=True)
+assert watcher.stdout.readline().strip() == "watcher ready"
+driver_port = free_port()
+driver = subprocess.Popen(
+    ["WebKitWebDriver", f"--port={driver_port}"],
+    env=dict(env, TAURI_WEBVIEW_AUTOMATION="true"),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+)
+wd = f"http://127.0.0.1:{driver_port}"
+app_pid = None
+try:
+    wait("WebKitWebDriver", lambda: port_open(driver_port), 20)
+
+    # --- The app starts (WebKitWebDriver launches it) and shows the chat.
+    t0 = time.monotonic()
+    status, s = http(
+        "POST",
+        f"{wd}/session",
+        {"capabilities": {"alwaysMatch": {"browserName": "wry", "webkitgtk:browserOptions": {"binary": APP, "args": []}}}},
+        timeout=120,
+    )
+    assert status == 200, s
+    sid = s["value"]["sessionId"]
+    sess = f"{wd}/session/{sid}"
+    app_pid = wait(
+        "the app's process",
+        lambda: next((p for p in descendants(driver.pid) if os.path.realpath(f"/proc/{p}/exe") == os.path.realpath(APP)), None),
+    )
+
+    def find(css):
+        st, v = http("POST", f"{sess}/element", {"using": "css selector", "value": css})
+        return v["value"]["element-6066-11e4-a52e-4f735466cecf"] if st == 200 else None
+
+    def text(el):
+        return http("GET", f"{sess}/element/{el}/text")[1]["value"]
+
+    box = wait("the chat's message box", lambda: http("GET", f"{sess}/url")[1]["value"].startswith(base) and find("textarea"), 120)
+    ready_s = time.monotonic() - t0
+    check(True, f"the window shows the node's chat page at {base}/")
+    nav = text(find("#nav"))
+    check(all(w in nav for w in ("Chat", "Swarm", "Models", "Settings")), f"the page has its navigation: {nav!r}")
+
+    # The screen itself: the accent colour of the brand and Send button is there.
+    time.sleep(1.0)
+    os.makedirs(SHOTS, exist_ok=True)
+    shot = f"{SHOTS}/app-start.png"
+    subprocess.run(["import", "-window", "root", shot], check=True)
+    hist = subprocess.run(
+        ["convert", shot, "-fuzz", "8%", "-fill", "black", "+opaque", "#e0a400", "-fill", "white", "-opaque", "#e0a400", "-format", "%[fx:mean*w*h]", "info:"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    accent = float(hist)
+    check(accent > 500, f"the screenshot shows the chat page's accent-coloured brand and Send button ({accent:.0f} px)")
+
+    # --- The tray icon registered, with its menu.
+    watcher_obj = bus.get_object("org.kde.StatusNotifierWatcher", "/StatusNotifierWatcher")
+    items = wait(
+        "the tray icon",
+        lambda: list(watcher_obj.Get("org.kde.StatusNotifierWatcher", "RegisteredStatusNotifierItems", dbus_interface=dbus.PROPERTIES_IFACE)),
+        20,
+    )
+    check(len(items) == 1, f"one tray icon registered: {items}")
+    name, _, path = items[0].partition("/")
+    item = bus.get_object(name, "/" + path)
+    menu_path = item.Get("org.kde.StatusNotifierItem", "Menu", dbus_interface=dbus.PROPERTIES_IFACE)
+    menu = bus.get_object(name, menu_path)
+
+    def menu_items():
+        _, layout = menu.GetLayout(0, -1, [], dbus_interface="com.canonical.dbusmenu")
+        return {str(c[1].get("label", "")): int(c[0]) for c in layout[2] if c[1].get("label")}
+
+    labels = wait("the status line", lambda: (lambda m: m if any("model" in k for k in m) else None)(menu_items()), 20)
+    check(
+        "Open chat" in labels and "Pause sharing" in labels and "Quit rbee" in labels,
+        f"the tray menu: {list(labels)}",
+    )
+    check(any(k.startswith("alone · ") for k in labels), "the tray's status line says how the node stands")
+
+    # --- A message typed in the window gets an answer (kept short: the
+    # fixture is a base model, which goes on until its context is full).
+    http("POST", f"{sess}/execute/sync", {"script": "localStorage.setItem('rbee.maxTokens', '24')", "args": []})
+    http("POST", f"{sess}/element/{box}/value", {"text": "Say hello in three words."})
+    http("POST", f"{sess}/element/{box}/value", {"text": "\ue007"})
+    wait("the question in the chat", lambda: find(".msg.user"), 10)
+    meta = wait("the answer", lambda: (lambda el: el and "tok/s" in text(el) and el)(find(".msg.assistant:not(.streaming) .meta")), 120)
+    answer = text(find(".msg.assistant .body"))
+    check(bool(answer.strip()), f"the answer: {answer!r} ({text(meta)})")
+    status, convs = http("GET", f"{base}/api/conversations")
+    check(status == 200 and len(convs["data"]) == 1, "the conversation is kept by the node")
+    subprocess.run(["import", "-window", "root", f"{SHOTS}/app.png"], check=True)
+
+    # --- Idle memory: the app and its WebKit processes.
+    time.sleep(5)
+    pids = descendants(app_pid)
+    idle = rss_mib(pids)
+    app_only = rss_mib([app_pid])
+
+    # --- Quit from the tray: the app exits and the node's port closes.
+    t_quit = time.monotonic()
+    menu.Event(labels["Quit rbee"], "clicked", dbus.String("", variant_level=1), dbus.UInt32(0), dbus_interface="com.canonical.dbusmenu")
+    wait("the app to exit", lambda: not os.path.exists(f"/proc/{app_pid}") or open(f"/proc/{app_pid}/stat").read().split(")")[1].split()[0] == "Z", 15)
+    quit_s = time.monotonic() - t_quit
+    check(not port_open(port), f"Quit in the tray menu exits the app in {quit_s:.1f} s and the node's port is closed")
+    app_pid = None
+    http("DELETE", sess)
+finally:
+    if app_pid:
+        os.kill(app_pid, signal.SIGKILL)
+    driver.terminate()
+    driver.wait(10)
+
+# --- SIGTERM: started directly, the app stops its node and exits 0.
+app = subprocess.Popen([APP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+try:
+    line = app.stdout.readline()
+    check(line.startswith("rbee app: chat at "), f"started directly, the app says where its chat is: {line.strip()!r}")
+    wait("the node", lambda: http("GET", f"{base}/health")[0] == 200, 30)
+    app.send_signal(signal.SIGTERM)
+    code = app.wait(15)
+    log = app.stderr.read()
+    check(code == 0, f"SIGTERM: exit status {code}")
+    check("stopped" in log and "rbee app quit" in log, "the node shut down before the app exited")
+finally:
+    if app.poll() is None:
+        app.kill()
+    watcher.terminate()
+    watcher.wait(5)
+    shutil.rmtree(home, ignore_errors=True)
+
+print(f"figure: app start to a ready chat (via WebKitWebDriver) {ready_s:.2f} s")
+print(f"figure: idle RSS {idle:.0f} MiB in all ({app_only:.0f} MiB the app with its node, the rest WebKit's {len(pids) - 1} processes)")
+print(f"figure: quit from the tray {quit_s:.2f} s")
+if failures:
+    print(f"{len(failures)} app check(s) failed", file=sys.stderr)
+    sys.exit(1)
+print("app: all checks passed")
