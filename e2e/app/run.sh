@@ -10,11 +10,7 @@ for c in xvfb-run dbus-run-session WebKitWebDriver import; do
   command -v "$c" >/dev/null || { echo "$c is missing: e2e/test.sh installs the app's test packages" >&2; exit 1; }
 done
 (cd "$root" && cargo build --quiet -p rbee-app --features custom-protocol)
-rbee="${1:-}"
-if [ -z "$rbee" ]; then
-  (cd "$root" && cargo build --quiet -p rbee-node)
-  rbee="$CARGO_TARGET_DIR/debug/rbee"
-fi
+rbee="$("$root/e2e/rbee-binary.sh" "${1:-}")"
 fixture="${RBEE_FIXTURE:-$("$root/e2e/fetch-fixture.sh")}"
 shots="${RBEE_SCREENSHOTS:-$PWD/screenshots}"
 exec dbus-run-session -- xvfb-run -a -s "-screen 0 1280x860x24" \

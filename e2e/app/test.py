@@ -9,6 +9,7 @@ python3 (python3-dbus). Checks, on the fixture model:
     Pause sharing and Quit;
   - a message typed in the window gets an answer;
   - Quit in the tray menu exits, with the node shut down (its port closed);
+  - a second launch exits and leaves the first running (single instance);
   - SIGTERM exits 0, with the node's "stopped" in the log.
 Prints the figures the README reports: start to ready chat, idle RSS.
 
@@ -222,7 +223,8 @@ try:
     check(bool(answer.strip()), f"the answer: {answer!r} ({text(meta)})")
     status, convs = http("GET", f"{base}/api/conversations")
     check(status == 200 and len(convs["data"]) == 1, "the conversation is kept by the node")
-    subprocess.run(["import", "-window", "root", f"{SHOTS}/app.png"], check=True)
+    # The window (1100×760 at the top left: Xvfb has no window manager).
+    subprocess.run(["import", "-window", "root", "-crop", "1100x760+0+0", "+repage", f"{SHOTS}/app.png"], check=True)
 
     # --- Idle memory: the app and its WebKit processes.
     time.sleep(5)
@@ -250,6 +252,12 @@ try:
     line = app.stdout.readline()
     check(line.startswith("rbee app: chat at "), f"started directly, the app says where its chat is: {line.strip()!r}")
     wait("the node", lambda: http("GET", f"{base}/health")[0] == 200, 30)
+    # A second launch hands over to the first (which shows its window) and exits.
+    second = subprocess.run([APP], env=env, capture_output=True, text=True, timeout=30)
+    check(
+        second.returncode == 0 and "chat at" not in second.stdout and app.poll() is None and http("GET", f"{base}/health")[0] == 200,
+        f"a second launch exits ({second.returncode}) and the first keeps running",
+    )
     app.send_signal(signal.SIGTERM)
     code = app.wait(15)
     log = app.stderr.read()

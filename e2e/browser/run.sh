@@ -8,11 +8,7 @@ root="$(cd ../.. && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
 command -v chromium >/dev/null || { echo "Chromium is missing: apt-get install chromium (e2e/test.sh installs it)" >&2; exit 1; }
 [ -f "$root/ui/dist/index.html" ] || "$root/ui/build.sh"
-rbee="${1:-}"
-if [ -z "$rbee" ]; then
-  (cd "$root" && cargo build --quiet -p rbee-node)
-  rbee="$CARGO_TARGET_DIR/debug/rbee"
-fi
+rbee="$("$root/e2e/rbee-binary.sh" "${1:-}")"
 if [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --silent --no-audit --no-fund
 fi

@@ -7,11 +7,7 @@ cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/rbee"
-rbee="${1:-}"
-if [ -z "$rbee" ]; then
-  (cd "$root" && cargo build --quiet -p rbee-node)
-  rbee="$CARGO_TARGET_DIR/debug/rbee"
-fi
+rbee="$("$root/e2e/rbee-binary.sh" "${1:-}")"
 fixture="${RBEE_FIXTURE:-$("$root/e2e/fetch-fixture.sh")}"
 
 # Python SDK in its own venv, pinned.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rbee_engine::store::{Progress, ProgressFn, Source, Store, hash_file};
 use rbee_engine::Error;
-use support::hub::{hub_for, serve};
+use support::hub::{hub_for, serve, serve_empty};
 use support::{Tiny, tiny};
 
 #[test]
@@ -130,11 +130,7 @@ async fn pull_rejects_a_corrupted_transfer() {
 #[tokio::test]
 async fn pull_of_a_missing_file_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let app = axum::Router::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let store = Store::open(&dir.path().join("data")).unwrap();
-    let err = store.pull(&format!("http://{addr}"), "acme/none", "x.gguf", "main", None).await.unwrap_err();
+    let err = store.pull(&serve_empty().await, "acme/none", "x.gguf", "main", None).await.unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 }

@@ -118,12 +118,7 @@ async fn a_pull_shows_progress_can_be_cancelled_and_resumes_into_the_model_list(
 #[tokio::test]
 async fn bad_pulls_are_refused_or_fail_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    // A hub with no files at all: every download is a 404.
-    let app = axum::Router::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let n = empty_node(dir.path(), Some(format!("http://{addr}"))).await;
+    let n = empty_node(dir.path(), Some(hub::serve_empty().await)).await;
     for (body, param) in [
         (json!({"repo": "no-slash", "file": "m.gguf"}), "repo"),
         (json!({"repo": "../etc/x", "file": "m.gguf"}), "repo"),

@@ -86,3 +86,11 @@ pub fn hub_for(path: &std::path::Path) -> Hub {
     }
 }
 
+
+/// A hub that has no files: every download is a 404. Returns its endpoint URL.
+pub async fn serve_empty() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new()).await.unwrap() });
+    format!("http://{addr}")
+}
