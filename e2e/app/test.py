@@ -9,6 +9,7 @@ python3 (python3-dbus). Checks, on the fixture model:
     Pause sharing and Quit;
   - a message typed in the window gets an answer;
   - Quit in the tray menu exits, with the node shut down (its port closed);
+  - POST /api/restart (the settings page's "Restart now") restarts it;
   - a second launch exits and leaves the first running (single instance);
   - SIGTERM exits 0, with the node's "stopped" in the log.
 Prints the figures the README reports: start to ready chat, idle RSS.
@@ -125,8 +126,11 @@ env = dict(
 for k in ("RBEE_CONFIG", "RBEE_DATA_DIR", "RBEE_LISTEN", "RBEE_SWARM_KEY"):
     env.pop(k, None)
 os.makedirs(f"{home}/.config/rbee")
+# In a swarm of its own (so Pause sharing applies), on loopback with mDNS
+# off: the test sends nothing beyond this machine.
+swarm_key = subprocess.run([RBEE, "swarm", "init"], env=env, check=True, capture_output=True, text=True).stdout.strip()
 with open(f"{home}/.config/rbee/config.toml", "w") as f:
-    f.write(f'listen = "127.0.0.1:{port}"\n')
+    f.write(f'listen = "127.0.0.1:{port}"\nswarm_key = "{swarm_key}"\nmdns = false\nswarm_listen = "/ip4/127.0.0.1/tcp/{free_port()}"\n')
 subprocess.run([RBEE, "models", "import", FIXTURE], env=env, check=True, capture_output=True)
 base = f"http://127.0.0.1:{port}"
 
@@ -210,7 +214,13 @@ try:
         "Open chat" in labels and "Pause sharing" in labels and "Quit rbee" in labels,
         f"the tray menu: {list(labels)}",
     )
-    check(any(k.startswith("alone · ") for k in labels), "the tray's status line says how the node stands")
+    check(any(k.startswith("0 peers · ") for k in labels), "the tray's status line says how the node stands")
+
+    # Pause sharing: the node stops taking the swarm's requests, and says so.
+    menu.Event(labels["Pause sharing"], "clicked", dbus.String("", variant_level=1), dbus.UInt32(0), dbus_interface="com.canonical.dbusmenu")
+    paused = wait("sharing paused", lambda: http("GET", f"{base}/api/settings")[1]["share"] is False, 10)
+    line = wait("the status line to say so", lambda: next((k for k in menu_items() if "sharing paused" in k), None), 10)
+    check(paused and bool(line), f"Pause sharing in the tray stops sharing: {line!r}")
 
     # --- A message typed in the window gets an answer (kept short: the
     # fixture is a base model, which goes on until its context is full).
@@ -245,6 +255,34 @@ finally:
         os.kill(app_pid, signal.SIGKILL)
     driver.terminate()
     driver.wait(10)
+
+def app_processes():
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and os.path.realpath(f"/proc/{p}/exe") == os.path.realpath(APP):
+                out.append(int(p))
+        except OSError:
+            pass
+    return out
+
+
+# --- The settings page's "Restart now": the app stops its node and starts anew.
+app = subprocess.Popen([APP], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+try:
+    app.stdout.readline()
+    wait("the node", lambda: http("GET", f"{base}/health")[0] == 200, 30)
+    status, _ = http("POST", f"{base}/api/restart")
+    code = app.wait(15)
+    again = wait("the restarted app", lambda: [p for p in app_processes() if p != app.pid], 30)
+    up = wait("the restarted node", lambda: http("GET", f"{base}/health")[0] == 200, 30)
+    check(status == 202 and code == 0 and up, f"POST /api/restart: the app exits ({code}) and a new one serves again")
+    for p in again:
+        os.kill(p, signal.SIGTERM)
+    wait("the restarted app to quit", lambda: not port_open(port), 15)
+finally:
+    if app.poll() is None:
+        app.kill()
 
 # --- SIGTERM: started directly, the app stops its node and exits 0.
 app = subprocess.Popen([APP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
