@@ -8,6 +8,8 @@ python3 (python3-dbus). Checks, on the fixture model:
   - the tray icon registers and its menu has Open chat, a status line,
     Pause sharing and Quit;
   - a message typed in the window gets an answer;
+  - closing the window (WM_DELETE_WINDOW, as a window manager sends it)
+    hides it and the app keeps serving; Open chat in the tray shows it;
   - Quit in the tray menu exits, with the node shut down (its port closed);
   - POST /api/restart (the settings page's "Restart now") restarts it;
   - a second launch exits and leaves the first running (single instance);
@@ -30,6 +32,7 @@ import urllib.error
 import urllib.request
 
 import dbus
+from Xlib import X, display, protocol
 
 APP, RBEE, FIXTURE, SHOTS = sys.argv[1:5]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,6 +82,15 @@ def port_open(port):
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def gone(pid):
+    """The process has exited (a zombie counts: its parent may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def descendants(pid):
     """pid and every process below it."""
     children = {}
@@ -107,6 +119,31 @@ def rss_mib(pids):
         except (OSError, StopIteration):
             pass
     return total / 1024
+
+
+def app_window(pid):
+    """The app's top-level X window (the one titled "rbee" with its pid)."""
+    d = display.Display()
+    pid_atom = d.intern_atom("_NET_WM_PID")
+    for w in d.screen().root.query_tree().children:
+        try:
+            p = w.get_full_property(pid_atom, X.AnyPropertyType)
+            if p and p.value[0] == pid and w.get_wm_name() == "rbee":
+                return d, w
+        except Exception:  # windows come and go
+            pass
+    return None
+
+
+def close_window(d, w):
+    """What a window manager does when the user clicks the close button."""
+    protocols, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
+    w.send_event(protocol.event.ClientMessage(window=w, client_type=protocols, data=(32, [delete, X.CurrentTime, 0, 0, 0])))
+    d.flush()
+
+
+def viewable(d, w):
+    return w.get_attributes().map_state == X.IsViewable
 
 
 # A user's home of its own: config and data dirs, the fixture imported.
@@ -236,6 +273,15 @@ try:
     # The window (1100×760 at the top left: Xvfb has no window manager).
     subprocess.run(["import", "-window", "root", "-crop", "1100x760+0+0", "+repage", f"{SHOTS}/app.png"], check=True)
 
+    # --- Closing the window keeps rbee in the tray; Open chat brings it back.
+    d, win = wait("the app's window", lambda: app_window(app_pid), 10)
+    close_window(d, win)
+    hidden = wait("the window to hide", lambda: not viewable(d, win), 10)
+    serving = os.path.exists(f"/proc/{app_pid}") and http("GET", f"{base}/health")[0] == 200
+    check(hidden and serving, "closing the window hides it; the app and its node keep running")
+    menu.Event(labels["Open chat"], "clicked", dbus.String("", variant_level=1), dbus.UInt32(0), dbus_interface="com.canonical.dbusmenu")
+    check(wait("the window to show", lambda: viewable(d, win), 10), "Open chat in the tray shows the window again")
+
     # --- Idle memory: the app and its WebKit processes.
     time.sleep(5)
     pids = descendants(app_pid)
@@ -245,7 +291,7 @@ try:
     # --- Quit from the tray: the app exits and the node's port closes.
     t_quit = time.monotonic()
     menu.Event(labels["Quit rbee"], "clicked", dbus.String("", variant_level=1), dbus.UInt32(0), dbus_interface="com.canonical.dbusmenu")
-    wait("the app to exit", lambda: not os.path.exists(f"/proc/{app_pid}") or open(f"/proc/{app_pid}/stat").read().split(")")[1].split()[0] == "Z", 15)
+    wait("the app to exit", lambda: gone(app_pid), 15)
     quit_s = time.monotonic() - t_quit
     check(not port_open(port), f"Quit in the tray menu exits the app in {quit_s:.1f} s and the node's port is closed")
     app_pid = None
@@ -260,7 +306,7 @@ def app_processes():
     out = []
     for p in os.listdir("/proc"):
         try:
-            if p.isdigit() and os.path.realpath(f"/proc/{p}/exe") == os.path.realpath(APP):
+            if p.isdigit() and not gone(int(p)) and os.path.realpath(f"/proc/{p}/exe") == os.path.realpath(APP):
                 out.append(int(p))
         except OSError:
             pass
@@ -279,7 +325,8 @@ try:
     check(status == 202 and code == 0 and up, f"POST /api/restart: the app exits ({code}) and a new one serves again")
     for p in again:
         os.kill(p, signal.SIGTERM)
-    wait("the restarted app to quit", lambda: not port_open(port), 15)
+    # Gone, not only its port closed: until then it is the single instance.
+    wait("the restarted app to quit", lambda: all(gone(p) for p in again) and not port_open(port), 15)
 finally:
     if app.poll() is None:
         app.kill()
