@@ -11,6 +11,7 @@ python3 (python3-dbus). Checks, on the fixture model:
   - closing the window (WM_DELETE_WINDOW, as a window manager sends it)
     hides it and the app keeps serving; Open chat in the tray shows it;
   - Quit in the tray menu exits, with the node shut down (its port closed);
+  - with its port taken, the window says why the node did not start;
   - POST /api/restart (the settings page's "Restart now") restarts it;
   - a second launch exits and leaves the first running (single instance);
   - SIGTERM exits 0, with the node's "stopped" in the log.
@@ -183,11 +184,10 @@ driver = subprocess.Popen(
 )
 wd = f"http://127.0.0.1:{driver_port}"
 app_pid = None
-try:
-    wait("WebKitWebDriver", lambda: port_open(driver_port), 20)
 
-    # --- The app starts (WebKitWebDriver launches it) and shows the chat.
-    t0 = time.monotonic()
+
+def new_session():
+    """WebKitWebDriver starts the app (with automation on) and drives its window."""
     status, s = http(
         "POST",
         f"{wd}/session",
@@ -195,19 +195,26 @@ try:
         timeout=120,
     )
     assert status == 200, s
-    sid = s["value"]["sessionId"]
-    sess = f"{wd}/session/{sid}"
+    return f"{wd}/session/{s['value']['sessionId']}"
+
+
+try:
+    wait("WebKitWebDriver", lambda: port_open(driver_port), 20)
+
+    # --- The app starts (WebKitWebDriver launches it) and shows the chat.
+    t0 = time.monotonic()
+    sess = new_session()
     app_pid = wait(
         "the app's process",
         lambda: next((p for p in descendants(driver.pid) if os.path.realpath(f"/proc/{p}/exe") == os.path.realpath(APP)), None),
     )
 
-    def find(css):
-        st, v = http("POST", f"{sess}/element", {"using": "css selector", "value": css})
+    def find(css, session=sess):
+        st, v = http("POST", f"{session}/element", {"using": "css selector", "value": css})
         return v["value"]["element-6066-11e4-a52e-4f735466cecf"] if st == 200 else None
 
-    def text(el):
-        return http("GET", f"{sess}/element/{el}/text")[1]["value"]
+    def text(el, session=sess):
+        return http("GET", f"{session}/element/{el}/text")[1]["value"]
 
     box = wait("the chat's message box", lambda: http("GET", f"{sess}/url")[1]["value"].startswith(base) and find("textarea"), 120)
     ready_s = time.monotonic() - t0
@@ -296,6 +303,16 @@ try:
     check(not port_open(port), f"Quit in the tray menu exits the app in {quit_s:.1f} s and the node's port is closed")
     app_pid = None
     http("DELETE", sess)
+
+    # --- A node that cannot start (its port taken): the window says why.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the last run's TIME_WAIT
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        broken = new_session()
+        reason = wait("the reason in the window", lambda: (lambda el: el and text(el, broken))(find("#error", broken)), 30)
+        check("is another rbee running?" in reason, f"with its port taken the window says why: {reason!r}")
+        http("DELETE", broken)
 finally:
     if app_pid:
         os.kill(app_pid, signal.SIGKILL)

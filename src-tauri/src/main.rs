@@ -226,16 +226,18 @@ fn show_window(app: &AppHandle) {
     }
 }
 
-/// Shows why the node did not start on the bundled page.
+/// Shows why the node did not start, on the bundled page (`?error=…`).
 fn show_error(app: &AppHandle, message: &str) {
     let Some(w) = app.get_webview_window("main") else { return };
-    let query: String = message
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    let js = format!("location.replace('index.html?error={query}')");
-    if let Err(e) = w.eval(&js) {
-        tracing::error!(error = %e, "could not show the error");
+    match w.url() {
+        Ok(mut url) => {
+            url.set_path("/index.html");
+            url.query_pairs_mut().clear().append_pair("error", message);
+            if let Err(e) = w.navigate(url) {
+                tracing::error!(error = %e, "could not show the error");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not show the error"),
     }
     show_window(app);
 }

@@ -91,8 +91,14 @@ pub async fn update(_: LocalCaller, State(s): State<AppState>, JsonBody(c): Json
     // loopback needs keys).
     let layer: Overrides = table.clone().try_into().map_err(|e| ApiError::bad_body(format!("the config file would not parse: {e}")))?;
     if let Err(e) = Config::resolve(layer) {
-        let param = if format!("{e:#}").contains("API keys") { "api_keys" } else { "listen" };
-        return Err(ApiError::invalid(param, format!("{e:#}")));
+        let message = format!("{e:#}");
+        return Err(if message.contains("API keys") {
+            ApiError::invalid("api_keys", message)
+        } else if message.contains("listen") {
+            ApiError::invalid("listen", message)
+        } else {
+            ApiError::bad_body(format!("with this change {} would not start a node: {message}", file.display()))
+        });
     }
     write_table(file, &table)?;
     if let Some(share) = c.share {
