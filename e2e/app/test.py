@@ -20,6 +20,7 @@ Prints the figures the README reports: start to ready chat, idle RSS.
 Usage: test.py APP_BINARY RBEE_BINARY FIXTURE SCREENSHOT_DIR
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -149,6 +150,7 @@ def viewable(d, w):
 
 # A user's home of its own: config and data dirs, the fixture imported.
 home = tempfile.mkdtemp(prefix="rbee-app-")
+atexit.register(shutil.rmtree, home, ignore_errors=True)  # however the test ends
 port = free_port()
 env = dict(
     os.environ,
@@ -370,7 +372,6 @@ finally:
         app.kill()
     watcher.terminate()
     watcher.wait(5)
-    shutil.rmtree(home, ignore_errors=True)
 
 print(f"figure: app start to a ready chat (via WebKitWebDriver) {ready_s:.2f} s")
 print(f"figure: idle RSS {idle:.0f} MiB in all ({app_only:.0f} MiB the app with its node, the rest WebKit's {len(pids) - 1} processes)")
