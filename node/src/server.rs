@@ -2,11 +2,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
 
@@ -27,16 +25,14 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    let begun = Arc::new(Notify::new());
-    let notify = begun.clone();
+    let begun = stopping.stopped();
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
         shutdown.await;
         stopping.begin_shutdown();
         tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections; finishing requests in flight");
-        notify.notify_one();
     });
     let deadline = async {
-        begun.notified().await;
+        begun.await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {

@@ -21,14 +21,22 @@ use tokio::sync::oneshot;
 /// How long Quit waits for the node to finish requests in flight.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 
-/// The app's running node, once it has started.
+/// The app's node while it runs (none before it started or after Quit).
 #[derive(Default)]
-struct Node {
-    state: Mutex<Option<AppState>>,
+struct Node(Mutex<Option<Running>>);
+
+struct Running {
+    state: AppState,
     /// Fires the node's graceful shutdown.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stop: oneshot::Sender<()>,
     /// Completes when the node has stopped.
-    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    stopped: oneshot::Receiver<()>,
+}
+
+impl Node {
+    fn state(&self) -> Option<AppState> {
+        self.0.lock().expect("node lock").as_ref().map(|r| r.state.clone())
+    }
 }
 
 /// The tray menu's items that change.
@@ -127,12 +135,7 @@ async fn run_node(app: AppHandle) {
     println!("rbee app: chat at {url}");
     let (stop_tx, stop_rx) = oneshot::channel();
     let (stopped_tx, stopped_rx) = oneshot::channel();
-    {
-        let n = app.state::<Node>();
-        *n.state.lock().expect("node lock") = Some(node.state.clone());
-        *n.stop.lock().expect("node lock") = Some(stop_tx);
-        *n.stopped.lock().expect("node lock") = Some(stopped_rx);
-    }
+    *app.state::<Node>().0.lock().expect("node lock") = Some(Running { state: node.state.clone(), stop: stop_tx, stopped: stopped_rx });
     let tray = app.state::<Tray>();
     if let Err(e) = tray.pause.set_checked(!node.state.sharing()).and_then(|()| tray.pause.set_enabled(node.state.swarm.is_some())) {
         tracing::warn!(error = %e, "tray menu not updated");
@@ -211,7 +214,7 @@ fn set_status(app: &AppHandle, text: &str) {
 }
 
 fn toggle_sharing(app: &AppHandle) {
-    let Some(state) = app.state::<Node>().state.lock().expect("node lock").clone() else { return };
+    let Some(state) = app.state::<Node>().state() else { return };
     state.set_sharing(!state.sharing());
     let t = app.state::<Tray>();
     let _ = t.pause.set_checked(!state.sharing());
@@ -251,10 +254,8 @@ async fn quit(app: AppHandle) {
 
 /// Stops the node gracefully, waiting at most [`QUIT_GRACE`].
 async fn stop_node(app: &AppHandle) {
-    let n = app.state::<Node>();
-    let stop = n.stop.lock().expect("node lock").take();
-    let stopped = n.stopped.lock().expect("node lock").take();
-    if let (Some(stop), Some(stopped)) = (stop, stopped) {
+    let running = app.state::<Node>().0.lock().expect("node lock").take();
+    if let Some(Running { stop, stopped, .. }) = running {
         let _ = stop.send(());
         if tokio::time::timeout(QUIT_GRACE, stopped).await.is_err() {
             tracing::warn!("requests still running after {QUIT_GRACE:?}; stopping anyway");

@@ -172,10 +172,9 @@ pub async fn import(State(s): State<AppState>, Query(q): Query<ImportQuery>, bod
     if name.is_empty() || name.starts_with('.') {
         return Err(ApiError::invalid("filename", "say the file's name: POST /api/models/import?filename=NAME.gguf with the file as the body"));
     }
-    let dir = s.config.data_dir.join("models").join(format!(".upload-{}", now_millis()));
-    let result = receive_and_import(&s, &dir, &name, body).await;
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    let entry = result?;
+    // Beside the store's files (the same disk), removed when dropped.
+    let dir = tempfile::Builder::new().prefix(".upload-").tempdir_in(s.config.data_dir.join("models")).map_err(|e| ApiError::internal(&e))?;
+    let entry = receive_and_import(&s, dir.path(), &name, body).await?;
     tracing::info!(model = %entry.id, file = %name, "model imported");
     Ok((StatusCode::CREATED, Json(object(entry, &loaded(&s)))))
 }
@@ -183,7 +182,6 @@ pub async fn import(State(s): State<AppState>, Query(q): Query<ImportQuery>, bod
 async fn receive_and_import(s: &AppState, dir: &std::path::Path, name: &str, body: Body) -> Result<Entry, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
-    tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal(&e))?;
     let path = dir.join(name);
     let mut f = tokio::fs::File::create(&path).await.map_err(|e| ApiError::internal(&e))?;
     let mut stream = body.into_data_stream();
@@ -206,8 +204,4 @@ async fn receive_and_import(s: &AppState, dir: &std::path::Path, name: &str, bod
         rbee_engine::Error::UnsupportedArchitecture(_) => ApiError::invalid("file", format!("{name}: {e}")),
         e => ApiError::from_engine(&e, "file"),
     })
-}
-
-fn now_millis() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }

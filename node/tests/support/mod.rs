@@ -50,7 +50,7 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestNode {
@@ -62,20 +62,19 @@ impl TestNode {
         Self::start_with(cfg).await
     }
 
+    /// Starts a node as `rbee serve` does (`node::start`), serving until [`stop`](Self::stop).
     pub async fn start_with(cfg: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let engine = rbee_engine::Engine::new(cfg.engine()).unwrap();
-        let state = AppState::new(engine, cfg);
+        let node = rbee_node::node::start(cfg).await.unwrap();
+        let (addr, state) = (node.addr, node.state.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let done = tokio::spawn(rbee_node::serve(listener, state.clone(), async move {
+        let done = tokio::spawn(node.serve(async move {
             let _ = stopped.await;
         }));
         Self { url: format!("http://{addr}"), addr, state, stop: Some(stop), done: Some(done) }
     }
 
     /// Signals shutdown and waits for the server to return.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         let _ = self.stop.take().unwrap().send(());
         self.done.take().unwrap().await.unwrap()
     }
