@@ -76,9 +76,22 @@ impl NodeRecord {
 
     /// The same record without `seq`, to tell whether anything changed.
     pub(crate) fn content_eq(&self, other: &NodeRecord) -> bool {
-        let mut a = self.clone();
-        a.seq = other.seq;
-        a == *other
+        // Every field but seq (spelled out: the compiler then says when a
+        // new field is not compared).
+        let NodeRecord { schema, node_id, hostname, api, api_version, devices, ram_total_bytes, ram_free_bytes, models_on_disk, models_loaded, share, addrs, incarnation, seq: _ } = self;
+        *schema == other.schema
+            && *node_id == other.node_id
+            && *hostname == other.hostname
+            && *api == other.api
+            && *api_version == other.api_version
+            && *devices == other.devices
+            && *ram_total_bytes == other.ram_total_bytes
+            && *ram_free_bytes == other.ram_free_bytes
+            && *models_on_disk == other.models_on_disk
+            && *models_loaded == other.models_loaded
+            && *share == other.share
+            && *addrs == other.addrs
+            && *incarnation == other.incarnation
     }
 }
 

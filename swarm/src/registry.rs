@@ -30,7 +30,10 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
     Unchanged,
-    /// A newer record of an owner that is up.
+    /// A newer record of an owner that is up, saying nothing new but that it
+    /// is alive (a heartbeat: only `seq` moved).
+    Refreshed,
+    /// A newer record of an owner that is up, with something changed.
     Updated,
     /// A newer record of an owner that was down: it is back.
     Revived,
@@ -41,6 +44,12 @@ pub enum Merge {
 impl Merge {
     pub fn changed(self) -> bool {
         self != Merge::Unchanged
+    }
+
+    /// Whether anyone looking at the registry would see a difference (a
+    /// heartbeat moves only `seq` and the time last heard).
+    pub fn visible(self) -> bool {
+        !matches!(self, Merge::Unchanged | Merge::Refreshed)
     }
 
     /// Whether the owner joined (or came back) with this record: news worth
@@ -96,10 +105,15 @@ impl Registry {
             // A newer record is news of its owner, whoever brings it.
             Some(e) if record.newer_than(&e.record) => {
                 e.closed = false;
+                let same = record.content_eq(&e.record);
                 e.record = Arc::new(record);
                 e.envelope = envelope;
                 e.heard = now;
-                if e.down_since.take().is_some() { Merge::Revived } else { Merge::Updated }
+                match (e.down_since.take(), same) {
+                    (Some(_), _) => Merge::Revived,
+                    (None, true) => Merge::Refreshed,
+                    (None, false) => Merge::Updated,
+                }
             }
             // Owners bump seq on every heartbeat, so only a newer record is
             // news: a late or replayed copy of a down node's last record
@@ -214,6 +228,12 @@ mod tests {
         let (p, rec, env) = sealed(&k, 1, 4, "stale");
         assert_eq!(r.merge(p, rec, env, true, t), Merge::Unchanged);
         assert_eq!(r.record(&p).unwrap().hostname, "old");
+        // A heartbeat (only seq moved) is newer but shows nothing new.
+        let (p, rec, env) = sealed(&k, 1, 6, "old");
+        let m = r.merge(p, rec, env, true, t);
+        assert_eq!(m, Merge::Refreshed);
+        assert!(m.changed() && !m.visible());
+        assert_eq!(r.record(&p).unwrap().seq, 6);
         // A restart: lower seq, higher incarnation.
         let (p, rec, env) = sealed(&k, 2, 0, "restarted");
         assert_eq!(r.merge(p, rec, env, true, t), Merge::Updated);
