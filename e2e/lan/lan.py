@@ -336,6 +336,48 @@ print(json.dumps(out))
 """
 
 
+# Runs inside a namespace: follows the node's registry as it changes
+# (`/api/swarm/events`) and prints, at each change of which nodes are up,
+# the time (CLOCK_MONOTONIC, which every namespace shares) and those nodes.
+REGISTRY_WATCHER = r"""
+import http.client, json, time
+conn = http.client.HTTPConnection("127.0.0.1", 7833)
+conn.request("GET", "/api/swarm/events")
+r = conn.getresponse()
+last = None
+while line := r.readline():
+    if line.startswith(b"data:"):
+        up = sorted(p["node_id"] for p in json.loads(line[5:])["peers"] if p["up"])
+        if up != last:
+            print(json.dumps({"t": time.monotonic(), "up": up}), flush=True)
+            last = up
+"""
+
+
+class RegistryWatch:
+    """The registries of some nodes, followed as they change: when something
+    happened is read from the nodes' own event streams, not from polling."""
+
+    def __init__(self, names):
+        self.procs = [subprocess.Popen(["ip", "netns", "exec", procs[n][1], sys.executable, "-c", REGISTRY_WATCHER],
+                                       stdout=subprocess.PIPE, text=True) for n in names]
+        for p in self.procs:
+            p.stdout.readline()  # the registry as it is now: following
+
+    def when(self, pred):
+        """Stops following; the time by which `pred(up node ids)` held in
+        every registry followed (None if it never did in one)."""
+        times = []
+        for p in self.procs:
+            p.terminate()
+            t = next((e["t"] for e in map(json.loads, p.stdout) if pred(e["up"])), None)
+            p.wait()
+            if t is None:
+                return None
+            times.append(t)
+        return max(times)
+
+
 def ttft_runs(ns, body, runs):
     b = dict(body, stream=True, stream_options={"include_usage": True})
     return json.loads(ns_exec(ns, sys.executable, "-c", TTFT_CLIENT, json.dumps(b), str(runs)))
@@ -366,18 +408,34 @@ def bench():
     ol, orr = over(local), over(routed)
     print(f"  beyond C's own prompt time, per request: local {med(ol):.2f} ms (worst {max(ol):.2f}), routed {med(orr):.2f} ms "
           f"(worst {max(orr):.2f}): routing adds {med(orr) - med(ol):.2f} ms")
-    # A new node: from its process start to being listed by both others.
-    t0 = time.monotonic()
-    start("b", hosts[2], k)
-    b = node_id("b")
-    t = wait_for(lambda: b in up_hosts("a") and b in up_hosts("c"), 15, "b everywhere")
-    print(f"new node listed by every registry {(time.monotonic() - t0) * 1e3:.0f} ms after its process started "
-          f"({t * 1e3:.0f} ms after its API answered; polled through curl every ~10 ms)")
-    t0 = time.monotonic()
-    procs["b"][0].kill()
-    t = wait_for(lambda: b not in up_hosts("a") and b not in up_hosts("c"), 10, "b down")
-    print(f"SIGKILLed node marked down by both others in {t * 1e3:.0f} ms")
-    print("silent peer: see the partition test of e2e/lan (marked down 2.5 s after its last heartbeat)")
+    # A new node: from its process start to being listed by both others;
+    # then from its end to being down in both: SIGKILL (its connections
+    # close) or SIGSTOP (silent: connections open, nothing sent). Times come
+    # from A's and C's own event streams, not from polling them.
+    joins, downs = [], {"SIGKILL": [], "SIGSTOP": []}
+    for run, how in enumerate(["SIGKILL"] * 5 + ["SIGSTOP"] * 3):
+        watch = RegistryWatch("ac")
+        t0 = time.monotonic()
+        start("b", hosts[2], k, data=os.path.join(workdir, f"b{run}"))
+        b = node_id("b")
+        wait_for(lambda: b in up_hosts("a") and b in up_hosts("c"), 15, "b everywhere")
+        time.sleep(0.2)
+        joins.append(watch.when(lambda up: b in up) - t0)
+        watch = RegistryWatch("ac")
+        p = procs.pop("b")[0]
+        t0 = time.monotonic()
+        p.send_signal(getattr(signal, how))
+        wait_for(lambda: b not in up_hosts("a") and b not in up_hosts("c"), 10, "b down")
+        time.sleep(0.2)
+        downs[how].append(watch.when(lambda up: b not in up) - t0)
+        p.kill()
+        p.wait()
+    ms = lambda xs: ", ".join(f"{x * 1e3:.1f}" for x in xs)  # noqa: E731
+    print(f"new node in every registry after its process started ({len(joins)} runs, a new identity each): "
+          f"median {med(joins) * 1e3:.1f} ms ({ms(joins)})")
+    print(f"SIGKILLed node marked down by both others: median {med(downs['SIGKILL']) * 1e3:.1f} ms ({ms(downs['SIGKILL'])})")
+    print(f"silent node (SIGSTOP) marked down by both others: median {med(downs['SIGSTOP']) * 1e3:.0f} ms "
+          f"({ms(downs['SIGSTOP'])}; the TTL is 2.5 s after its last heartbeat)")
 
 
 if __name__ == "__main__":
