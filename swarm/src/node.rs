@@ -406,7 +406,7 @@ struct EventLoop {
     /// Heartbeats arrived since the view was last built: they move only
     /// `seq` and the time last heard, so the view is rebuilt with the next
     /// expiry tick rather than on each (at 100 nodes, 100 rebuilds of a
-    /// 100-entry view a second, most of a node's CPU time in the simulation).
+    /// 100-entry view a second: an eighth of the 100-node simulation's CPU).
     view_stale: bool,
     rtts: Arc<Mutex<HashMap<String, Duration>>>,
     stats: Arc<Stats>,
