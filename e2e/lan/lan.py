@@ -5,8 +5,9 @@
 Usage (as root): lan.py RBEE_BINARY FIXTURE.gguf [--bench]
 
 With --bench it runs the swarm benchmark instead of the tests (see
-e2e/bench/swarm.sh): routed against local time to first token, and how long
-a new node takes to appear in every registry.
+e2e/bench/swarm.sh): routed against local time to first token, how long a
+new node takes to appear in every registry, and how long a crashed or a
+silent one takes to be marked down.
 
 Each node lives in its own namespace with a veth into a bridge that lives in
 a namespace of its own, so nothing touches the host's network. Everything is
@@ -192,6 +193,16 @@ def main():
         assert r["usage"]["completion_tokens"] == 8, r
         print(f"     answered by C through A: {r['choices'][0]['text']!r}")
 
+    def a_client_that_goes_away_stops_the_remote_answer():
+        c = node_id("c")
+        s = stream(hosts[1], {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True})
+        wait_for(lambda: c in busy_on("c", MODEL), 10, "the answer running on c")
+        s.kill()
+        s.wait()
+        # 2000 tokens would keep C's slot busy for most of a minute.
+        t = wait_for(lambda: c not in busy_on("c", MODEL), 5, "c's slot free once the client at A is gone")
+        print(f"     the client at A went away; C's slot free {t:.2f} s later (its record refreshes each second)")
+
     def busy_holder_is_passed_over():
         # B gets the model too (one slot, no queue).
         subprocess.run([RBEE, "--data-dir", procs["b"][2], "models", "import", FIXTURE], check=True, capture_output=True,
@@ -298,6 +309,7 @@ def main():
 
     check("three nodes discover each other; a model only C has is listed at A", discovery)
     check("a request to A for a model only C has is answered by C", routed_to_the_only_holder)
+    check("a client that goes away mid-answer stops the answer on the node running it", a_client_that_goes_away_stops_the_remote_answer)
     check("with the model on B and C and B's slot busy, requests go to C", busy_holder_is_passed_over)
     check("SIGKILL of the serving node mid-stream: the answer completes on another node", crash_mid_stream_continues_elsewhere)
     check("a node with another swarm key is in no registry", wrong_key)
