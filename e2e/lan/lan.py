@@ -295,6 +295,37 @@ def main():
         t = wait_for(lambda: all(up_hosts(n) == ids for n in "abc"), 15, "converged after healing")
         print(f"     healed: all three converge again in {t:.2f} s")
 
+    def a_node_that_fails_before_the_first_token_is_passed_over():
+        # A copy of the fixture, "twin", on C and on a new node D,
+        # loaded on neither. Asked at D, D comes first (the local node wins
+        # the tie), but its copy is cut short: it fails to load, before the
+        # first token, and the request moves on to C.
+        twin = os.path.join(workdir, "twin.gguf")
+        shutil.copyfile(FIXTURE, twin)
+        with open(twin, "ab") as f:
+            f.write(b"\0" * 64)  # other bytes: models are told apart by their hash
+        out = ns_exec(hosts[3], "curl", "-s", "--max-time", "120", "--data-binary", f"@{twin}",
+                      "http://127.0.0.1:7833/api/models/import?filename=twin.gguf", check=False)
+        assert json.loads(out).get("id") == "twin", out
+        data = os.path.join(workdir, "d")
+        subprocess.run([RBEE, "--data-dir", data, "models", "import", twin], check=True, capture_output=True,
+                       env=dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml")))
+        os.remove(twin)
+        cut = os.path.join(data, "models", "twin.gguf")
+        os.truncate(cut, os.path.getsize(cut) // 2)
+        start("d", hosts[4], k, data=data)
+        c, d = node_id("c"), node_id("d")
+        holders = lambda: sorted(p["node_id"] for p in swarm("d")["peers"] if p["up"] and any(m["id"] == "twin" for m in p["record"]["models_on_disk"]))  # noqa: E731
+        wait_for(lambda: holders() == sorted([c, d]), 15, "d sees twin on c and on itself")
+        r = complete(hosts[4], {"model": "twin", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
+        assert r.get("timings", {}).get("node_id") == c, r
+        assert r["choices"][0]["text"].startswith(" the capital of"), r
+        with open(os.path.join(workdir, "d.log")) as f:
+            log = f.read()
+        assert "model failed to load" in log, f"d did not try its own copy first: {log[-2000:]}"
+        print(f"     d's own copy failed to load; answered by C: {r['choices'][0]['text']!r}")
+        stop("d")
+
     def bootstrap_only():
         for n in list(procs):
             stop(n)
@@ -316,6 +347,7 @@ def main():
     check("a SIGKILLed node is marked down at once", crash_is_seen_at_once)
     check("a restart with the same identity rejoins with a higher incarnation, no duplicate", restart_same_identity)
     check("a partition drops each side within the TTL and heals", partition_and_heal)
+    check("a node that fails before the first token is passed over for the next", a_node_that_fails_before_the_first_token_is_passed_over)
     check("bootstrap peers alone (mDNS off) form the same swarm", bootstrap_only)
 
 
