@@ -157,6 +157,26 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
 }
 
+/// The one rule that spans two settings: an address beyond loopback needs
+/// API keys. Its own type, so that callers can tell which setting to blame.
+#[derive(Debug)]
+pub struct ExposedWithoutKeys {
+    pub listen: SocketAddr,
+}
+
+impl std::fmt::Display for ExposedWithoutKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "listening on {} makes the API reachable from other machines, which requires API keys: \
+             set api_keys in the config file or RBEE_API_KEYS (comma-separated)",
+            self.listen
+        )
+    }
+}
+
+impl std::error::Error for ExposedWithoutKeys {}
+
 impl Config {
     /// Fills unset fields with defaults and checks the result.
     ///
@@ -177,10 +197,7 @@ impl Config {
         };
         let api_keys: Vec<String> = o.api_keys.unwrap_or_default().into_iter().filter(|k| !k.is_empty()).collect();
         if !listen.ip().is_loopback() && api_keys.is_empty() {
-            bail!(
-                "listening on {listen} makes the API reachable from other machines, which requires API keys: \
-                 set api_keys in the config file or RBEE_API_KEYS (comma-separated)"
-            );
+            return Err(ExposedWithoutKeys { listen }.into());
         }
         let slots = o.slots.unwrap_or(2);
         if slots == 0 {

@@ -26,9 +26,8 @@ const QUIT_GRACE: Duration = Duration::from_secs(5);
 struct Node(Mutex<Option<Running>>);
 
 struct Running {
+    /// Its shutdown begins with `state.begin_shutdown()`.
     state: AppState,
-    /// Fires the node's graceful shutdown.
-    stop: oneshot::Sender<()>,
     /// Completes when the node has stopped.
     stopped: oneshot::Receiver<()>,
 }
@@ -133,9 +132,8 @@ async fn run_node(app: AppHandle) {
     let url = node.url();
     // The one line scripts and tests wait for.
     println!("rbee app: chat at {url}");
-    let (stop_tx, stop_rx) = oneshot::channel();
     let (stopped_tx, stopped_rx) = oneshot::channel();
-    *app.state::<Node>().0.lock().expect("node lock") = Some(Running { state: node.state.clone(), stop: stop_tx, stopped: stopped_rx });
+    *app.state::<Node>().0.lock().expect("node lock") = Some(Running { state: node.state.clone(), stopped: stopped_rx });
     let tray = app.state::<Tray>();
     if let Err(e) = tray.pause.set_checked(!node.state.sharing()).and_then(|()| tray.pause.set_enabled(node.state.swarm.is_some())) {
         tracing::warn!(error = %e, "tray menu not updated");
@@ -161,12 +159,8 @@ async fn run_node(app: AppHandle) {
         });
     });
     tauri::async_runtime::spawn(keep_status(app.clone(), node.state.clone()));
-    if let Err(e) = node
-        .serve(async {
-            let _ = stop_rx.await;
-        })
-        .await
-    {
+    let stop = node.state.stopped();
+    if let Err(e) = node.serve(stop).await {
         tracing::error!("the node stopped: {e:#}");
     }
     let _ = stopped_tx.send(());
@@ -255,8 +249,8 @@ async fn quit(app: AppHandle) {
 /// Stops the node gracefully, waiting at most [`QUIT_GRACE`].
 async fn stop_node(app: &AppHandle) {
     let running = app.state::<Node>().0.lock().expect("node lock").take();
-    if let Some(Running { stop, stopped, .. }) = running {
-        let _ = stop.send(());
+    if let Some(Running { state, stopped }) = running {
+        state.begin_shutdown();
         if tokio::time::timeout(QUIT_GRACE, stopped).await.is_err() {
             tracing::warn!("requests still running after {QUIT_GRACE:?}; stopping anyway");
         }

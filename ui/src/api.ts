@@ -111,14 +111,19 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   } catch (e) {
     throw new Error(`The rbee node does not answer (${(e as Error).message}). Is it running?`);
   }
-  const text = await res.text();
+  return answer<T>(res.status, await res.text(), `${method} ${path}`);
+}
+
+/// A node's answer: its JSON, or an Error with the node's own message
+/// (OpenAI's `error.message`) when the status is not a success.
+function answer<T>(status: number, text: string, what: string): T {
   let json: any = null;
   try {
     json = text ? JSON.parse(text) : null;
   } catch {
     /* not JSON: reported below */
   }
-  if (!res.ok) throw new Error(json?.error?.message ?? `${method} ${path}: HTTP ${res.status}`);
+  if (status < 200 || status >= 300) throw new Error(json?.error?.message ?? `${what}: HTTP ${status}`);
   return json as T;
 }
 
@@ -152,14 +157,11 @@ export function importModel(file: File, onProgress: (fraction: number) => void):
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
     xhr.onerror = () => reject(new Error("The rbee node does not answer. Is it running?"));
     xhr.onload = () => {
-      let json: any = null;
       try {
-        json = JSON.parse(xhr.responseText);
-      } catch {
-        /* reported below */
+        resolve(answer<Model>(xhr.status, xhr.responseText, "import"));
+      } catch (e) {
+        reject(e);
       }
-      if (xhr.status >= 200 && xhr.status < 300) resolve(json as Model);
-      else reject(new Error(json?.error?.message ?? `import failed: HTTP ${xhr.status}`));
     };
     xhr.send(file);
   });

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, JsonBody};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, ExposedWithoutKeys, Overrides};
 
 /// A request from this machine; anything else is refused with 403.
 #[derive(Debug)]
@@ -88,16 +88,12 @@ pub async fn update(_: LocalCaller, State(s): State<AppState>, JsonBody(c): Json
         None => {}
     }
     // The file alone must make a node that starts (e.g. an address beyond
-    // loopback needs keys).
+    // loopback needs keys). The address and the swarm key were checked above.
     let layer: Overrides = table.clone().try_into().map_err(|e| ApiError::bad_body(format!("the config file would not parse: {e}")))?;
     if let Err(e) = Config::resolve(layer) {
-        let message = format!("{e:#}");
-        return Err(if message.contains("API keys") {
-            ApiError::invalid("api_keys", message)
-        } else if message.contains("listen") {
-            ApiError::invalid("listen", message)
-        } else {
-            ApiError::bad_body(format!("with this change {} would not start a node: {message}", file.display()))
+        return Err(match e.downcast_ref::<ExposedWithoutKeys>() {
+            Some(e) => ApiError::invalid("api_keys", e.to_string()),
+            None => ApiError::bad_body(format!("with this change {} would not start a node: {e:#}", file.display())),
         });
     }
     write_table(file, &table)?;
