@@ -35,6 +35,10 @@ export RBEE_FIXTURE
 export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 
 status=0
+# Style and lints first: a failure here is cheap to see. clippy covers the
+# app crate too (its system libraries are installed above).
+cargo fmt --all --check || status=1
+cargo clippy --workspace --all-targets --quiet -- -D warnings || status=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast --failure-output final "$@" || status=1
 else
@@ -47,10 +51,9 @@ e2e/openai/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
 e2e/browser/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
 # The desktop app: window, tray, a chat, Quit.
 e2e/app/run.sh "$CARGO_TARGET_DIR/debug/rbee" || status=1
-# The swarm on a LAN of network namespaces (needs root, as CI runs).
-if [ "$(id -u)" = 0 ]; then
-  python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1
-else
-  sudo -E python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1
-fi
+# A full disk (a small tmpfs) and the swarm on a LAN of network namespaces
+# (both need root, as CI runs).
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo -E"; fi
+$SUDO python3 e2e/disk/full.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1
+$SUDO python3 e2e/lan/lan.py "$CARGO_TARGET_DIR/debug/rbee" "$RBEE_FIXTURE" || status=1
 exit $status

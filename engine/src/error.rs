@@ -20,9 +20,7 @@ pub enum Error {
     ModelNotFound(String),
 
     /// Loading would not fit in the memory that is free now.
-    #[error(
-        "not enough memory to load `{model}`: needs about {needed_mib} MiB, {available_mib} MiB available"
-    )]
+    #[error("not enough memory to load `{model}`: needs about {needed_mib} MiB, {available_mib} MiB available")]
     OutOfMemory { model: String, needed_mib: u64, available_mib: u64 },
 
     /// Every slot is busy and the wait queue is full.
@@ -44,6 +42,11 @@ pub enum Error {
     /// Tokenizer construction or use failed.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+
+    /// A repository, file or revision name that cannot name a file on the
+    /// hub (or would name one outside the store); `field` says which.
+    #[error("{message}")]
+    InvalidName { field: &'static str, message: String },
 
     /// Downloading a model failed.
     #[error("download failed: {0}")]

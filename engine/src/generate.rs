@@ -148,8 +148,12 @@ pub struct Usage {
 /// What a generation stream carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Newly generated text: always whole UTF-8 characters.
-    Text(String),
+    /// Newly generated text (always whole UTF-8 characters) and how many
+    /// tokens were generated since the previous text: a token can end
+    /// mid-character or be held back while it may start a stop string, so
+    /// one text can stand for several. Summed over a generation they count
+    /// every token whose text was sent.
+    Text { text: String, tokens: usize },
     /// The last event of a successful generation.
     Done { finish: FinishReason, usage: Usage },
     /// The generation failed after it started.
@@ -220,16 +224,22 @@ fn run_inner(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingPa
     let mut stops = StopMatcher::new(&params.stop);
     let max_new = params.max_tokens.unwrap_or(usize::MAX);
     let mut generated = 0;
+    // Tokens generated since the last text sent.
+    let mut pending = 0;
     let finish = loop {
         let token = sampler.sample(&mut logits, &slot.tokens);
         if !params.ignore_eos && model.tokenizer.end_of_generation.contains(&token) {
             break FinishReason::Stop;
         }
         generated += 1;
+        pending += 1;
         if let Some(piece) = text.step(token)? {
             let (emit, stopped) = stops.push(&piece);
-            if !emit.is_empty() && tx.blocking_send(Event::Text(emit)).is_err() {
-                return Ok(());
+            if !emit.is_empty() {
+                if tx.blocking_send(Event::Text { text: emit, tokens: pending }).is_err() {
+                    return Ok(());
+                }
+                pending = 0;
             }
             if stopped {
                 break FinishReason::Stop;
@@ -245,7 +255,7 @@ fn run_inner(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingPa
         slot.tokens.push(token);
     };
     let rest = stops.flush();
-    if !rest.is_empty() && tx.blocking_send(Event::Text(rest)).is_err() {
+    if !rest.is_empty() && tx.blocking_send(Event::Text { text: rest, tokens: pending }).is_err() {
         return Ok(());
     }
     let usage = Usage {
@@ -286,12 +296,8 @@ impl StopMatcher {
             return (emit, true);
         }
         // Longest tail of `pending` that is a proper prefix of a stop string.
-        let hold = self
-            .stops
-            .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).find(|&n| self.pending.ends_with(&s[..n])))
-            .max()
-            .unwrap_or(0);
+        let hold =
+            self.stops.iter().flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).find(|&n| self.pending.ends_with(&s[..n]))).max().unwrap_or(0);
         let cut = self.pending.len() - hold;
         let emit = self.pending[..cut].to_string();
         self.pending.drain(..cut);

@@ -29,6 +29,89 @@ pub struct Gguf {
     data_offset: u64,
 }
 
+/// Most array elements the metadata of one file may hold, all arrays
+/// together. Each becomes a value of a few dozen bytes in memory, so a small
+/// file declaring one huge array of bytes would otherwise cost gigabytes
+/// before any check could refuse it. The largest real vocabularies (Gemma's
+/// 262 144 tokens with their scores and types, Llama 3's tokens and 280 000
+/// merges) hold under a million.
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
+
+/// Walks the metadata section of a GGUF file without allocating, checking
+/// that every length fits in the file and that all arrays together hold at
+/// most [`MAX_METADATA_ELEMENTS`].
+fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
+    struct Cur<'a> {
+        b: &'a [u8],
+        at: usize,
+        wide: bool,
+        elements: u64,
+    }
+    impl Cur<'_> {
+        fn take(&mut self, n: u64) -> std::result::Result<&[u8], String> {
+            let left = (self.b.len() - self.at) as u64;
+            if n > left {
+                return Err(format!("a length of {n} bytes at byte {} runs past the end of the file", self.at));
+            }
+            let s = &self.b[self.at..self.at + n as usize];
+            self.at += n as usize;
+            Ok(s)
+        }
+        fn u32(&mut self) -> std::result::Result<u32, String> {
+            Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        }
+        fn len(&mut self) -> std::result::Result<u64, String> {
+            if self.wide { Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))) } else { self.u32().map(u64::from) }
+        }
+        fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
+            let fixed = |ty: u32| match ty {
+                0 | 1 | 7 => Some(1u64),
+                2 | 3 => Some(2),
+                4..=6 => Some(4),
+                10..=12 => Some(8),
+                _ => None,
+            };
+            match ty {
+                8 => {
+                    let n = self.len()?;
+                    self.take(n).map(|_| ())
+                }
+                9 => {
+                    if depth > 2 {
+                        return Err("arrays nested too deep".into());
+                    }
+                    let inner = self.u32()?;
+                    let n = self.len()?;
+                    self.elements = self.elements.saturating_add(n);
+                    if self.elements > MAX_METADATA_ELEMENTS {
+                        return Err(format!("its arrays hold more than {MAX_METADATA_ELEMENTS} elements"));
+                    }
+                    match fixed(inner) {
+                        Some(size) => self.take(n.saturating_mul(size)).map(|_| ()),
+                        None => (0..n).try_for_each(|_| self.value(inner, depth + 1)),
+                    }
+                }
+                t => match fixed(t) {
+                    Some(size) => self.take(size).map(|_| ()),
+                    None => Err(format!("unknown value type {t}")),
+                },
+            }
+        }
+    }
+    let mut c = Cur { b: bytes, at: 4, wide: true, elements: 0 };
+    let version = c.u32()?;
+    c.wide = version >= 2;
+    let _tensors = c.len()?;
+    let kvs = c.len()?;
+    for _ in 0..kvs {
+        let key = c.len()?;
+        c.take(key)?;
+        let ty = c.u32()?;
+        c.value(ty, 0)?;
+    }
+    Ok(())
+}
+
 impl Gguf {
     /// Maps `path` and parses its header, checking that every tensor lies
     /// inside the file.
@@ -50,9 +133,15 @@ impl Gguf {
         if &map[..4] != b"GGUF" {
             return Err(invalid("it does not start with the GGUF magic bytes".into()));
         }
+        check_metadata(&map).map_err(|reason| {
+            invalid(if reason.contains("past the end") {
+                format!("header cannot be parsed ({reason}); the file may be truncated or corrupt")
+            } else {
+                format!("metadata refused before reading it: {reason}")
+            })
+        })?;
         let mut cursor = std::io::Cursor::new(&map[..]);
-        let content = Content::read(&mut cursor)
-            .map_err(|e| invalid(format!("header cannot be parsed ({e}); the file may be truncated or corrupt")))?;
+        let content = Content::read(&mut cursor).map_err(|e| invalid(format!("header cannot be parsed ({e}); the file may be truncated or corrupt")))?;
         for (name, info) in &content.tensor_infos {
             let elems: usize = info.shape.elem_count();
             let block = info.ggml_dtype.block_size();
@@ -62,9 +151,7 @@ impl Gguf {
             let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
             let end = content.tensor_data_offset + info.offset + bytes;
             if end > len {
-                return Err(invalid(format!(
-                    "truncated: tensor `{name}` ends at byte {end} but the file has only {len} bytes"
-                )));
+                return Err(invalid(format!("truncated: tensor `{name}` ends at byte {end} but the file has only {len} bytes")));
             }
         }
         Ok(Self {
@@ -155,18 +242,16 @@ impl Gguf {
     }
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensors.get(name).ok_or_else(|| Error::InvalidModel {
-            path: self.path.clone(),
-            reason: format!("tensor `{name}` is missing"),
-        })
+        self.tensors.get(name).ok_or_else(|| Error::InvalidModel { path: self.path.clone(), reason: format!("tensor `{name}` is missing") })
     }
 
     /// The most common quantized type among the 2-D weights, e.g. `Q4_K`.
     pub fn quantization(&self) -> String {
         if let Ok(ft) = self.get_u32("general.file_type")
-            && let Some(name) = file_type_name(ft) {
-                return name.to_string();
-            }
+            && let Some(name) = file_type_name(ft)
+        {
+            return name.to_string();
+        }
         let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
         for info in self.tensors.values().filter(|i| i.shape.rank() == 2) {
             *counts.entry(info.ggml_dtype).or_default() += 1;
@@ -316,9 +401,7 @@ impl<T: GgmlType> Mapped<T> {
         match &self.0 {
             // SAFETY: `Gguf::open` checked the range lies inside the map, `new`
             // checked alignment, and GgmlType blocks are plain old data.
-            Blocks::Mapped { map, start, count, .. } => unsafe {
-                std::slice::from_raw_parts(map.as_ptr().add(*start) as *const T, *count)
-            },
+            Blocks::Mapped { map, start, count, .. } => unsafe { std::slice::from_raw_parts(map.as_ptr().add(*start) as *const T, *count) },
             Blocks::Owned(v) => v,
         }
     }
@@ -429,5 +512,44 @@ mod tests {
         let a = q5.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let b = q8.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b);
+    }
+
+    /// A GGUF v3 header with one metadata entry `key` of `ty` holding `value`.
+    fn header(entries: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((entries.len() as u64).to_le_bytes());
+        for (k, ty, v) in entries {
+            b.extend((k.len() as u64).to_le_bytes());
+            b.extend(k.as_bytes());
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        b
+    }
+
+    fn array(inner: u32, n: u64, body: &[u8]) -> Vec<u8> {
+        let mut v = inner.to_le_bytes().to_vec();
+        v.extend(n.to_le_bytes());
+        v.extend(body);
+        v
+    }
+
+    #[test]
+    fn metadata_that_would_cost_gigabytes_is_refused_before_it_is_read() {
+        // 50 million one-byte elements: 50 MB on disk, ~1.6 GB as values.
+        let n = 50_000_000u64;
+        let bomb = header(&[("general.architecture", 8, [5u64.to_le_bytes().as_slice(), b"llama"].concat()), ("x", 9, array(0, n, &vec![0u8; n as usize]))]);
+        let err = super::check_metadata(&bomb).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+        // A length past the end of the file.
+        let short = header(&[("x", 8, [100u64.to_le_bytes().as_slice(), b"abc"].concat())]);
+        assert!(super::check_metadata(&short).unwrap_err().contains("past the end"));
+        let strings = header(&[("x", 9, array(8, 3, &[1u64.to_le_bytes().as_slice(), b"a", &1u64.to_le_bytes(), b"b", &1u64.to_le_bytes()].concat()))]);
+        assert!(super::check_metadata(&strings).is_err(), "third string missing");
+        // A real vocabulary's size passes.
+        let ok = header(&[("scores", 9, array(6, 262_144, &vec![0u8; 262_144 * 4])), ("n", 4, 7u32.to_le_bytes().to_vec())]);
+        super::check_metadata(&ok).unwrap();
     }
 }

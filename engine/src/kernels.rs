@@ -228,20 +228,12 @@ mod imp {
             unsafe {
                 let qh = std::ptr::read_unaligned(p.add(2) as *const u32);
                 let qs = _mm_loadu_si128(p.add(6) as *const __m128i);
-                let nibbles = _mm256_and_si256(
-                    _mm256_inserti128_si256(_mm256_castsi128_si256(qs), _mm_srli_epi16(qs, 4), 1),
-                    _mm256_set1_epi8(0x0F),
-                );
+                let nibbles = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(qs), _mm_srli_epi16(qs, 4), 1), _mm256_set1_epi8(0x0F));
                 // Byte j of `bits` is 0xFF when bit j of qh is set: spread
                 // qh's byte j/8 to byte j, then test bit j%8.
-                let spread = _mm256_shuffle_epi8(
-                    _mm256_set1_epi32(qh as i32),
-                    _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
-                );
-                let bits = _mm256_cmpeq_epi8(
-                    _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-                    _mm256_set1_epi8(-1),
-                );
+                let spread =
+                    _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+                let bits = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1));
                 // value = nibble + 16·bit - 16: with the bit set that is the
                 // nibble; without it, nibble - 16 = nibble | 0xF0 as a byte.
                 _mm256_or_si256(nibbles, _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)))
@@ -376,10 +368,7 @@ mod imp {
                     let h67 = _mm256_hadd_epi32(p(6), p(7));
                     let h0123 = _mm256_hadd_epi32(h01, h23);
                     let h4567 = _mm256_hadd_epi32(h45, h67);
-                    let sums = _mm256_add_epi32(
-                        _mm256_permute2x128_si256(h0123, h4567, 0x20),
-                        _mm256_permute2x128_si256(h0123, h4567, 0x31),
-                    );
+                    let sums = _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31));
                     let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(b * 8)), _mm256_set1_ps(scale(xb)));
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
                 }

@@ -91,9 +91,7 @@ impl Config {
         let n_layer = gguf.get_u32(&key("block_count"))? as usize;
         let invalid = |reason: String| Error::InvalidModel { path: gguf.path().to_path_buf(), reason };
         if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || n_layer == 0 || head_dim == 0 || !head_dim.is_multiple_of(2) {
-            return Err(invalid(format!(
-                "inconsistent attention shape: {n_head} heads, {n_head_kv} kv heads, head dim {head_dim}, {n_layer} layers"
-            )));
+            return Err(invalid(format!("inconsistent attention shape: {n_head} heads, {n_head_kv} kv heads, head dim {head_dim}, {n_layer} layers")));
         }
         let rope_dim = gguf.get_u32(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
         let sliding_window = gguf.get_u32(&key("attention.sliding_window")).ok().map(|v| v as usize).filter(|w| *w > 0);
@@ -187,7 +185,10 @@ enum Qkv {
 
 #[derive(Debug)]
 enum Ffn {
-    Gated { gate: Linear, up: Linear },
+    Gated {
+        gate: Linear,
+        up: Linear,
+    },
     /// Phi-3: gate and up stacked in one matrix, gate first.
     FusedGateUp(Linear),
 }
@@ -284,20 +285,8 @@ impl Weights {
                 sliding: cfg.is_sliding(i),
             });
         }
-        let rope_factors = if g.has_tensor("rope_freqs.weight") {
-            Some(g.tensor("rope_freqs.weight", &Device::Cpu)?.to_vec1::<f32>()?)
-        } else {
-            None
-        };
-        Ok(Self {
-            output_norm: g.tensor("output_norm.weight", device)?,
-            cfg,
-            embed,
-            layers,
-            output,
-            device: device.clone(),
-            rope_factors,
-        })
+        let rope_factors = if g.has_tensor("rope_freqs.weight") { Some(g.tensor("rope_freqs.weight", &Device::Cpu)?.to_vec1::<f32>()?) } else { None };
+        Ok(Self { output_norm: g.tensor("output_norm.weight", device)?, cfg, embed, layers, output, device: device.clone(), rope_factors })
     }
 
     pub fn device(&self) -> &Device {
@@ -335,11 +324,7 @@ impl Weights {
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let rot = |x: &Tensor| -> Result<Tensor> {
             let x = x.contiguous()?;
-            Ok(if self.cfg.arch == Arch::Llama {
-                candle_nn::rotary_emb::rope_i(&x, cos, sin)?
-            } else {
-                candle_nn::rotary_emb::rope(&x, cos, sin)?
-            })
+            Ok(if self.cfg.arch == Arch::Llama { candle_nn::rotary_emb::rope_i(&x, cos, sin)? } else { candle_nn::rotary_emb::rope(&x, cos, sin)? })
         };
         let hd = self.cfg.head_dim;
         let rd = self.cfg.rope_dim;
@@ -526,10 +511,11 @@ impl LayerKv {
             let nk = Tensor::zeros((1, kv, new_cap, hd), k.dtype(), k.device())?;
             let nv = Tensor::zeros((1, kv, new_cap, hd), v.dtype(), v.device())?;
             if let (Some(ok), Some(ov)) = (&self.k, &self.v)
-                && pos > 0 {
-                    nk.slice_set(&ok.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
-                    nv.slice_set(&ov.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
-                }
+                && pos > 0
+            {
+                nk.slice_set(&ok.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
+                nv.slice_set(&ov.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
+            }
             self.k = Some(nk);
             self.v = Some(nv);
         }

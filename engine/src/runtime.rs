@@ -126,10 +126,7 @@ impl Engine {
         let store = Store::open(&cfg.data_dir)?;
         let inner = Arc::new(Inner { store, cfg, loaded: Mutex::new(HashMap::new()), loading: Mutex::new(()) });
         let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("rbee-idle-reaper".into())
-            .spawn(move || reap_idle(weak))
-            .map_err(Error::io("starting the idle reaper"))?;
+        std::thread::Builder::new().name("rbee-idle-reaper".into()).spawn(move || reap_idle(weak)).map_err(Error::io("starting the idle reaper"))?;
         Ok(Self { inner })
     }
 
@@ -196,16 +193,10 @@ impl Engine {
         tracing::debug!(secs = opened.elapsed().as_secs_f64(), "GGUF header read");
         let mcfg = ModelConfig::from_gguf(&gguf)?;
         let context = mcfg.context_length.min(cfg.max_context);
-        let needed = gguf.weights_bytes() as u128
-            + (cfg.slots as u128) * (context as u128) * (mcfg.kv_bytes_per_token() as u128)
-            + (64u128 << 20);
+        let needed = gguf.weights_bytes() as u128 + (cfg.slots as u128) * (context as u128) * (mcfg.kv_bytes_per_token() as u128) + (64u128 << 20);
         let available = crate::hardware::available_memory();
         if needed > u128::from(available) {
-            return Err(Error::OutOfMemory {
-                model: entry.id,
-                needed_mib: u64::try_from(needed >> 20).unwrap_or(u64::MAX),
-                available_mib: available >> 20,
-            });
+            return Err(Error::OutOfMemory { model: entry.id, needed_mib: u64::try_from(needed >> 20).unwrap_or(u64::MAX), available_mib: available >> 20 });
         }
         let started = Instant::now();
         let model = Arc::new(Model::from_gguf(&gguf, &cfg.device, cfg.max_context)?);

@@ -60,7 +60,16 @@ pub struct Store {
     dir: PathBuf,
     conn: Mutex<Connection>,
     warnings: Vec<String>,
+    /// Held while a checked file is given its id and moved into place, so
+    /// two imports (or pulls) at once never pick the same id or both add
+    /// the same file.
+    placing: Mutex<()>,
 }
+
+/// Prefix of a file being imported into `models/`; locked while in use.
+pub const IMPORT_PREFIX: &str = ".import-";
+/// Prefix of a directory holding an upload the node is receiving.
+pub const UPLOAD_PREFIX: &str = ".upload-";
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY,
@@ -98,14 +107,15 @@ impl Store {
                 for ext in ["-wal", "-shm", "-journal"] {
                     let _ = std::fs::remove_file(data_dir.join(format!("catalog.sqlite{ext}")));
                 }
-                warnings.push(format!(
-                    "the model catalog was unreadable ({e}); moved it to {} and rebuilt it from the model files",
-                    aside.display()
-                ));
+                warnings.push(format!("the model catalog was unreadable ({e}); moved it to {} and rebuilt it from the model files", aside.display()));
                 Self::open_catalog(&db)?
             }
         };
-        let mut store = Self { dir: data_dir.to_path_buf(), conn: Mutex::new(conn), warnings };
+        let swept = sweep(&models);
+        if swept > 0 {
+            warnings.push(format!("removed {swept} unfinished imports or uploads left by an earlier run"));
+        }
+        let mut store = Self { dir: data_dir.to_path_buf(), conn: Mutex::new(conn), warnings, placing: Mutex::new(()) };
         let added = store.reconcile()?;
         if !existed && added > 0 {
             store.warnings.push(format!("the model catalog was missing; rebuilt it from {added} model files"));
@@ -193,7 +203,17 @@ impl Store {
         self.conn.lock().expect("catalog lock").execute(
             "INSERT OR REPLACE INTO models (id, source, path, size, sha256, architecture, quantization, context_length, added_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![e.id, source, e.path.to_string_lossy(), e.size as i64, e.sha256, e.architecture, e.quantization, e.context_length as i64, e.added_at as i64],
+            params![
+                e.id,
+                source,
+                e.path.to_string_lossy(),
+                e.size as i64,
+                e.sha256,
+                e.architecture,
+                e.quantization,
+                e.context_length as i64,
+                e.added_at as i64
+            ],
         )?;
         Ok(())
     }
@@ -209,7 +229,8 @@ impl Store {
     /// On a database failure.
     pub fn list(&self) -> Result<Vec<Entry>> {
         let conn = self.conn.lock().expect("catalog lock");
-        let mut stmt = conn.prepare("SELECT id, source, path, size, sha256, architecture, quantization, context_length, added_at FROM models ORDER BY added_at, id")?;
+        let mut stmt =
+            conn.prepare("SELECT id, source, path, size, sha256, architecture, quantization, context_length, added_at FROM models ORDER BY added_at, id")?;
         let rows = stmt.query_map([], row_to_entry)?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
@@ -249,15 +270,19 @@ impl Store {
         Config::from_gguf(&gguf)?;
         drop(gguf);
         let stem = path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "model".into());
-        let tmp = self.models_dir().join(format!(".import-{}-{}", std::process::id(), now()));
-        let sha = copy_hashing(path, &tmp, progress.as_ref())?;
+        // A name of its own (two imports at once must not share one), locked
+        // while in use so that a later start can tell a crash's leftover from
+        // an import still running, and removed if this fails.
+        let tmp = tempfile::Builder::new().prefix(IMPORT_PREFIX).tempfile_in(self.models_dir()).map_err(Error::io("creating a file in the model store"))?;
+        tmp.as_file().lock().map_err(Error::io("locking the import's file"))?;
+        let sha = copy_hashing(path, tmp.as_file(), progress.as_ref())?;
+        let _placing = self.placing.lock().expect("placing lock");
         if let Some(existing) = self.list()?.into_iter().find(|e| e.sha256 == sha) {
-            let _ = std::fs::remove_file(&tmp);
             return Ok(existing);
         }
         let id = self.free_id(&sanitize(&stem))?;
         let dest = self.models_dir().join(format!("{id}.gguf"));
-        std::fs::rename(&tmp, &dest).map_err(Error::io("moving the imported file into place"))?;
+        tmp.persist_noclobber(&dest).map_err(|e| Error::Io { context: "moving the imported file into place".into(), source: e.error })?;
         let entry = describe(&dest, &id, Source::Import { original: path.display().to_string() }, Some(sha))?;
         write_sidecar(&entry)?;
         self.insert(&entry)?;
@@ -275,6 +300,7 @@ impl Store {
     /// [`import`](Self::import).
     pub async fn pull(&self, endpoint: &str, repo: &str, file: &str, revision: &str, progress: Option<ProgressFn>) -> Result<Entry> {
         use hf_hub::api::tokio::ApiBuilder;
+        check_hub_names(repo, file, revision)?;
         let cache = self.dir.join("downloads");
         let api = ApiBuilder::new()
             .with_endpoint(endpoint.trim_end_matches('/').to_string())
@@ -285,13 +311,16 @@ impl Store {
             .map_err(|e| Error::Download(e.to_string()))?;
         let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
         let reporter = HubProgress { f: progress.clone(), done: Arc::new(std::sync::atomic::AtomicU64::new(0)) };
-        let pointer = api
-            .repo(hf_repo)
-            .download_with_progress(file, reporter)
-            .await
-            .map_err(|e| Error::Download(format!("{repo}/{file} from {endpoint}: {e}")))?;
+        let pointer =
+            api.repo(hf_repo).download_with_progress(file, reporter).await.map_err(|e| Error::Download(format!("{repo}/{file} from {endpoint}: {e}")))?;
         let blob = std::fs::canonicalize(&pointer).map_err(Error::io("resolving the downloaded file"))?;
-        let sha = hash_file(&blob)?;
+        // Gigabytes of reading: off the async threads.
+        let sha = {
+            let blob = blob.clone();
+            tokio::task::spawn_blocking(move || hash_file(&blob))
+                .await
+                .map_err(|e| Error::Io { context: "hashing the download".into(), source: std::io::Error::other(e) })??
+        };
         // For LFS files the hub's ETag is the sha256 of the content.
         let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) && etag != sha {
@@ -302,6 +331,7 @@ impl Store {
         let gguf = Gguf::open(&blob)?;
         Config::from_gguf(&gguf)?;
         drop(gguf);
+        let _placing = self.placing.lock().expect("placing lock");
         if let Some(existing) = self.list()?.into_iter().find(|e| e.sha256 == sha) {
             return Ok(existing);
         }
@@ -347,6 +377,35 @@ impl Store {
         }
         Ok(id)
     }
+}
+
+/// Checks the names of a pull before they reach hf-hub, which joins them
+/// into paths of the download cache (`refs/{revision}`, `snapshots/…/{file}`)
+/// and into URLs: only plain path segments, no `..`, nothing hidden.
+///
+/// # Errors
+/// [`Error::InvalidName`] naming the field and what a good one looks like.
+pub fn check_hub_names(repo: &str, file: &str, revision: &str) -> Result<()> {
+    fn plain(s: &str, max: usize, extra: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= max
+            && s.split('/').all(|seg| !seg.is_empty() && !seg.starts_with('.'))
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c) || extra.contains(c))
+    }
+    let bad = |field: &'static str, message: String| Err(Error::InvalidName { field, message });
+    if !(plain(repo, 200, "") && repo.split('/').count() == 2) {
+        return bad("repo", format!("{repo:?} is not a Hugging Face repository id such as unsloth/gemma-3-270m-it-GGUF"));
+    }
+    if !plain(file, 500, " +()[],=@") {
+        return bad("file", format!("{file:?} is not a file path in the repository, such as gemma-3-270m-it-Q4_K_M.gguf"));
+    }
+    if !file.to_ascii_lowercase().ends_with(".gguf") {
+        return bad("file", format!("{file:?} is not a GGUF file: rbee runs .gguf models"));
+    }
+    if !plain(revision, 200, "") {
+        return bad("revision", format!("{revision:?} is not a branch, tag or commit of the repository, such as main"));
+    }
+    Ok(())
 }
 
 fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
@@ -428,10 +487,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn copy_hashing(src: &Path, dst: &Path, progress: Option<&ProgressFn>) -> Result<String> {
+fn copy_hashing(src: &Path, mut to: &std::fs::File, progress: Option<&ProgressFn>) -> Result<String> {
     let mut from = std::fs::File::open(src).map_err(Error::io(format!("opening {}", src.display())))?;
     let total = from.metadata().map_err(Error::io("reading file size"))?.len();
-    let mut to = std::fs::File::create(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
     if let Some(p) = progress {
         p(Progress::Started { total, already: 0 });
     }
@@ -453,14 +511,41 @@ fn copy_hashing(src: &Path, dst: &Path, progress: Option<&ProgressFn>) -> Result
         }
         to.sync_all()
     })();
-    if let Err(e) = copy {
-        let _ = std::fs::remove_file(dst);
-        return Err(Error::Io { context: format!("copying {}", src.display()), source: e });
-    }
+    copy.map_err(|e| Error::Io { context: format!("copying {}", src.display()), source: e })?;
     if let Some(p) = progress {
         p(Progress::Finished);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// Removes what imports and uploads of earlier runs left in `models/` when
+/// they were killed: entries no running process holds a lock on (empty
+/// upload directories only once a minute old, as one may be about to get
+/// its file). Returns how many were removed.
+fn sweep(models: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(models) else { return 0 };
+    let unlocked = |p: &Path| std::fs::File::open(p).is_ok_and(|f| f.try_lock().is_ok());
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let stale = if name.starts_with(IMPORT_PREFIX) {
+            path.is_file() && unlocked(&path)
+        } else if name.starts_with(UPLOAD_PREFIX) && path.is_dir() {
+            let files: Vec<PathBuf> = std::fs::read_dir(&path).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|d| d.as_secs() > 60));
+            if files.is_empty() { old } else { files.iter().all(|f| unlocked(f)) }
+        } else {
+            false
+        };
+        if stale {
+            let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if gone.is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// Adapts hf-hub's progress callbacks to ours.
@@ -487,7 +572,32 @@ impl hf_hub::api::tokio::Progress for HubProgress {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::{check_hub_names, sanitize};
+
+    #[test]
+    fn hub_names_that_would_leave_the_store_are_refused() {
+        assert!(check_hub_names("unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf", "main").is_ok());
+        assert!(check_hub_names("a/b", "sub/dir/x (v2).gguf", "refs/pr/1").is_ok());
+        for (repo, file, rev, field) in [
+            ("a/b", "x.gguf", "../../../../tmp/x", "revision"),
+            ("a/b", "x.gguf", "main/..", "revision"),
+            ("a/b", "x.gguf", "/etc", "revision"),
+            ("a/b", "x.gguf", "ma\\in", "revision"),
+            ("a/b", "x.gguf", "", "revision"),
+            ("a/b", "../x.gguf", "main", "file"),
+            ("a/b", "/x.gguf", "main", "file"),
+            ("a/b", "x.bin", "main", "file"),
+            ("a/b", "a\0b.gguf", "main", "file"),
+            ("../b", "x.gguf", "main", "repo"),
+            ("a", "x.gguf", "main", "repo"),
+            ("a/b/c", "x.gguf", "main", "repo"),
+        ] {
+            match check_hub_names(repo, file, rev) {
+                Err(crate::Error::InvalidName { field: f, .. }) => assert_eq!(f, field, "{repo} {file} {rev}"),
+                other => panic!("{repo} {file} {rev}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn ids_are_file_name_safe() {

@@ -87,11 +87,7 @@ impl ChatTemplate {
     pub fn new(source: String, bos: String, eos: String, from_file: bool) -> Result<Self> {
         let mut env = Environment::new();
         // Hugging Face renders chat templates with these two switched on.
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(|e| Error::Template(e.to_string()))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
@@ -138,8 +134,7 @@ fn strftime_now(fmt: &str) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
     fmt.replace("%Y", &y.to_string())
         .replace("%m", &format!("{m:02}"))
         .replace("%d", &format!("{d:02}"))
@@ -157,7 +152,8 @@ mod tests {
 
     #[test]
     fn gemma_folds_system_into_first_user_turn() {
-        let out = render(GEMMA, &[Message::new("system", "Be brief."), Message::new("user", "Hi"), Message::new("assistant", "Hello!"), Message::new("user", "Bye")]);
+        let out =
+            render(GEMMA, &[Message::new("system", "Be brief."), Message::new("user", "Hi"), Message::new("assistant", "Hello!"), Message::new("user", "Bye")]);
         assert_eq!(
             out,
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
@@ -173,7 +169,10 @@ mod tests {
             render(LLAMA3, &msgs),
             "<bos><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         );
-        assert_eq!(render(INST, &[Message::new("user", "U"), Message::new("assistant", "A"), Message::new("user", "V")]), "<bos>[INST] U [/INST] A<eos>[INST] V [/INST]");
+        assert_eq!(
+            render(INST, &[Message::new("user", "U"), Message::new("assistant", "A"), Message::new("user", "V")]),
+            "<bos>[INST] U [/INST] A<eos>[INST] V [/INST]"
+        );
     }
 
     #[test]

@@ -344,18 +344,12 @@ impl Tokenizer {
         }
         for marker in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>"] {
             if let Some((id, _)) = vocab.iter().find(|(_, t)| *t == marker)
-                && vocab.ty(id) == TOKEN_CONTROL {
-                    end_of_generation.insert(id);
-                }
+                && vocab.ty(id) == TOKEN_CONTROL
+            {
+                end_of_generation.insert(id);
+            }
         }
-        Ok(Self {
-            add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(matches!(kind, Kind::Spm(_))),
-            vocab,
-            kind,
-            bos,
-            eos,
-            end_of_generation,
-        })
+        Ok(Self { add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(matches!(kind, Kind::Spm(_))), vocab, kind, bos, eos, end_of_generation })
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<bos>`,
@@ -380,9 +374,10 @@ impl Tokenizer {
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode(text)?;
         if let (true, Some(bos)) = (self.add_bos, self.bos)
-            && ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
         Ok(ids)
     }
 
@@ -473,9 +468,7 @@ fn pre_tokenizer_regex(pre: &str) -> &'static str {
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => {
             r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
         }
-        "qwen2" | "deepseek-r1-qwen" => {
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-        }
+        "qwen2" | "deepseek-r1-qwen" => r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
         _ => r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
     }
 }

@@ -180,7 +180,7 @@ fn run(engine: &Engine, id: &str, prompt: Prompt, params: SamplingParams) -> (Ve
     let mut chunks = Vec::new();
     while let Some(ev) = g.events.blocking_recv() {
         match ev {
-            Event::Text(t) => chunks.push(t),
+            Event::Text { text: t, .. } => chunks.push(t),
             Event::Done { finish, usage } => return (chunks, finish, usage),
             Event::Error(e) => panic!("{e}"),
         }
@@ -224,12 +224,8 @@ fn multibyte_text_streams_in_whole_characters() {
     let (_d, engine, id) = start_engine(1);
     // Gemma writes Japanese and emoji; each chunk is a String, so valid
     // UTF-8, and none may contain a replacement character from a split.
-    let (chunks, _, _) = run(
-        &engine,
-        &id,
-        Prompt::Text("日本語の文章：東京は日本の首都です。🐝🍯".into()),
-        SamplingParams { max_tokens: Some(40), ..SamplingParams::greedy() },
-    );
+    let (chunks, _, _) =
+        run(&engine, &id, Prompt::Text("日本語の文章：東京は日本の首都です。🐝🍯".into()), SamplingParams { max_tokens: Some(40), ..SamplingParams::greedy() });
     let text = chunks.concat();
     assert!(!text.is_empty());
     assert!(!text.contains('\u{FFFD}'), "{text:?}");
@@ -253,4 +249,34 @@ fn chat_follow_ups_reuse_the_cached_prefix_without_changing_the_answer() {
     let (cold, _, cold_usage) = run(&fresh_engine, &fresh_id, Prompt::Chat(second), params);
     assert_eq!(cold_usage.cached_tokens, 0);
     assert_eq!(warm.concat(), cold.concat(), "reusing the cache does not change the output");
+}
+
+#[test]
+fn text_events_count_every_token_they_stand_for_even_in_scripts_of_several_tokens_a_character() {
+    let (_d, engine, id) = start_engine(1);
+    // Japanese and emoji: characters the vocabulary often spells in bytes.
+    for prompt in ["日本の首都は東京です。京都は", "Bees 🐝🍯🌻 are"] {
+        let params = SamplingParams { max_tokens: Some(48), ..SamplingParams::greedy() };
+        let mut g = engine.generate(&id, Request { prompt: Prompt::Text(prompt.into()), params }).unwrap();
+        let (mut sum, mut most, mut usage) = (0, 0, None);
+        while let Some(ev) = g.events.blocking_recv() {
+            match ev {
+                Event::Text { tokens, .. } => {
+                    sum += tokens;
+                    most = most.max(tokens);
+                }
+                Event::Done { usage: u, .. } => usage = Some(u),
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+        let usage = usage.expect("done");
+        // Only the bytes of a character cut off by max_tokens (at most
+        // three tokens) may be left without text to carry them.
+        assert!(
+            sum <= usage.completion_tokens && usage.completion_tokens - sum <= 3,
+            "{prompt}: events count {sum} tokens, the answer has {}",
+            usage.completion_tokens
+        );
+        eprintln!("{prompt}: {sum} tokens, at most {most} in one event");
+    }
 }

@@ -21,7 +21,16 @@ fn engine_with(t: &Tiny, tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDir,
 fn request(max_tokens: usize, seed: u64) -> Request {
     Request {
         prompt: Prompt::Text("hello the world".into()),
-        params: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(seed), max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() },
+        params: SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(seed),
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        },
     }
 }
 
@@ -30,7 +39,7 @@ fn collect(mut g: rbee_engine::Generation) -> (String, FinishReason, usize) {
     let mut text = String::new();
     while let Some(ev) = g.events.blocking_recv() {
         match ev {
-            Event::Text(t) => text.push_str(&t),
+            Event::Text { text: t, .. } => text.push_str(&t),
             Event::Done { finish, usage } => return (text, finish, usage.completion_tokens),
             Event::Error(e) => panic!("generation failed: {e}"),
         }
@@ -96,7 +105,7 @@ fn dropping_the_receiver_stops_generation() {
         c.max_context = 1 << 20;
     });
     let mut g = engine.generate(&id, request(1 << 20, 5)).unwrap();
-    assert!(matches!(g.events.blocking_recv(), Some(Event::Text(_))));
+    assert!(matches!(g.events.blocking_recv(), Some(Event::Text { .. })));
     drop(g);
     // A million tokens would take minutes; cancelled, the slot frees at once.
     wait_until("slot freed after cancel", || engine.loaded()[0].busy == 0);

@@ -6,8 +6,8 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use rbee_engine::store::{Progress, ProgressFn, Source, Store, hash_file};
 use rbee_engine::Error;
+use rbee_engine::store::{Progress, ProgressFn, Source, Store, hash_file};
 use support::hub::{hub_for, serve, serve_empty};
 use support::{Tiny, tiny};
 
@@ -28,6 +28,25 @@ fn import_list_remove() {
     assert!(store.list().unwrap().is_empty());
     assert!(!e.path.exists());
     assert!(matches!(store.remove("my-model"), Err(Error::ModelNotFound(_))));
+}
+
+#[test]
+fn leftovers_of_killed_imports_are_swept_at_start_but_running_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let models = data.join("models");
+    std::fs::create_dir_all(models.join(".upload-dead")).unwrap();
+    std::fs::write(models.join(".import-dead"), vec![0u8; 4096]).unwrap();
+    std::fs::write(models.join(".upload-dead/m.gguf"), b"partial").unwrap();
+    // One still being written by someone else: locked.
+    std::fs::create_dir_all(models.join(".upload-live")).unwrap();
+    let live = std::fs::File::create(models.join(".upload-live/m.gguf")).unwrap();
+    live.lock().unwrap();
+    let store = Store::open(&data).unwrap();
+    assert!(store.warnings().iter().any(|w| w.contains("removed 2 unfinished")), "{:?}", store.warnings());
+    assert!(!models.join(".import-dead").exists());
+    assert!(!models.join(".upload-dead").exists());
+    assert!(models.join(".upload-live/m.gguf").exists());
 }
 
 #[test]

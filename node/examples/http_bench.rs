@@ -40,7 +40,7 @@ async fn direct(engine: &rbee_engine::Engine, model: &str) -> Result<Run> {
     let mut first = None;
     while let Some(ev) = g.events.recv().await {
         match ev {
-            Event::Text(_) => {
+            Event::Text { .. } => {
                 first.get_or_insert_with(Instant::now);
             }
             Event::Done { usage, .. } => {
@@ -100,18 +100,14 @@ async fn main() -> Result<()> {
     let gguf = args.next().context("usage: http_bench MODEL.gguf [REPEATS]")?;
     let repeats: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(15);
     let dir = tempfile::tempdir()?;
-    let cfg = Config::resolve(Overrides {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.path().to_path_buf()),
-        slots: Some(4),
-        ..Overrides::default()
-    })?;
+    let cfg =
+        Config::resolve(Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_path_buf()), slots: Some(4), ..Overrides::default() })?;
     let engine = rbee_engine::Engine::new(cfg.engine())?;
     let model = engine.store().import(std::path::Path::new(&gguf), None)?.id;
     engine.model(&model)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let state = rbee_node::AppState::new(engine.clone(), cfg);
+    let state = rbee_node::Service::new(engine.clone(), cfg);
     tokio::spawn(rbee_node::serve(listener, state, std::future::pending()));
     let client = reqwest::Client::new();
 

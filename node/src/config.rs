@@ -32,6 +32,9 @@ pub struct Overrides {
     pub api_keys: Option<Vec<String>>,
     /// Browser origins allowed to call the API besides loopback pages (`*` = any).
     pub cors_origins: Option<Vec<String>>,
+    /// Host names the API answers to besides IP addresses, `localhost` and
+    /// this machine's hostname (`*` = any, e.g. behind a reverse proxy).
+    pub allowed_hosts: Option<Vec<String>>,
     /// Concurrent sequences per loaded model.
     pub slots: Option<usize>,
     /// Requests that may wait for a busy model.
@@ -44,6 +47,13 @@ pub struct Overrides {
     pub shutdown_grace_secs: Option<f64>,
     /// Seconds without an event after which a stream carries a keep-alive comment.
     pub keep_alive_secs: Option<f64>,
+    /// Seconds a connection may take to send a request's headers (and may
+    /// sit idle between requests).
+    pub header_timeout_secs: Option<f64>,
+    /// Connections served at once (at most half the open-file limit).
+    pub max_connections: Option<usize>,
+    /// Largest model file accepted by `POST /api/models/import`, in MiB.
+    pub max_upload_mib: Option<u64>,
     /// The swarm's join code; without one the node runs alone.
     pub swarm_key: Option<String>,
     /// Peers to dial besides those mDNS finds (multiaddrs).
@@ -64,6 +74,7 @@ impl Overrides {
     /// # Errors
     /// When the file exists but cannot be read or parsed (unknown keys included).
     pub fn from_file(path: &Path) -> Result<Self> {
+        restrict(path);
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -81,24 +92,24 @@ impl Overrides {
         where
             T::Err: std::fmt::Display,
         {
-            v.filter(|v| !v.is_empty())
-                .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")))
-                .transpose()
+            v.filter(|v| !v.is_empty()).map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}"))).transpose()
         }
-        let list = |v: Option<String>| -> Option<Vec<String>> {
-            v.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        };
+        let list = |v: Option<String>| -> Option<Vec<String>> { v.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()) };
         Ok(Self {
             listen: get("RBEE_LISTEN").filter(|v| !v.is_empty()),
             data_dir: get("RBEE_DATA_DIR").filter(|v| !v.is_empty()).map(PathBuf::from),
             api_keys: list(get("RBEE_API_KEYS")),
             cors_origins: list(get("RBEE_CORS_ORIGINS")),
+            allowed_hosts: list(get("RBEE_ALLOWED_HOSTS")),
             slots: parse("RBEE_SLOTS", get("RBEE_SLOTS"))?,
             queue_depth: parse("RBEE_QUEUE_DEPTH", get("RBEE_QUEUE_DEPTH"))?,
             idle_timeout_secs: parse("RBEE_IDLE_TIMEOUT_SECS", get("RBEE_IDLE_TIMEOUT_SECS"))?,
             max_context: parse("RBEE_MAX_CONTEXT", get("RBEE_MAX_CONTEXT"))?,
             shutdown_grace_secs: parse("RBEE_SHUTDOWN_GRACE_SECS", get("RBEE_SHUTDOWN_GRACE_SECS"))?,
             keep_alive_secs: parse("RBEE_KEEP_ALIVE_SECS", get("RBEE_KEEP_ALIVE_SECS"))?,
+            header_timeout_secs: parse("RBEE_HEADER_TIMEOUT_SECS", get("RBEE_HEADER_TIMEOUT_SECS"))?,
+            max_connections: parse("RBEE_MAX_CONNECTIONS", get("RBEE_MAX_CONNECTIONS"))?,
+            max_upload_mib: parse("RBEE_MAX_UPLOAD_MIB", get("RBEE_MAX_UPLOAD_MIB"))?,
             swarm_key: get("RBEE_SWARM_KEY").filter(|v| !v.is_empty()),
             peers: list(get("RBEE_PEERS")),
             share: parse("RBEE_SHARE", get("RBEE_SHARE"))?,
@@ -117,12 +128,16 @@ impl Overrides {
             data_dir: over.data_dir.or(self.data_dir),
             api_keys: over.api_keys.or(self.api_keys),
             cors_origins: over.cors_origins.or(self.cors_origins),
+            allowed_hosts: over.allowed_hosts.or(self.allowed_hosts),
             slots: over.slots.or(self.slots),
             queue_depth: over.queue_depth.or(self.queue_depth),
             idle_timeout_secs: over.idle_timeout_secs.or(self.idle_timeout_secs),
             max_context: over.max_context.or(self.max_context),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             keep_alive_secs: over.keep_alive_secs.or(self.keep_alive_secs),
+            header_timeout_secs: over.header_timeout_secs.or(self.header_timeout_secs),
+            max_connections: over.max_connections.or(self.max_connections),
+            max_upload_mib: over.max_upload_mib.or(self.max_upload_mib),
             swarm_key: over.swarm_key.or(self.swarm_key),
             peers: over.peers.or(self.peers),
             share: over.share.or(self.share),
@@ -140,12 +155,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub api_keys: Vec<String>,
     pub cors_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     pub slots: usize,
     pub queue_depth: usize,
     pub idle_timeout: Duration,
     pub max_context: usize,
     pub shutdown_grace: Duration,
     pub keep_alive: Duration,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    /// Largest upload, in bytes.
+    pub max_upload: u64,
     pub swarm_key: Option<rbee_swarm::SwarmKey>,
     pub peers: Vec<rbee_swarm::Multiaddr>,
     pub share: bool,
@@ -185,9 +205,8 @@ impl Config {
     /// non-loopback address without API keys.
     pub fn resolve(o: Overrides) -> Result<Self> {
         let listen_text = o.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .with_context(|| format!("listen address {listen_text:?} is not IP:PORT (e.g. {DEFAULT_LISTEN} or 0.0.0.0:7833)"))?;
+        let listen: SocketAddr =
+            listen_text.parse().with_context(|| format!("listen address {listen_text:?} is not IP:PORT (e.g. {DEFAULT_LISTEN} or 0.0.0.0:7833)"))?;
         let secs = |name: &str, v: Option<f64>, default: f64| -> Result<Duration> {
             let v = v.unwrap_or(default);
             if !v.is_finite() || v < 0.0 {
@@ -207,6 +226,14 @@ impl Config {
         if keep_alive.is_zero() {
             bail!("keep_alive_secs must be greater than 0");
         }
+        let header_timeout = secs("header_timeout_secs", o.header_timeout_secs, 10.0)?;
+        if header_timeout.is_zero() {
+            bail!("header_timeout_secs must be greater than 0");
+        }
+        let max_connections = o.max_connections.unwrap_or(256);
+        if max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
         let swarm_key = o.swarm_key.as_deref().map(rbee_swarm::SwarmKey::from_join_code).transpose()?;
         let multiaddr = |what: &str, a: &str| -> Result<rbee_swarm::Multiaddr> {
             a.parse().with_context(|| format!("{what} {a:?} is not a multiaddr (e.g. /ip4/192.168.1.20/tcp/{DEFAULT_SWARM_PORT})"))
@@ -225,12 +252,16 @@ impl Config {
             data_dir: o.data_dir.unwrap_or_else(default_data_dir),
             api_keys,
             cors_origins: o.cors_origins.unwrap_or_default(),
+            allowed_hosts: o.allowed_hosts.unwrap_or_default(),
             slots,
             queue_depth: o.queue_depth.unwrap_or(16),
             idle_timeout: secs("idle_timeout_secs", o.idle_timeout_secs, 300.0)?,
             max_context: o.max_context.unwrap_or(8192).max(16),
             shutdown_grace: secs("shutdown_grace_secs", o.shutdown_grace_secs, 30.0)?,
             keep_alive,
+            header_timeout,
+            max_connections,
+            max_upload: o.max_upload_mib.unwrap_or(64 << 10).saturating_mul(1 << 20),
         })
     }
 
@@ -256,6 +287,29 @@ pub fn load(file: Option<PathBuf>, flags: Overrides) -> Result<Config> {
     let mut cfg = Config::resolve(layers)?;
     cfg.config_file = Some(file);
     Ok(cfg)
+}
+
+/// A config file others may read (written by hand, or by an older rbee)
+/// holds the API keys and the swarm key: it is made owner-only, with a warning.
+fn restrict(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {
+                    tracing::warn!(file = %path.display(), "the config file was readable by others; it holds secrets, so it is now readable by its owner only")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "the config file is readable by others and could not be restricted; it holds secrets")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// `rbee/` in the platform's data dir (`~/.local/share/rbee` on Linux).

@@ -72,6 +72,9 @@ pub enum Error {
     Invalid(&'static str, String),
     #[error("conversation store: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// SQLite's integrity check found damaged pages.
+    #[error("conversation store is damaged: {0}")]
+    Damaged(String),
     #[error("conversation store: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -133,19 +136,22 @@ fn check_title(title: &str) -> Result<String, Error> {
 
 impl Conversations {
     /// Opens (or creates) the store at `path`. A file SQLite cannot read as
-    /// a database is renamed to `PATH.unreadable-<ms>` and a new one begun.
+    /// a database, or whose pages fail its integrity check, is renamed to
+    /// `PATH.unreadable-<ms>` (its `-wal` beside it) and a new one begun.
     ///
     /// # Errors
     /// When neither the file nor a fresh one can be opened.
     pub fn open(path: &Path) -> Result<Self, Error> {
         match Self::open_at(path) {
             Ok(s) => Ok(s),
-            Err(Error::Sql(e)) if path.exists() => {
+            Err(e @ (Error::Sql(_) | Error::Damaged(_))) if path.exists() => {
                 let aside = PathBuf::from(format!("{}.unreadable-{}", path.display(), now_ms()));
                 tracing::warn!(error = %e, file = %path.display(), moved_to = %aside.display(), "conversation store unreadable; moved aside, starting a new one");
                 std::fs::rename(path, &aside)?;
+                // The write-ahead log may hold the newest messages: it goes
+                // with the file, never away.
                 for ext in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+                    let _ = std::fs::rename(format!("{}{ext}", path.display()), format!("{}{ext}", aside.display()));
                 }
                 Self::open_at(path)
             }
@@ -164,8 +170,12 @@ impl Conversations {
     fn open_at(path: &Path) -> Result<Self, Error> {
         let db = Connection::open(path)?;
         db.execute_batch(SCHEMA)?;
-        // Reading every table proves the file is a usable database.
-        db.query_row("SELECT (SELECT count(*) FROM conversations) + (SELECT count(*) FROM messages)", [], |r| r.get::<_, i64>(0))?;
+        // Damage inside the pages (a torn write, a bad sector) passes a
+        // count but fails every later query: check them all at start.
+        let check: Vec<String> = db.prepare("PRAGMA quick_check")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        if check.first().map(String::as_str) != Some("ok") {
+            return Err(Error::Damaged(check.into_iter().take(3).collect::<Vec<_>>().join("; ")));
+        }
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -210,7 +220,8 @@ impl Conversations {
     pub fn create(&self, title: &str, model: &str) -> Result<Conversation, Error> {
         let title = check_title(title)?;
         let (id, now) = (new_id(), now_ms());
-        self.db().execute("INSERT INTO conversations (id, title, model, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)", params![id, title, model, now])?;
+        self.db()
+            .execute("INSERT INTO conversations (id, title, model, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)", params![id, title, model, now])?;
         Ok(Conversation { id, title, model: model.to_string(), created_at: now, updated_at: now, messages: None })
     }
 
@@ -344,7 +355,14 @@ mod tests {
         let s = Conversations::open(&path).unwrap();
         let c = s.create("Trip", "gemma").unwrap();
         s.append(&c.id, &user("Where to?")).unwrap();
-        let answer = NewMessage { role: "assistant".into(), content: "Lisbon.".into(), model: Some("gemma".into()), node_id: Some("12D3".into()), tokens_per_sec: Some(41.5), note: None };
+        let answer = NewMessage {
+            role: "assistant".into(),
+            content: "Lisbon.".into(),
+            model: Some("gemma".into()),
+            node_id: Some("12D3".into()),
+            tokens_per_sec: Some(41.5),
+            note: None,
+        };
         s.append(&c.id, &answer).unwrap();
         drop(s);
         let s = Conversations::open(&path).unwrap();
@@ -409,8 +427,36 @@ mod tests {
         let s = Conversations::open(&path).unwrap();
         assert!(s.list(None).unwrap().is_empty());
         s.create("new", "").unwrap();
-        let aside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".unreadable-")).collect();
+        let aside: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".unreadable-")).collect();
         assert_eq!(aside.len(), 1);
         assert!(std::fs::read(aside[0].path()).unwrap().starts_with(b"this is not a database"));
+    }
+
+    #[test]
+    fn a_file_with_damaged_pages_is_moved_aside_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        {
+            let s = Conversations::open(&path).unwrap();
+            let c = s.create("kept", "").unwrap();
+            for i in 0..400 {
+                s.append(&c.id, &user(&format!("message {i}: {}", "words ".repeat(40)))).unwrap();
+            }
+            s.db().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        }
+        // Garbage over a page in the middle of the file: the header still
+        // reads, and counting rows may still work, but the pages do not.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 16 * 4096, "{}", bytes.len());
+        let mid = bytes.len() / 2 / 4096 * 4096;
+        bytes[mid..mid + 4096].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 7 + 13) as u8);
+        std::fs::write(&path, &bytes).unwrap();
+        let s = Conversations::open(&path).unwrap();
+        assert!(s.list(None).unwrap().is_empty(), "a new store");
+        s.create("new", "").unwrap();
+        let aside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".unreadable-")).collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), bytes, "the damaged file is kept as it was");
     }
 }

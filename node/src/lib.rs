@@ -9,20 +9,28 @@
 //! - [`node`]: one running node (store, swarm, API), as `rbee serve` and
 //!   the desktop app run it.
 //! - [`pulls`]: model downloads the UI starts, watches and cancels.
-//! - [`remote`]: running a request on the best node of the swarm, with
-//!   failover, and answering other nodes' requests.
-//! - [`server`]: serving on a listener with graceful shutdown.
+//! - [`dispatch`]: running a request on the best node of the swarm, with
+//!   failover, and answering other nodes' requests; its own error type,
+//!   which only [`api`] turns into HTTP answers.
+//! - [`server`]: serving on a listener with read timeouts, a connection
+//!   limit and graceful shutdown.
+//! - [`service`]: the node below its API ([`Service`]): engine, swarm,
+//!   sharing, speeds, pulls, conversations and its tasks.
+//! - [`metrics`]: what `/metrics` counts.
 //! - [`swarm`]: joining the swarm and keeping this node's record current in it.
 
 pub mod api;
 pub mod config;
 pub mod conversations;
+pub mod dispatch;
+pub mod metrics;
 pub mod node;
 pub mod pulls;
-pub mod remote;
 pub mod server;
+pub mod service;
 pub mod swarm;
 
-pub use api::{AppState, router};
+pub use api::router;
 pub use config::Config;
 pub use server::{serve, shutdown_signal};
+pub use service::Service;

@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Browser origin allowed to call the API besides loopback pages; repeatable, `*` = any [env: RBEE_CORS_ORIGINS].
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    /// A host name the API answers to besides IP addresses, localhost and this machine's hostname; repeatable, `*` = any [env: RBEE_ALLOWED_HOSTS].
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
     /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C [env: RBEE_SHUTDOWN_GRACE_SECS] [default: 30].
     #[arg(long)]
     shutdown_grace_secs: Option<f64>,
@@ -202,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
             idle_timeout_secs: a.idle_timeout_secs,
             max_context: a.max_context,
             cors_origins: (!a.cors_origins.is_empty()).then(|| a.cors_origins.clone()),
+            allowed_hosts: (!a.allowed_hosts.is_empty()).then(|| a.allowed_hosts.clone()),
             shutdown_grace_secs: a.shutdown_grace_secs,
             keep_alive_secs: a.keep_alive_secs,
             swarm_key: a.swarm_key.clone(),
@@ -260,38 +264,35 @@ fn peers(cfg: &Config, url: Option<String>) -> Result<()> {
         format!("http://{a}")
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let v: serde_json::Value = rt.block_on(async {
-        let mut req = reqwest::Client::new().get(format!("{}/api/swarm", base.trim_end_matches('/')));
-        if let Some(k) = cfg.api_keys.first() {
-            req = req.bearer_auth(k);
-        }
-        req.send().await?.error_for_status()?.json().await
-    })
-    .with_context(|| format!("asking the node at {base} (is `rbee serve` running?)"))?;
-    if v["enabled"] != true {
-        println!("{}", v["message"].as_str().unwrap_or("running alone"));
+    let v: rbee_node::swarm::View = rt
+        .block_on(async {
+            let mut req = reqwest::Client::new().get(format!("{}/api/swarm", base.trim_end_matches('/')));
+            if let Some(k) = cfg.api_keys.first() {
+                req = req.bearer_auth(k);
+            }
+            req.send().await?.error_for_status()?.json().await
+        })
+        .with_context(|| format!("asking the node at {base} (is `rbee serve` running?)"))?;
+    if !v.enabled {
+        println!("{}", v.message.as_deref().unwrap_or("running alone"));
         return Ok(());
     }
-    println!("swarm key {} · this node {}", v["swarm_key_fingerprint"].as_str().unwrap_or(""), v["node_id"].as_str().unwrap_or(""));
+    let this = v.node_id.as_ref().map(ToString::to_string).unwrap_or_default();
+    println!("swarm key {} · this node {this}", v.swarm_key_fingerprint.as_deref().unwrap_or(""));
     println!("{:<14} {:<16} {:<5} {:>7} {:>8}  {:<30} ON DISK", "NODE", "HOST", "STATE", "SEEN", "RTT", "LOADED (busy/slots, tok/s)");
-    for p in v["peers"].as_array().into_iter().flatten() {
-        let id = p["node_id"].as_str().unwrap_or("");
+    for p in &v.peers {
+        let id = p.peer.node_id.as_str();
         let short = if id.len() > 12 { &id[id.len() - 12..] } else { id };
-        let r = &p["record"];
-        let loaded: Vec<String> = r["models_loaded"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| format!("{} {}/{} {:.0}", m["id"].as_str().unwrap_or(""), m["busy"], m["slots"], m["decode_tps"].as_f64().unwrap_or(0.0)))
-            .collect();
-        let disk: Vec<&str> = r["models_on_disk"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+        let r = &p.peer.record;
+        let loaded: Vec<String> = r.models_loaded.iter().map(|m| format!("{} {}/{} {:.0}", m.id, m.busy, m.slots, m.decode_tps)).collect();
+        let disk: Vec<&str> = r.models_on_disk.iter().map(|m| m.id.as_str()).collect();
         println!(
             "{:<14} {:<16} {:<5} {:>6}s {:>8}  {:<30} {}",
-            format!("{short}{}", if p["local"] == true { "*" } else { "" }),
-            r["hostname"].as_str().unwrap_or(""),
-            if p["up"] == true { "up" } else { "down" },
-            p["last_seen_ms"].as_u64().unwrap_or(0) / 1000,
-            p["rtt_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms")),
+            format!("{short}{}", if p.peer.local { "*" } else { "" }),
+            r.hostname,
+            if p.peer.up { "up" } else { "down" },
+            p.peer.last_seen_ms / 1000,
+            p.rtt_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms")),
             loaded.join(", "),
             disk.join(", ")
         );
@@ -344,7 +345,7 @@ fn chat(cfg: &Config, model: Option<String>, system: Option<String>, temperature
         let mut answer = String::new();
         while let Some(ev) = g.events.blocking_recv() {
             match ev {
-                Event::Text(t) => {
+                Event::Text { text: t, .. } => {
                     out.write_all(t.as_bytes())?;
                     out.flush()?;
                     answer.push_str(&t);
@@ -372,9 +373,7 @@ fn open_engine(data_dir: &Path, slots: usize) -> Result<Engine> {
 fn progress_bar(msg: &str) -> (ProgressBar, ProgressFn) {
     let bar = ProgressBar::new(0).with_message(msg.to_string());
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
     );
     let b = bar.clone();
     let f: ProgressFn = Arc::new(move |p| match p {
@@ -451,14 +450,14 @@ fn generate(data_dir: &Path, a: GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(ev) = generation.events.blocking_recv() {
         match ev {
-            Event::Text(t) => {
+            Event::Text { text: t, .. } => {
                 out.write_all(t.as_bytes())?;
                 out.flush()?;
             }
             Event::Done { usage, finish } => {
                 writeln!(out)?;
                 out.flush()?;
-                let prompt_tps = (usage.prompt_tokens - usage.cached_tokens) as f64 / usage.prompt_secs.max(1e-9);
+                let prompt_tps = usage.prompt_tokens.saturating_sub(usage.cached_tokens) as f64 / usage.prompt_secs.max(1e-9);
                 let decode_tps = usage.completion_tokens.saturating_sub(1) as f64 / usage.decode_secs.max(1e-9);
                 if a.stats_json {
                     let stats = serde_json::json!({
@@ -475,14 +474,7 @@ fn generate(data_dir: &Path, a: GenerateArgs) -> Result<()> {
                 if a.stats {
                     eprintln!(
                         "load: {load_secs:.2}s; prompt: {} tokens ({} cached) in {:.2}s, {:.1} tok/s; generated: {} tokens in {:.2}s, {:.1} tok/s; finish: {:?}",
-                        usage.prompt_tokens,
-                        usage.cached_tokens,
-                        usage.prompt_secs,
-                        prompt_tps,
-                        usage.completion_tokens,
-                        usage.decode_secs,
-                        decode_tps,
-                        finish
+                        usage.prompt_tokens, usage.cached_tokens, usage.prompt_secs, prompt_tps, usage.completion_tokens, usage.decode_secs, decode_tps, finish
                     );
                 }
                 return Ok(());

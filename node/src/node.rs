@@ -8,15 +8,15 @@ use anyhow::{Context, Result};
 use rbee_engine::Engine;
 use tokio::net::TcpListener;
 
-use crate::api::AppState;
 use crate::config::Config;
+use crate::service::Service;
 
 /// A node that has opened its model store, bound its API address and joined
 /// its swarm (when it has a key), and is ready to [`serve`](Node::serve).
 #[derive(Debug)]
 pub struct Node {
     /// What the API's handlers share: the engine, the swarm, the settings.
-    pub state: AppState,
+    pub state: Service,
     /// The address the API is bound to (the configured port, or the one the
     /// system chose for port 0).
     pub addr: SocketAddr,
@@ -36,9 +36,9 @@ pub async fn start(cfg: Config) -> Result<Node> {
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {} (is another rbee running?)", cfg.listen))?;
     let addr = listener.local_addr()?;
     let swarm = crate::swarm::start(&cfg)?;
-    let state = AppState::new(engine, cfg).with_swarm(swarm.clone());
+    let state = Service::new(engine, cfg).with_swarm(swarm.clone());
     if let Some(client) = swarm {
-        crate::remote::serve(state.clone(), &client)?;
+        crate::dispatch::serve(state.clone(), &client)?;
         crate::swarm::publish(state.clone(), client, addr);
     }
     let models = state.engine.store().list()?.len();
@@ -61,8 +61,23 @@ impl Node {
     ///
     /// # Errors
     /// When accepting connections fails.
+    ///
+    /// Then, in order: the background tasks (record publisher, peers'
+    /// requests, pulls) stop, the node leaves its swarm (peers mark it down at
+    /// once), and every task it started has ended before this returns (or a
+    /// few seconds passed, which is logged).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let state = self.state.clone();
         crate::server::serve(self.listener, self.state, shutdown).await?;
+        state.background.cancel();
+        if let Some(client) = &state.swarm {
+            client.leave().await;
+            tracing::info!("left the swarm");
+        }
+        state.tasks.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), state.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = state.tasks.len(), "tasks still running after the node stopped");
+        }
         tracing::info!("stopped");
         Ok(())
     }

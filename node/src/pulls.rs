@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use rbee_engine::Engine;
 use rbee_engine::store::{Progress, ProgressFn};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where a pull stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,13 +47,22 @@ struct Slot {
 }
 
 /// Every pull since the node started (finished ones until dismissed).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pulls {
     slots: Arc<Mutex<Vec<Slot>>>,
     next: AtomicU64,
+    /// Where pulls run, and what stops them when the node stops.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Pulls {
+    /// Pulls that run on `tasks` and are stopped by `stop` (the partial
+    /// file stays, to resume).
+    pub fn new(tasks: TaskTracker, stop: CancellationToken) -> Self {
+        Self { slots: Arc::default(), next: AtomicU64::new(0), tasks, stop }
+    }
+
     /// Starts pulling `repo`/`file` into `engine`'s store from `endpoint`; a
     /// pull of the same file that is still running is returned instead of
     /// starting a second one.
@@ -77,8 +88,12 @@ impl Pulls {
             })
         };
         let (repo, file, revision) = (pull.repo.clone(), pull.file.clone(), pull.revision.clone());
-        let task = tokio::spawn(async move {
-            let result = engine.store().pull(&endpoint, &repo, &file, &revision, Some(progress)).await;
+        let stop = self.stop.clone();
+        let task = self.tasks.spawn(async move {
+            let result = tokio::select! {
+                r = engine.store().pull(&endpoint, &repo, &file, &revision, Some(progress)) => r,
+                () = stop.cancelled() => return,
+            };
             update(&shared, id, |pull| match result {
                 Ok(entry) => {
                     tracing::info!(model = %entry.id, %repo, %file, "pulled");

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rbee_swarm::NodeRecord;
 use rbee_swarm::record::{LoadedModel, ModelOnDisk};
+use rbee_swarm::{NodeId, NodeRecord, PeerView};
+use serde::{Deserialize, Serialize};
 
-use crate::api::AppState;
 use crate::config::Config;
+use crate::service::Service;
 
 /// How often this node's record is rebuilt (the swarm gossips it when it changed).
 const REFRESH: Duration = Duration::from_secs(1);
@@ -34,9 +35,10 @@ pub fn start(cfg: &Config) -> Result<Option<rbee_swarm::Client>> {
     Ok(Some(client))
 }
 
-/// Keeps this node's record in the swarm current until the swarm stops.
-pub fn publish(state: AppState, client: rbee_swarm::Client, api: SocketAddr) {
-    tokio::spawn(async move {
+/// Keeps this node's record in the swarm current until the node stops.
+pub fn publish(state: Service, client: rbee_swarm::Client, api: SocketAddr) {
+    let stop = state.background.clone();
+    state.tasks.clone().spawn(async move {
         let hw = tokio::task::spawn_blocking(rbee_engine::hardware::probe).await.ok();
         let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into());
         let devices: Vec<String> = hw
@@ -50,7 +52,10 @@ pub fn publish(state: AppState, client: rbee_swarm::Client, api: SocketAddr) {
         let ram_total = hw.as_ref().map_or(0, |h| h.ram_total);
         let mut tick = tokio::time::interval(REFRESH);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
             let record = record(&state, &hostname, &devices, ram_total, api);
             if client.update(record).await.is_err() {
                 return;
@@ -59,7 +64,7 @@ pub fn publish(state: AppState, client: rbee_swarm::Client, api: SocketAddr) {
     });
 }
 
-fn record(state: &AppState, hostname: &str, devices: &[String], ram_total: u64, api: SocketAddr) -> NodeRecord {
+fn record(state: &Service, hostname: &str, devices: &[String], ram_total: u64, api: SocketAddr) -> NodeRecord {
     let models_on_disk = state
         .engine
         .store()
@@ -96,30 +101,56 @@ fn record(state: &AppState, hostname: &str, devices: &[String], ram_total: u64, 
     }
 }
 
+/// `GET /api/swarm`'s body (and each event of `/api/swarm/events`), as
+/// `rbee peers` reads it back and `ui/src/api.ts` declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    /// Whether this node is in a swarm (it has a swarm key).
+    pub enabled: bool,
+    /// Why not, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_key_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_messages: Option<u64>,
+    /// Every node in the registry, this one first.
+    pub peers: Vec<Peer>,
+}
+
+/// One node as the registry holds it, with the round trip measured to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    #[serde(flatten)]
+    pub peer: PeerView,
+    pub rtt_ms: Option<f64>,
+}
+
 /// `GET /api/swarm`'s body.
-pub fn view(state: &AppState) -> serde_json::Value {
+pub fn view(state: &Service) -> View {
     let Some(client) = &state.swarm else {
-        return serde_json::json!({
-            "enabled": false,
-            "message": "running alone: no swarm key (create one with `rbee swarm init`, then start with --swarm-key CODE)",
-            "peers": [],
-        });
+        return View {
+            enabled: false,
+            message: Some("running alone: no swarm key (create one with `rbee swarm init`, then start with --swarm-key CODE)".into()),
+            node_id: None,
+            swarm_key_fingerprint: None,
+            share: None,
+            rejected_messages: None,
+            peers: Vec::new(),
+        };
     };
-    let peers: Vec<serde_json::Value> = client
-        .peers()
-        .iter()
-        .map(|p| {
-            let mut v = serde_json::to_value(p).unwrap_or_default();
-            v["rtt_ms"] = client.rtt(&p.node_id).map_or(serde_json::Value::Null, |d| serde_json::json!(d.as_secs_f64() * 1e3));
-            v
-        })
-        .collect();
-    serde_json::json!({
-        "enabled": true,
-        "node_id": client.peer_id.to_string(),
-        "swarm_key_fingerprint": client.fingerprint,
-        "share": state.sharing(),
-        "rejected_messages": client.stats.rejected.load(std::sync::atomic::Ordering::Relaxed),
-        "peers": peers,
-    })
+    let peers = client.peers().iter().map(|p| Peer { rtt_ms: client.rtt(&p.node_id).map(|d| d.as_secs_f64() * 1e3), peer: p.clone() }).collect();
+    View {
+        enabled: true,
+        message: None,
+        node_id: Some(NodeId::from(client.peer_id)),
+        swarm_key_fingerprint: Some(client.fingerprint.clone()),
+        share: Some(state.sharing()),
+        rejected_messages: Some(client.stats.rejected.load(std::sync::atomic::Ordering::Relaxed)),
+        peers,
+    }
 }

@@ -49,7 +49,9 @@ async fn every_bad_input_gets_its_status_and_error_object_and_the_node_keeps_ser
         let (s, e) = error_of(node.post("/v1/chat/completions", &chat("hi", extra.clone())).send().await.unwrap()).await;
         assert_eq!((s, e["param"].as_str()), (400, Some(param)), "{extra}: {e}");
     }
-    let (s, e) = error_of(node.post("/v1/chat/completions", &json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})).send().await.unwrap()).await;
+    let (s, e) =
+        error_of(node.post("/v1/chat/completions", &json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})).send().await.unwrap())
+            .await;
     assert_eq!((s, e["code"].as_str(), e["param"].as_str()), (404, Some("model_not_found"), Some("model")));
     let (s, e) = error_of(node.post("/v1/completions", &json!({"model": "no-such-model", "prompt": "x"})).send().await.unwrap()).await;
     assert_eq!((s, e["code"].as_str()), (404, Some("model_not_found")));
@@ -79,7 +81,10 @@ async fn every_bad_input_gets_its_status_and_error_object_and_the_node_keeps_ser
 async fn a_stream_has_one_identity_role_first_one_finish_usage_last_then_done() {
     let node = TestNode::start(|_| {}).await;
     let res = node
-        .post("/v1/chat/completions", &chat("Tell me about bees.", json!({"max_tokens": 12, "stream": true, "stream_options": {"include_usage": true}, "temperature": 0})))
+        .post(
+            "/v1/chat/completions",
+            &chat("Tell me about bees.", json!({"max_tokens": 12, "stream": true, "stream_options": {"include_usage": true}, "temperature": 0})),
+        )
         .send()
         .await
         .unwrap();
@@ -119,7 +124,8 @@ async fn a_stream_has_one_identity_role_first_one_finish_usage_last_then_done() 
     assert_eq!(whole["choices"][0]["finish_reason"], "length");
     assert_eq!(whole["usage"]["total_tokens"], whole["usage"]["prompt_tokens"].as_u64().unwrap() + 12);
     assert!(whole["timings"]["decode_tokens_per_sec"].as_f64().unwrap() > 0.0);
-    let res = node.post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "stream": true})).send().await.unwrap();
+    let res =
+        node.post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "stream": true})).send().await.unwrap();
     let (events, _) = Sse::new(res).all().await;
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert!(chunks.iter().all(|c| c.get("usage").is_none() && c["object"] == "text_completion"));
@@ -187,7 +193,10 @@ async fn four_concurrent_streams_all_finish_and_long_prompts_get_keep_alives() {
     let node = TestNode::start(|o| o.keep_alive_secs = Some(0.005)).await;
     let mut tasks = Vec::new();
     for i in 0..4 {
-        let req = node.post("/v1/chat/completions", &chat(&format!("Count to {i}."), json!({"max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}})));
+        let req = node.post(
+            "/v1/chat/completions",
+            &chat(&format!("Count to {i}."), json!({"max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}})),
+        );
         tasks.push(tokio::spawn(async move { Sse::new(req.send().await.unwrap()).all().await }));
     }
     for t in tasks {
@@ -271,7 +280,7 @@ async fn beyond_loopback_other_machines_need_a_configured_key() {
         ..Default::default()
     })
     .unwrap();
-    let state = rbee_node::AppState::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
+    let state = rbee_node::Service::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
     let call = |peer: &str, key: Option<&str>, path: &str| {
         let app = rbee_node::router(state.clone()).layer(MockConnectInfo(peer.parse::<std::net::SocketAddr>().unwrap()));
         let mut req = axum::http::Request::get(path);

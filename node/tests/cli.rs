@@ -69,7 +69,15 @@ fn generate_streams_a_sensible_continuation_and_seeds_repeat() {
 
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["serve", "--help"], &["chat", "--help"], &["models", "--help"], &["models", "pull", "--help"], &["generate", "--help"], &["hw", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["chat", "--help"],
+        &["models", "--help"],
+        &["models", "pull", "--help"],
+        &["generate", "--help"],
+        &["hw", "--help"],
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_rbee")).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8(out.stdout).unwrap().contains("Usage: rbee"), "{args:?}");
@@ -118,7 +126,8 @@ impl Served {
             .unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("rbee listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).trim_end_matches("/v1").to_string();
+        let url =
+            line.trim().strip_prefix("rbee listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).trim_end_matches("/v1").to_string();
         Self { child, url, _dir: dir }
     }
 

@@ -257,7 +257,7 @@ async fn settings_are_closed_to_other_machines() {
     })
     .unwrap();
     cfg.config_file = Some(dir.path().join("config.toml"));
-    let state = rbee_node::AppState::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
+    let state = rbee_node::Service::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
     let from = |ip: [u8; 4]| axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::from((ip, 50000)));
     let req = |method: &str, path: &str| {
         axum::http::Request::builder()

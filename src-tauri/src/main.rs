@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rbee_node::AppState;
+use rbee_node::Service;
 use tauri::menu::{CheckMenuItem, CheckMenuItemBuilder, MenuBuilder, MenuItem, MenuItemBuilder};
 use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager, RunEvent, WindowEvent};
@@ -27,13 +27,13 @@ struct Node(Mutex<Option<Running>>);
 
 struct Running {
     /// Its shutdown begins with `state.begin_shutdown()`.
-    state: AppState,
+    state: Service,
     /// Completes when the node has stopped.
     stopped: oneshot::Receiver<()>,
 }
 
 impl Node {
-    fn state(&self) -> Option<AppState> {
+    fn state(&self) -> Option<Service> {
         self.0.lock().expect("node lock").as_ref().map(|r| r.state.clone())
     }
 }
@@ -96,16 +96,15 @@ fn tray(app: &AppHandle) -> tauri::Result<Tray> {
     let pause = CheckMenuItemBuilder::with_id("pause", "Pause sharing").checked(false).enabled(false).build(app)?;
     let quit_item = MenuItemBuilder::with_id("quit", "Quit rbee").build(app)?;
     let menu = MenuBuilder::new(app).item(&open).item(&status).separator().item(&pause).separator().item(&quit_item).build()?;
-    let mut builder = TrayIconBuilder::with_id("rbee").tooltip("rbee").menu(&menu).show_menu_on_left_click(true).on_menu_event(|app, event| {
-        match event.id().as_ref() {
+    let mut builder =
+        TrayIconBuilder::with_id("rbee").tooltip("rbee").menu(&menu).show_menu_on_left_click(true).on_menu_event(|app, event| match event.id().as_ref() {
             "open" => show_window(app),
             "pause" => toggle_sharing(app),
             "quit" => {
                 tauri::async_runtime::spawn(quit(app.clone()));
             }
             _ => {}
-        }
-    });
+        });
     if let Some(icon) = app.default_window_icon() {
         builder = builder.icon(icon.clone());
     }
@@ -167,35 +166,12 @@ async fn run_node(app: AppHandle) {
 }
 
 /// Keeps the tray's status line current: peers and the models ready.
-async fn keep_status(app: AppHandle, state: AppState) {
+async fn keep_status(app: AppHandle, state: Service) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        set_status(&app, &status_line(&state));
+        set_status(&app, &state.status().to_string());
     }
-}
-
-/// "3 peers · gemma-3-270m ready", "alone · 2 models", "sharing paused".
-fn status_line(state: &AppState) -> String {
-    let peers = match &state.swarm {
-        None => "alone".to_string(),
-        Some(c) => match c.peers().iter().filter(|p| p.up && !p.local).count() {
-            1 => "1 peer".to_string(),
-            n => format!("{n} peers"),
-        },
-    };
-    let loaded = state.engine.loaded();
-    let models = match loaded.as_slice() {
-        [one] => format!("{} ready", one.id),
-        [] => match state.engine.store().list().map(|l| l.len()).unwrap_or(0) {
-            0 => "no models yet".to_string(),
-            1 => "1 model".to_string(),
-            n => format!("{n} models"),
-        },
-        many => format!("{} models ready", many.len()),
-    };
-    let paused = if state.swarm.is_some() && !state.sharing() { " · sharing paused" } else { "" };
-    format!("{peers} · {models}{paused}")
 }
 
 fn set_status(app: &AppHandle, text: &str) {
@@ -212,7 +188,7 @@ fn toggle_sharing(app: &AppHandle) {
     state.set_sharing(!state.sharing());
     let t = app.state::<Tray>();
     let _ = t.pause.set_checked(!state.sharing());
-    set_status(app, &status_line(&state));
+    set_status(app, &state.status().to_string());
 }
 
 fn show_window(app: &AppHandle) {

@@ -121,7 +121,10 @@ async fn main() {
     let Some(_) = converged else {
         let worst = clients.iter().map(up).min().unwrap_or(0);
         let (o, c) = clients.iter().fold((0, 0), |(o, c), x| {
-            (o + x.stats.connections_opened.load(std::sync::atomic::Ordering::Relaxed), c + x.stats.connections_closed.load(std::sync::atomic::Ordering::Relaxed))
+            (
+                o + x.stats.connections_opened.load(std::sync::atomic::Ordering::Relaxed),
+                c + x.stats.connections_closed.load(std::sync::atomic::Ordering::Relaxed),
+            )
         });
         println!("{n} nodes ({topology}): NOT converged within 60 s (a registry lists only {worst}; connections opened {o}, closed {c})");
         std::process::exit(1);
@@ -169,7 +172,7 @@ async fn main() {
     let mut times = Vec::new();
     for round in 0..5 {
         let who = &clients[round * 7 % n];
-        let wid = who.peer_id.to_string();
+        let wid = rbee_swarm::NodeId::from(who.peer_id);
         let host = format!("changed-{round}");
         let t0 = Instant::now();
         who.update(rbee_swarm::NodeRecord { hostname: host.clone(), share: true, ..Default::default() }).await.expect("update");
@@ -181,14 +184,19 @@ async fn main() {
     }
     times.sort_by(f64::total_cmp);
     if !times.is_empty() {
-        println!("  a record change in every registry after {:.0} ms (median of {}; worst {:.0} ms)", times[times.len() / 2], times.len(), times[times.len() - 1]);
+        println!(
+            "  a record change in every registry after {:.0} ms (median of {}; worst {:.0} ms)",
+            times[times.len() / 2],
+            times.len(),
+            times[times.len() - 1]
+        );
     }
 
     // One more node joins the converged swarm.
     let b = if topology == "mesh" { bootstrap_for("mesh", &nodes) } else { vec![nodes.choose(&mut rand::rng()).expect("nodes").addr.clone()] };
     let t0 = Instant::now();
     let new = start(key, b);
-    let id = new.client.peer_id.to_string();
+    let id = rbee_swarm::NodeId::from(new.client.peer_id);
     let everywhere = until(Duration::from_secs(30), || clients.iter().all(|c| c.peers().iter().any(|p| p.up && p.node_id == id))).await.map(|_| t0.elapsed());
     let seen_everyone = until(Duration::from_secs(30).saturating_sub(t0.elapsed()), || up(&new.client) == n + 1).await.map(|_| t0.elapsed());
     let ms = |d: Option<Duration>| d.map_or("not within 30 s".to_string(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));

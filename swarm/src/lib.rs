@@ -22,8 +22,8 @@ pub mod registry;
 pub mod routing;
 
 pub use error::{Error, Result};
-pub use libp2p::{Multiaddr, Stream};
 pub use key::SwarmKey;
+pub use libp2p::{Multiaddr, Stream};
 pub use node::{Client, Config, start};
-pub use record::{Envelope, NodeRecord};
+pub use record::{Envelope, NodeId, NodeRecord};
 pub use registry::PeerView;

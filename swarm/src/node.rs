@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport};
 use libp2p::core::upgrade::Version;
-use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PnetConfig;
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::key::SwarmKey;
-use crate::record::{Envelope, MAX_ENVELOPE, NodeRecord, SCHEMA};
+use crate::record::{Envelope, MAX_ENVELOPE, NodeId, NodeRecord, SCHEMA};
 use crate::registry::{Merge, PeerView, Registry};
 
 /// The gossip topic of registry records.
@@ -160,17 +160,20 @@ impl<S: futures_util::AsyncWrite + Unpin> futures_util::AsyncWrite for Counted<S
 
 enum Command {
     Update(Box<NodeRecord>),
+    Leave,
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial(Multiaddr),
 }
 
-/// A handle on the running swarm. Cheap to clone; the swarm stops when the
-/// last handle is dropped.
+/// A handle on the running swarm. Cheap to clone; the swarm stops when
+/// [`leave`](Client::leave) is called or the last handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Client {
+    /// The event loop's task, taken by the first `leave`.
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<Vec<PeerView>>>,
-    rtts: Arc<Mutex<HashMap<String, Duration>>>,
+    rtts: Arc<Mutex<HashMap<NodeId, Duration>>>,
     pub stats: Arc<Stats>,
     pub peer_id: PeerId,
     pub fingerprint: String,
@@ -191,6 +194,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Update(_) => "Update",
+            Command::Leave => "Leave",
             Command::ListenAddrs(_) => "ListenAddrs",
             Command::Dial(_) => "Dial",
         })
@@ -209,7 +213,7 @@ impl Client {
     }
 
     /// Measured round-trip time to `node_id`.
-    pub fn rtt(&self, node_id: &str) -> Option<Duration> {
+    pub fn rtt(&self, node_id: &NodeId) -> Option<Duration> {
         self.rtts.lock().expect("rtt lock").get(node_id).copied()
     }
 
@@ -236,8 +240,8 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Stream`] when the node id is not one or the stream cannot be opened.
-    pub async fn open(&self, node_id: &str, protocol: &'static str) -> Result<libp2p::Stream> {
-        let peer: PeerId = node_id.parse().map_err(|e| Error::Stream(format!("{node_id}: {e}")))?;
+    pub async fn open(&self, node_id: &NodeId, protocol: &'static str) -> Result<libp2p::Stream> {
+        let peer: PeerId = node_id.as_str().parse().map_err(|e| Error::Stream(format!("{node_id}: {e}")))?;
         let mut control = self.control.0.clone();
         control.open_stream(peer, StreamProtocol::new(protocol)).await.map_err(|e| Error::Stream(format!("{node_id}: {e}")))
     }
@@ -249,6 +253,17 @@ impl Client {
     pub fn accept(&self, protocol: &'static str) -> Result<libp2p_stream::IncomingStreams> {
         let mut control = self.control.0.clone();
         control.accept(StreamProtocol::new(protocol)).map_err(|e| Error::Stream(e.to_string()))
+    }
+
+    /// Leaves the swarm: closes every connection (peers mark this node down
+    /// at once, not after the TTL) and stops the event loop; returns when it
+    /// has stopped. Streams already open end with their connections.
+    pub async fn leave(&self) {
+        let task = self.task.lock().expect("task lock").take();
+        let _ = self.commands.send(Command::Leave).await;
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 
     /// Dials `addr` now (and keeps redialing it while unconnected).
@@ -339,7 +354,10 @@ pub fn start(cfg: Config) -> Result<Client> {
             // by their content.
             let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg).map_err(|e| Error::Start(e.to_string()))?;
             let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config { query_interval, ..Default::default() }, key.public().to_peer_id()).map_err(|e| Error::Start(format!("mDNS: {e}")))?)
+                Some(
+                    mdns::tokio::Behaviour::new(mdns::Config { query_interval, ..Default::default() }, key.public().to_peer_id())
+                        .map_err(|e| Error::Start(format!("mDNS: {e}")))?,
+                )
             } else {
                 None
             };
@@ -389,8 +407,8 @@ pub fn start(cfg: Config) -> Result<Client> {
         ev.dial_addr(addr);
     }
     ev.publish_local();
-    tokio::spawn(ev.run(rx));
-    Ok(Client { commands, view, rtts, stats, peer_id, fingerprint, control })
+    let task = Arc::new(Mutex::new(Some(tokio::spawn(ev.run(rx)))));
+    Ok(Client { task, commands, view, rtts, stats, peer_id, fingerprint, control })
 }
 
 struct EventLoop {
@@ -399,8 +417,10 @@ struct EventLoop {
     registry: Registry,
     local: NodeRecord,
     envelope: Option<Envelope>,
-    /// Peers heard of (mDNS, identify) and an address of each.
-    known: HashMap<PeerId, Multiaddr>,
+    /// Peers heard of (mDNS, identify, records) with an address of each
+    /// and when they were last connected or heard of: one unreachable for
+    /// `forget_after` is no longer dialed (mDNS or a record brings it back).
+    known: HashMap<PeerId, (Multiaddr, Instant)>,
     bootstrap: HashSet<Multiaddr>,
     view: watch::Sender<Arc<Vec<PeerView>>>,
     /// Heartbeats arrived since the view was last built: they move only
@@ -408,7 +428,7 @@ struct EventLoop {
     /// expiry tick rather than on each (at 100 nodes, 100 rebuilds of a
     /// 100-entry view a second: an eighth of the 100-node simulation's CPU).
     view_stale: bool,
-    rtts: Arc<Mutex<HashMap<String, Duration>>>,
+    rtts: Arc<Mutex<HashMap<NodeId, Duration>>>,
     stats: Arc<Stats>,
 }
 
@@ -422,6 +442,7 @@ impl EventLoop {
                 ev = self.swarm.select_next_some() => self.on_event(ev),
                 cmd = commands.recv() => match cmd {
                     Some(Command::Update(r)) => self.update(*r),
+                    Some(Command::Leave) => break,
                     Some(Command::ListenAddrs(tx)) => { let _ = tx.send(self.swarm.listeners().cloned().collect()); }
                     Some(Command::Dial(addr)) => { self.bootstrap.insert(addr.clone()); self.dial_addr(addr); }
                     None => break,
@@ -566,7 +587,7 @@ impl EventLoop {
                 if merged.changed()
                     && let Some(first) = dial.first()
                 {
-                    self.known.insert(owner, first.clone());
+                    self.known.insert(owner, (first.clone(), Instant::now()));
                     if let Err(e) = self.swarm.dial(DialOpts::peer_id(owner).addresses(dial).allocate_new_port().build()) {
                         tracing::debug!(%owner, error = %e, "dial failed");
                     }
@@ -617,7 +638,16 @@ impl EventLoop {
     }
 
     fn redial(&mut self) {
-        let known: Vec<(PeerId, Multiaddr)> = self.known.iter().map(|(p, a)| (*p, a.clone())).collect();
+        let now = Instant::now();
+        let forget = self.cfg.forget_after;
+        let swarm = &self.swarm;
+        self.known.retain(|p, (_, seen)| {
+            if swarm.is_connected(p) {
+                *seen = now;
+            }
+            now.duration_since(*seen) < forget
+        });
+        let known: Vec<(PeerId, Multiaddr)> = self.known.iter().map(|(p, (a, _))| (*p, a.clone())).collect();
         for (p, a) in known {
             self.dial_peer(p, a);
         }
@@ -663,17 +693,17 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
-                    self.known.insert(peer, addr.clone());
+                    self.known.insert(peer, (addr.clone(), Instant::now()));
                     self.dial_peer(peer, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 if let Some(addr) = info.listen_addrs.iter().find(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()))) {
-                    self.known.entry(peer_id).or_insert_with(|| addr.clone());
+                    self.known.entry(peer_id).or_insert_with(|| (addr.clone(), Instant::now()));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
-                self.rtts.lock().expect("rtt lock").insert(peer.to_string(), rtt);
+                self.rtts.lock().expect("rtt lock").insert(NodeId::from(peer), rtt);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message, .. })) => {
                 self.stats.gossip_bytes_in.fetch_add(message.data.len() as u64, Ordering::Relaxed);

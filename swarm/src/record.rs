@@ -39,6 +39,43 @@ pub struct LoadedModel {
     pub decode_tps: f32,
 }
 
+/// A node of the swarm: its libp2p peer id, base58, as text. Its own type so
+/// that "which node" cannot be confused with other strings (and "no node",
+/// a node running alone, is `Option<NodeId>`, not an empty string).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<libp2p::PeerId> for NodeId {
+    fn from(p: libp2p::PeerId) -> Self {
+        Self(p.to_string())
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One node's state as the swarm sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -78,7 +115,22 @@ impl NodeRecord {
     pub(crate) fn content_eq(&self, other: &NodeRecord) -> bool {
         // Every field but seq (spelled out: the compiler then says when a
         // new field is not compared).
-        let NodeRecord { schema, node_id, hostname, api, api_version, devices, ram_total_bytes, ram_free_bytes, models_on_disk, models_loaded, share, addrs, incarnation, seq: _ } = self;
+        let NodeRecord {
+            schema,
+            node_id,
+            hostname,
+            api,
+            api_version,
+            devices,
+            ram_total_bytes,
+            ram_free_bytes,
+            models_on_disk,
+            models_loaded,
+            share,
+            addrs,
+            incarnation,
+            seq: _,
+        } = self;
         *schema == other.schema
             && *node_id == other.node_id
             && *hostname == other.hostname

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::record::{Envelope, NodeRecord};
+use crate::record::{Envelope, NodeId, NodeRecord};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -60,9 +60,9 @@ impl Merge {
 }
 
 /// One peer as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub up: bool,
     /// Milliseconds since the owner was last heard from.
     pub last_seen_ms: u64,
@@ -191,7 +191,7 @@ impl Registry {
             .map(|(peer, e)| PeerView {
                 // Verified equal to the signer's id, and cheaper than
                 // formatting the peer id (base58) for every entry of every view.
-                node_id: e.record.node_id.clone(),
+                node_id: NodeId::from(e.record.node_id.as_str()),
                 up: e.down_since.is_none(),
                 last_seen_ms: u64::try_from(now.saturating_duration_since(e.heard).as_millis()).unwrap_or(u64::MAX),
                 local: *peer == self.local,

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use crate::record::NodeId;
 use crate::registry::PeerView;
 
 /// Bytes per second assumed for loading a model from disk (a SATA SSD; the
@@ -27,7 +28,7 @@ pub const UNMEASURED_TPS: f64 = 20.0;
 /// A node that could run the request, best first in [`rank`]'s output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub local: bool,
     pub loaded: bool,
     pub free_slots: u32,
@@ -50,7 +51,7 @@ impl Candidate {
 }
 
 /// The nodes of `peers` that can run `model`, best first.
-pub fn rank(peers: &[PeerView], model: &str, rtt: impl Fn(&str) -> Option<Duration>) -> Vec<Candidate> {
+pub fn rank(peers: &[PeerView], model: &str, rtt: impl Fn(&NodeId) -> Option<Duration>) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = peers
         .iter()
         .filter(|p| p.up && (p.local || p.record.share))
@@ -125,8 +126,8 @@ mod tests {
     }
 
     fn order(nodes: Vec<Node>) -> Vec<String> {
-        let rtt = |id: &str| Some(Duration::from_micros(if id == "far" { 9_000 } else { 500 }));
-        rank(&views(nodes), "m", rtt).into_iter().map(|c| c.node_id).collect()
+        let rtt = |id: &NodeId| Some(Duration::from_micros(if id.as_str() == "far" { 9_000 } else { 500 }));
+        rank(&views(nodes), "m", rtt).into_iter().map(|c| c.node_id.to_string()).collect()
     }
 
     #[test]

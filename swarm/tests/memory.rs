@@ -66,7 +66,7 @@ async fn three_nodes_share_one_registry_and_one_that_leaves_is_down_at_once() {
     })
     .await
     .unwrap();
-    let c_id = c.peer_id.to_string();
+    let c_id = rbee_swarm::NodeId::from(c.peer_id);
     until(&a, "c's model", |v| v.iter().any(|p| p.node_id == c_id && p.record.models_loaded.len() == 1)).await;
     // C's swarm stops (its last handle dropped): it closes its connections
     // and the others mark it down without waiting for the TTL. (A killed
@@ -134,7 +134,7 @@ async fn nodes_that_know_only_one_hub_connect_to_each_other_through_the_records(
     for a in &leaves {
         for b in &leaves {
             if a.peer_id != b.peer_id {
-                while a.rtt(&b.peer_id.to_string()).is_none() {
+                while a.rtt(&rbee_swarm::NodeId::from(b.peer_id)).is_none() {
                     assert!(start.elapsed() < Duration::from_secs(10), "{} never connected to {}", a.peer_id, b.peer_id);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

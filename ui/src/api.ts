@@ -21,7 +21,7 @@ export interface Message {
 }
 
 export interface ModelLocation {
-  node_id: string;
+  node_id: string | null;
   hostname: string;
   local: boolean;
   loaded: boolean;

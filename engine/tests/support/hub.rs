@@ -46,10 +46,7 @@ async fn resolve(State(hub): State<Hub>, UrlPath((_owner, _repo, _rev, _file)): 
     if range != "bytes=0-0" && hub.cut_at.compare_exchange(start, usize::MAX, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
         // Half the chunk, then the connection breaks.
         let half = body[..body.len() / 2].to_vec();
-        let stream = futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(axum::body::Bytes::from(half)),
-            Err(std::io::Error::other("connection cut")),
-        ]);
+        let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(axum::body::Bytes::from(half)), Err(std::io::Error::other("connection cut"))]);
         return builder.body(Body::from_stream(stream)).unwrap();
     }
     let pace = hub.pace.load(Ordering::SeqCst);
@@ -85,7 +82,6 @@ pub fn hub_for(path: &std::path::Path) -> Hub {
         pace: Arc::new(AtomicUsize::new(0)),
     }
 }
-
 
 /// A hub that has no files: every download is a 404. Returns its endpoint URL.
 pub async fn serve_empty() -> String {

@@ -66,7 +66,10 @@ pub fn vocab(kind: Vocab) -> (Vec<String>, Vec<f32>, Vec<i32>, Vec<String>) {
                 tokens.push(format!("<0x{b:02X}>"));
                 types.push(6);
             }
-            for p in ["▁", "a", "b", "c", "d", "e", "h", "l", "o", "t", "w", "r", "▁t", "he", "▁the", "ll", "llo", "▁h", "▁he", "▁hello", "wo", "wor", "▁w", "▁wor", "ld", "▁world"] {
+            for p in [
+                "▁", "a", "b", "c", "d", "e", "h", "l", "o", "t", "w", "r", "▁t", "he", "▁the", "ll", "llo", "▁h", "▁he", "▁hello", "wo", "wor", "▁w", "▁wor",
+                "ld", "▁world",
+            ] {
                 tokens.push(p.to_string());
                 types.push(1);
             }
@@ -78,7 +81,9 @@ pub fn vocab(kind: Vocab) -> (Vec<String>, Vec<f32>, Vec<i32>, Vec<String>) {
                 tokens.push(byte_char(b).to_string());
                 types.push(1);
             }
-            for (a, b) in [("h", "e"), ("Ġ", "t"), ("Ġt", "he"), ("l", "l"), ("ll", "o"), ("he", "llo"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")] {
+            for (a, b) in
+                [("h", "e"), ("Ġ", "t"), ("Ġt", "he"), ("l", "l"), ("ll", "o"), ("he", "llo"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")]
+            {
                 merges.push(format!("{a} {b}"));
                 tokens.push(format!("{a}{b}"));
                 types.push(1);
@@ -150,10 +155,7 @@ impl Tiny {
         let bias = |n: usize| QTensor::quantize(&Tensor::from_vec(noise(n, 0.1), n, &dev).unwrap(), GgmlDType::F32).unwrap();
         let (e, f) = (self.n_embd, self.ffn);
         let (qd, kd) = (self.n_head * hd, self.n_head_kv * hd);
-        let mut tensors: Vec<(String, QTensor)> = vec![
-            ("token_embd.weight".into(), q((n_vocab, e))),
-            ("output_norm.weight".into(), norm(e)),
-        ];
+        let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), q((n_vocab, e))), ("output_norm.weight".into(), norm(e))];
         if a != "gemma3" {
             tensors.push(("output.weight".into(), q((n_vocab, e))));
         }

@@ -9,30 +9,31 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use rand::Rng;
 use rbee_engine::{Event, FinishReason, Prompt, SamplingParams, Usage as EngineUsage};
 use tokio::sync::mpsc;
 
+use super::JsonBody;
 use super::error::ApiError;
-use super::metrics::EndLabels;
 use super::openai::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, Sampling, TextChoice,
-    TextCompletion, Timings, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, Sampling, TextChoice, TextCompletion, Timings,
+    Usage,
 };
-use super::{AppState, JsonBody};
+use crate::metrics::EndLabels;
+use crate::service::Service;
 
-pub async fn chat(State(s): State<AppState>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
+pub async fn chat(State(s): State<Service>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
     let params = req.sampling.to_params()?;
     let prompt = Prompt::Chat(req.messages()?);
     run(s, Kind::Chat, req.model, prompt, params, &req.sampling).await
 }
 
-pub async fn completions(State(s): State<AppState>, JsonBody(req): JsonBody<CompletionRequest>) -> Result<Response, ApiError> {
+pub async fn completions(State(s): State<Service>, JsonBody(req): JsonBody<CompletionRequest>) -> Result<Response, ApiError> {
     let params = req.sampling.to_params()?;
     let prompt = req.prompt()?;
     run(s, Kind::Text, req.model, prompt, params, &req.sampling).await
@@ -61,14 +62,14 @@ struct Ids {
     model: String,
 }
 
-async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: SamplingParams, sampling: &Sampling) -> Result<Response, ApiError> {
+async fn run(s: Service, kind: Kind, model: String, prompt: Prompt, params: SamplingParams, sampling: &Sampling) -> Result<Response, ApiError> {
     let started = Instant::now();
     if model.trim().is_empty() {
         return Err(ApiError::invalid("model", "`model` is empty: name a model from GET /v1/models"));
     }
     // On this node or another; loading, rendering and tokenizing run off the async threads.
     let engine_start = Instant::now();
-    let generation = crate::remote::generate(&s, &model, prompt, params, kind.prompt_param()).await?;
+    let generation = crate::dispatch::generate(&s, &model, prompt, params).await.map_err(|e| ApiError::from_dispatch(&e, kind.prompt_param()))?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let ids = Ids {
         id: format!("{prefix}-{:024x}", rand::rng().random::<u128>() >> 32),
@@ -85,9 +86,9 @@ async fn run(s: AppState, kind: Kind, model: String, prompt: Prompt, params: Sam
 
 /// Records a generation's metrics; one dropped before its end counts as cancelled.
 struct Tracker {
-    state: AppState,
+    state: Service,
     model: String,
-    node_id: String,
+    node_id: Option<rbee_swarm::NodeId>,
     /// When the request reached its handler.
     started: Instant,
     /// When it was handed to the engine.
@@ -111,7 +112,7 @@ impl Tracker {
             node_id: self.node_id.clone(),
             ttft_ms: self.first.map_or(0.0, |f| ms((f - self.engine_start).as_secs_f64())),
             prompt_ms: ms(usage.prompt_secs),
-            prompt_tokens_per_sec: per_sec(usage.prompt_tokens - usage.cached_tokens, usage.prompt_secs),
+            prompt_tokens_per_sec: per_sec(usage.prompt_tokens.saturating_sub(usage.cached_tokens), usage.prompt_secs),
             decode_ms: ms(usage.decode_secs),
             decode_tokens_per_sec: per_sec(usage.completion_tokens.saturating_sub(1), usage.decode_secs),
         }
@@ -154,7 +155,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
     let mut text = String::new();
     while let Some(ev) = events.recv().await {
         match ev {
-            Event::Text(t) => {
+            Event::Text { text: t, .. } => {
                 tracker.token();
                 text.push_str(&t);
             }
@@ -295,14 +296,14 @@ impl Chunks {
 /// Events buffered between the generation task and the connection.
 const SSE_BUFFER: usize = 64;
 
-fn stream(s: AppState, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, include_usage: bool) -> Response {
+fn stream(s: Service, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, include_usage: bool) -> Response {
     let (tx, mut rx) = mpsc::channel::<SseEvent>(SSE_BUFFER);
     let mut chunks = Chunks { kind, ids, include_usage, role_sent: false };
-    tokio::spawn(async move {
+    s.tasks.spawn(async move {
         let mut out = Vec::with_capacity(4);
         loop {
             let last = match events.recv().await {
-                Some(Event::Text(t)) => {
+                Some(Event::Text { text: t, .. }) => {
                     tracker.token();
                     chunks.piece(t, &mut out);
                     false
@@ -353,13 +354,21 @@ mod tests {
     async fn a_failure_after_the_stream_began_is_an_error_event_then_done() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config::resolve(Overrides { data_dir: Some(dir.path().to_path_buf()), ..Overrides::default() }).unwrap();
-        let state = AppState::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
+        let state = Service::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
         let (tx, rx) = mpsc::channel(8);
-        tx.send(Event::Text("Hel".into())).await.unwrap();
+        tx.send(Event::Text { text: "Hel".into(), tokens: 1 }).await.unwrap();
         tx.send(Event::Error("tensor computation failed: out of device memory".into())).await.unwrap();
         drop(tx);
         let ids = Ids { id: "chatcmpl-1".into(), created: 1, model: "m".into() };
-        let tracker = Tracker { state: state.clone(), model: "m".into(), node_id: String::new(), started: Instant::now(), engine_start: Instant::now(), first: None, ended: false };
+        let tracker = Tracker {
+            state: state.clone(),
+            model: "m".into(),
+            node_id: None,
+            started: Instant::now(),
+            engine_start: Instant::now(),
+            first: None,
+            ended: false,
+        };
         let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false);
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();

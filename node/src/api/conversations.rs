@@ -19,17 +19,22 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::JsonBody;
 use super::error::ApiError;
-use super::{AppState, JsonBody};
 use crate::conversations::{Error, NewMessage};
+use crate::service::Service;
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
             Error::NotFound(_) | Error::NoMessage(..) => ApiError::not_found(e.to_string()),
             Error::Invalid(param, m) => ApiError::invalid(param, m),
+            Error::Sql(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull => {
+                super::error::from_io(&std::io::Error::from(std::io::ErrorKind::StorageFull), "saving the conversation")
+            }
             Error::Sql(e) => ApiError::internal(&e),
-            Error::Io(e) => ApiError::internal(&e),
+            Error::Damaged(m) => ApiError::internal(&m),
+            Error::Io(e) => super::error::from_io(&e, "saving the conversation"),
         }
     }
 }
@@ -46,35 +51,35 @@ pub struct Fields {
     model: Option<String>,
 }
 
-pub async fn list(State(s): State<AppState>, Query(q): Query<Search>) -> Result<impl IntoResponse, ApiError> {
+pub async fn list(State(s): State<Service>, Query(q): Query<Search>) -> Result<impl IntoResponse, ApiError> {
     let data = s.conversations.list(q.q.as_deref())?;
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
-pub async fn create(State(s): State<AppState>, body: Option<JsonBody<Fields>>) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(State(s): State<Service>, body: Option<JsonBody<Fields>>) -> Result<impl IntoResponse, ApiError> {
     let f = body.map(|b| b.0).unwrap_or_default();
     let c = s.conversations.create(f.title.as_deref().unwrap_or(""), f.model.as_deref().unwrap_or(""))?;
     Ok((StatusCode::CREATED, Json(c)))
 }
 
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn get(State(s): State<Service>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.conversations.get(&id)?))
 }
 
-pub async fn update(State(s): State<AppState>, Path(id): Path<String>, JsonBody(f): JsonBody<Fields>) -> Result<impl IntoResponse, ApiError> {
+pub async fn update(State(s): State<Service>, Path(id): Path<String>, JsonBody(f): JsonBody<Fields>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.conversations.update(&id, f.title.as_deref(), f.model.as_deref())?))
 }
 
-pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn delete(State(s): State<Service>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     s.conversations.delete(&id)?;
     Ok(Json(json!({ "id": id, "object": "conversation", "deleted": true })))
 }
 
-pub async fn append(State(s): State<AppState>, Path(id): Path<String>, JsonBody(m): JsonBody<NewMessage>) -> Result<impl IntoResponse, ApiError> {
+pub async fn append(State(s): State<Service>, Path(id): Path<String>, JsonBody(m): JsonBody<NewMessage>) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::CREATED, Json(s.conversations.append(&id, &m)?)))
 }
 
-pub async fn truncate(State(s): State<AppState>, Path((id, from)): Path<(String, i64)>) -> Result<impl IntoResponse, ApiError> {
+pub async fn truncate(State(s): State<Service>, Path((id, from)): Path<(String, i64)>) -> Result<impl IntoResponse, ApiError> {
     let removed = s.conversations.truncate(&id, from)?;
     Ok(Json(json!({ "id": id, "removed": removed })))
 }

@@ -89,34 +89,82 @@ impl ApiError {
         match e {
             EngineError::ModelNotFound(m) => Self::model_not_found(m),
             EngineError::InvalidRequest(m) => Self::invalid(prompt_param, m.clone()),
+            EngineError::InvalidName { field, message } => Self::invalid(field, message.clone()),
             EngineError::Template(m) => Self::invalid(prompt_param, format!("the chat template rejected these messages: {m}")),
             EngineError::PromptTooLong { .. } => Self { code: Some("context_length_exceeded"), ..Self::invalid(prompt_param, e.to_string()) },
-            EngineError::QueueFull { .. } => Self {
-                code: Some("queue_full"),
-                should_retry: Some(false),
-                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
-            },
+            EngineError::QueueFull { .. } => {
+                Self { code: Some("queue_full"), should_retry: Some(false), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string()) }
+            }
             EngineError::OutOfMemory { .. } => {
                 Self { code: Some("insufficient_memory"), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string()) }
             }
-            EngineError::ShuttingDown => Self {
-                code: Some("shutting_down"),
-                should_retry: Some(true),
-                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
-            },
+            EngineError::ShuttingDown => {
+                Self { code: Some("shutting_down"), should_retry: Some(true), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string()) }
+            }
+            EngineError::Io { context, source } if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
+                from_io(source, context)
+            }
             // The model's own file is unusable: the admin must act, and the
-            // message (which names the file) is what they need.
+            // message (which names the file) is what they need (dispatch
+            // logs it where the load failed).
             EngineError::InvalidModel { .. } | EngineError::UnsupportedArchitecture(_) => {
-                tracing::error!(error = %e, "model failed to load");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
             }
             _ => Self::internal(e),
         }
     }
 
+    /// Maps a failure to start a request anywhere in the swarm;
+    /// `prompt_param` names the request field holding the prompt.
+    pub fn from_dispatch(e: &crate::dispatch::Error, prompt_param: &str) -> Self {
+        use crate::dispatch::Error as D;
+        match e {
+            D::Engine(e) => Self::from_engine(e, prompt_param),
+            D::NotFound(model) => Self::model_not_found(model),
+            D::Peer { status, message, code, param } => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut e = if status == StatusCode::NOT_FOUND {
+                    Self::new(status, "invalid_request_error", message.clone())
+                } else {
+                    Self::invalid(param.as_deref().map_or(prompt_param, |p| if p == "prompt" { prompt_param } else { p }), message.clone())
+                };
+                e.status = status;
+                if status.is_server_error() {
+                    e.kind = "server_error";
+                    e.param = None;
+                }
+                if status == StatusCode::NOT_FOUND {
+                    e.param = Some("model".into());
+                }
+                e.code = code.as_deref().and_then(|c| crate::dispatch::KNOWN_CODES.iter().copied().find(|k| *k == c));
+                e
+            }
+            D::Unreachable(m) => Self { status: StatusCode::BAD_GATEWAY, ..Self::internal(m) },
+            D::Internal(m) => Self::internal(m),
+        }
+    }
+
     pub fn object(&self) -> ErrorObject<'_> {
         ErrorObject { message: &self.message, kind: self.kind, param: self.param.as_deref(), code: self.code }
     }
+}
+
+/// An I/O failure while `doing` something: a full disk is the machine's
+/// state, not a bug (507, saying so); anything else is a 500 with the
+/// detail logged.
+pub fn from_io(e: &std::io::Error, doing: &str) -> ApiError {
+    if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+        tracing::warn!(error = %e, "{doing}: the disk is full");
+        return ApiError {
+            code: Some("insufficient_storage"),
+            ..ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "server_error",
+                format!("{doing} failed: the disk of this node's data dir is full; free some space and retry"),
+            )
+        };
+    }
+    ApiError::internal(&format_args!("{doing}: {e}"))
 }
 
 impl IntoResponse for ApiError {

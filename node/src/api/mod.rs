@@ -8,7 +8,7 @@
 pub mod chat;
 pub mod conversations;
 pub mod error;
-pub mod metrics;
+pub mod guard;
 pub mod models;
 pub mod openai;
 pub mod settings;
@@ -26,147 +26,23 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use rbee_engine::Engine;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::config::Config;
+use crate::metrics::RequestLabels;
+use crate::service::Service;
 use error::ApiError;
-use metrics::{Metrics, RequestLabels};
 
 /// Largest request body accepted (a full 128k-token prompt fits).
 pub const MAX_BODY: usize = 8 << 20;
 
-/// What every handler shares. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub engine: Engine,
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
-    /// The swarm, when this node is in one.
-    pub swarm: Option<rbee_swarm::Client>,
-    /// Model downloads started from the UI.
-    pub pulls: Arc<crate::pulls::Pulls>,
-    /// The UI's chats.
-    pub conversations: Arc<crate::conversations::Conversations>,
-    /// Whether this node runs requests for the rest of the swarm now
-    /// (starts as configured; the app's tray and the settings page flip it).
-    sharing: Arc<std::sync::atomic::AtomicBool>,
-    /// Turns true when the node begins to shut down: endless streams (the
-    /// swarm page's events) end then, so they do not hold the shutdown up.
-    stopping: Arc<tokio::sync::watch::Sender<bool>>,
-    /// How the process hosting this node restarts it (the app sets one;
-    /// `rbee serve` has none).
-    restart: Arc<std::sync::OnceLock<RestartHook>>,
-    /// Measured decode speed per model (tokens/s, smoothed).
-    speeds: Arc<std::sync::Mutex<std::collections::HashMap<String, f32>>>,
-    /// SHA-256 of each configured API key: compared in constant time, and
-    /// the keys themselves are not kept where a log or a dump could show them.
-    key_hashes: Arc<Vec<[u8; 32]>>,
-}
-
-impl AppState {
-    pub fn new(engine: Engine, config: Config) -> Self {
-        let key_hashes = config.api_keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect();
-        let path = config.data_dir.join(crate::conversations::FILE);
-        let conversations = crate::conversations::Conversations::open(&path).unwrap_or_else(|e| {
-            tracing::error!(error = %e, file = %path.display(), "cannot keep conversations in the data dir; this run keeps them in memory only");
-            crate::conversations::Conversations::in_memory()
-        });
-        Self {
-            sharing: Arc::new(config.share.into()),
-            pulls: Arc::default(),
-            restart: Arc::default(),
-            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
-            conversations: Arc::new(conversations),
-            engine,
-            config: Arc::new(config),
-            metrics: Arc::new(Metrics::new()),
-            swarm: None,
-            speeds: Arc::default(),
-            key_hashes: Arc::new(key_hashes),
-        }
-    }
-
-    /// The same state, in the swarm `client` belongs to.
-    #[must_use]
-    pub fn with_swarm(mut self, client: Option<rbee_swarm::Client>) -> Self {
-        self.swarm = client;
-        self
-    }
-
-    /// Whether this node runs requests for other nodes now.
-    pub fn sharing(&self) -> bool {
-        self.sharing.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Starts or stops running requests for other nodes (the next record
-    /// gossiped says so; requests already running finish).
-    pub fn set_sharing(&self, on: bool) {
-        if self.sharing.swap(on, std::sync::atomic::Ordering::Relaxed) != on {
-            tracing::info!(share = on, "sharing this machine with the swarm {}", if on { "resumed" } else { "paused" });
-        }
-    }
-
-    /// Says the node is shutting down (the server calls it when it stops accepting).
-    pub fn begin_shutdown(&self) {
-        self.stopping.send_replace(true);
-    }
-
-    /// Completes once the node has begun to shut down.
-    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
-        let mut rx = self.stopping.subscribe();
-        async move {
-            let _ = rx.wait_for(|stopping| *stopping).await;
-        }
-    }
-
-    /// Lets `POST /api/restart` restart the node by calling `hook` (once set,
-    /// it stays).
-    pub fn set_restart_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
-        let _ = self.restart.set(RestartHook(Box::new(hook)));
-    }
-
-    /// Whether this node's host can restart it.
-    pub fn can_restart(&self) -> bool {
-        self.restart.get().is_some()
-    }
-
-    /// Asks the host to restart the node; `false` when it cannot.
-    pub fn request_restart(&self) -> bool {
-        self.restart.get().map(|h| (h.0)()).is_some()
-    }
-
-    /// Adds one generation's decode speed to `model`'s running estimate.
-    pub fn record_decode_speed(&self, model: &str, tokens_per_sec: f64) {
-        if !(tokens_per_sec.is_finite() && tokens_per_sec > 0.0) {
-            return;
-        }
-        let mut s = self.speeds.lock().expect("speeds lock");
-        let e = s.entry(model.to_string()).or_insert(tokens_per_sec as f32);
-        *e = 0.7 * *e + 0.3 * tokens_per_sec as f32;
-    }
-
-    /// `model`'s measured decode speed, tokens/s.
-    pub fn decode_speed(&self, model: &str) -> Option<f32> {
-        self.speeds.lock().expect("speeds lock").get(model).copied()
-    }
-}
-
-/// A host's way to restart its node.
-struct RestartHook(Box<dyn Fn() + Send + Sync>);
-
-impl std::fmt::Debug for RestartHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RestartHook")
-    }
-}
-
 /// The API's routes and layers.
-pub fn router(state: AppState) -> Router {
-    let cors = cors(&state.config.cors_origins);
+pub fn router(state: Service) -> Router {
+    let hostname = sysinfo::System::host_name().ok();
+    let guard = Arc::new(guard::Guard::new(hostname.as_deref(), &state.config.allowed_hosts, &state.config.cors_origins));
+    let cors = cors(guard.clone());
     Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get).delete(models::delete))
@@ -192,10 +68,12 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(openai_errors))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(cors)
+        .layer(middleware::from_fn_with_state(guard, guard::guard))
         .with_state(state)
 }
 
@@ -227,8 +105,15 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::OptionalFromRequest<S> 
     }
 }
 
+/// How long a JSON body may take to arrive (8 MiB at a crawl still fits).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await.map_err(|_| ApiError {
+        code: Some("request_timeout"),
+        ..ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()))
+    })?;
+    read.map_err(|e| {
         let status = e.status();
         let mut err = ApiError::bad_body(if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!("the request body is larger than {} MiB", MAX_BODY >> 20)
@@ -256,7 +141,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(parsed)
 }
 
-async fn health(State(s): State<AppState>) -> impl IntoResponse {
+async fn health(State(s): State<Service>) -> impl IntoResponse {
     axum::Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -264,7 +149,7 @@ async fn health(State(s): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-async fn swarm_view(State(s): State<AppState>) -> impl IntoResponse {
+async fn swarm_view(State(s): State<Service>) -> impl IntoResponse {
     axum::Json(crate::swarm::view(&s))
 }
 
@@ -272,7 +157,7 @@ async fn swarm_view(State(s): State<AppState>) -> impl IntoResponse {
 /// with the same body as `GET /api/swarm` at once and whenever it changes
 /// (checked as the registry changes and each second, for RTTs and ages).
 /// The stream ends when the node shuts down.
-async fn swarm_events(State(s): State<AppState>) -> impl IntoResponse {
+async fn swarm_events(State(s): State<Service>) -> impl IntoResponse {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt;
     let watch = s.swarm.as_ref().map(rbee_swarm::Client::watch);
@@ -292,7 +177,7 @@ async fn swarm_events(State(s): State<AppState>) -> impl IntoResponse {
                     None => tick.await,
                 }
             }
-            let body = crate::swarm::view(&s).to_string();
+            let body = serde_json::to_string(&crate::swarm::view(&s)).unwrap_or_default();
             if last.as_deref() != Some(body.as_str()) {
                 let event = Event::default().data(body.clone());
                 return Some((Ok::<_, std::convert::Infallible>(event), (s, watch, Some(body))));
@@ -303,7 +188,7 @@ async fn swarm_events(State(s): State<AppState>) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive))
 }
 
-async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+async fn render_metrics(State(s): State<Service>) -> impl IntoResponse {
     let body = s.metrics.render(&s.engine.loaded());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
@@ -318,8 +203,30 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     e
 }
 
+/// axum's own rejections (a path that is not UTF-8, a bad query string, an
+/// extractor's refusal) are plain text; clients of this API expect OpenAI's
+/// error object for every failure, so they are rewrapped here.
+async fn openai_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let plain = res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return res;
+    }
+    let text = match axum::body::to_bytes(res.into_body(), 64 << 10).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    if status.is_server_error() {
+        return ApiError::internal(&text).into_response();
+    }
+    let mut e = ApiError::bad_body(if text.is_empty() { status.canonical_reason().unwrap_or("bad request").to_string() } else { text });
+    e.status = status;
+    e.into_response()
+}
+
 /// Counts every answered request by its route and status.
-async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn count(State(s): State<Service>, req: Request, next: Next) -> Response {
     let endpoint = req.extensions().get::<MatchedPath>().map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
     let res = next.run(req).await;
     s.metrics.requests.get_or_create(&RequestLabels { endpoint, status: res.status().as_u16() }).inc();
@@ -329,7 +236,7 @@ async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response 
 /// On a loopback-only node any (or no) key is accepted: the openai SDKs
 /// insist on sending one. A node that listens beyond loopback asks clients
 /// on other machines for one of its keys; `/health` stays open.
-async fn authorize(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn authorize(State(s): State<Service>, req: Request, next: Next) -> Response {
     if s.config.listen.ip().is_loopback() || req.uri().path() == "/health" {
         return next.run(req).await;
     }
@@ -362,45 +269,17 @@ fn key_matches(hashes: &[[u8; 32]], header: Option<&HeaderValue>) -> bool {
 /// Browser pages may call the API from loopback origins (a local dev server,
 /// the app's webview) and from the configured ones; the openai JS SDK's
 /// `x-stainless-*` headers are allowed by mirroring what the preflight asks.
-fn cors(extra: &[String]) -> CorsLayer {
-    let any = extra.iter().any(|o| o == "*");
-    let extra: Vec<String> = extra.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+fn cors(guard: Arc<guard::Guard>) -> CorsLayer {
     CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, _| {
-            let Ok(o) = origin.to_str() else { return false };
-            any || loopback_origin(o) || extra.iter().any(|e| e.eq_ignore_ascii_case(o))
-        }))
+        .allow_origin(AllowOrigin::predicate(move |origin, _| origin.to_str().is_ok_and(|o| guard.origin_allowed(o))))
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
         .max_age(Duration::from_secs(3600))
 }
 
-fn loopback_origin(origin: &str) -> bool {
-    if matches!(origin, "tauri://localhost" | "http://tauri.localhost" | "https://tauri.localhost") {
-        return true;
-    }
-    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else { return false };
-    let host = if let Some(v6) = rest.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        rest.split(':').next().unwrap_or("")
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "::1")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_origins_only() {
-        for o in ["http://localhost:5173", "http://127.0.0.1", "https://[::1]:8080", "tauri://localhost"] {
-            assert!(loopback_origin(o), "{o}");
-        }
-        for o in ["http://localhost.evil.com", "http://192.168.1.5:7833", "null", "file://", "http://127.0.0.1.nip.io"] {
-            assert!(!loopback_origin(o), "{o}");
-        }
-    }
 
     #[test]
     fn only_a_configured_key_opens() {

@@ -18,10 +18,11 @@ use axum::http::StatusCode;
 use rbee_engine::store::Entry;
 use serde::Deserialize;
 
+use super::JsonBody;
 use super::error::ApiError;
-use super::{AppState, JsonBody};
-use crate::pulls::Pull;
 use super::openai::{ModelInfo, ModelList, ModelLocation, ModelObject};
+use crate::pulls::Pull;
+use crate::service::Service;
 
 fn object(e: Entry, loaded: &HashSet<String>) -> ModelObject {
     ModelObject {
@@ -41,17 +42,17 @@ fn object(e: Entry, loaded: &HashSet<String>) -> ModelObject {
 }
 
 /// Adds where each model is in the swarm, and the models only peers have.
-fn with_swarm(s: &AppState, mut models: Vec<ModelObject>, loaded: &HashSet<String>) -> Vec<ModelObject> {
+fn with_swarm(s: &Service, mut models: Vec<ModelObject>, loaded: &HashSet<String>) -> Vec<ModelObject> {
     let Some(client) = &s.swarm else {
         for m in &mut models {
-            m.rbee.nodes.push(ModelLocation { node_id: String::new(), hostname: String::new(), local: true, loaded: m.rbee.loaded });
+            m.rbee.nodes.push(ModelLocation { node_id: None, hostname: String::new(), local: true, loaded: m.rbee.loaded });
         }
         return models;
     };
     for p in client.peers().iter().filter(|p| p.up && (p.local || p.record.share)) {
         for d in &p.record.models_on_disk {
             let location = ModelLocation {
-                node_id: p.node_id.clone(),
+                node_id: Some(p.node_id.clone()),
                 hostname: p.record.hostname.clone(),
                 local: p.local,
                 loaded: if p.local { loaded.contains(&d.id) } else { p.record.models_loaded.iter().any(|l| l.id == d.id) },
@@ -80,29 +81,32 @@ fn with_swarm(s: &AppState, mut models: Vec<ModelObject>, loaded: &HashSet<Strin
     models
 }
 
-fn loaded(s: &AppState) -> HashSet<String> {
+fn loaded(s: &Service) -> HashSet<String> {
     s.engine.loaded().into_iter().map(|m| m.id).collect()
 }
 
-pub async fn list(State(s): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+pub async fn list(State(s): State<Service>) -> Result<Json<ModelList>, ApiError> {
     let entries = s.engine.store().list().map_err(|e| ApiError::internal(&e))?;
     let loaded = loaded(&s);
     let local = entries.into_iter().map(|e| object(e, &loaded)).collect();
     Ok(Json(ModelList { object: "list", data: with_swarm(&s, local, &loaded) }))
 }
 
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelObject>, ApiError> {
+pub async fn get(State(s): State<Service>, Path(id): Path<String>) -> Result<Json<ModelObject>, ApiError> {
     let loaded = loaded(&s);
     let all = match s.engine.store().get(&id) {
         Ok(entry) => with_swarm(&s, vec![object(entry, &loaded)], &loaded),
         Err(_) => with_swarm(&s, Vec::new(), &loaded),
     };
-    all.into_iter().find(|m| m.id == id || (m.rbee.nodes.iter().any(|n| n.local) && m.id.starts_with(&id))).map(Json).ok_or_else(|| ApiError::model_not_found(&id))
+    all.into_iter()
+        .find(|m| m.id == id || (m.rbee.nodes.iter().any(|n| n.local) && m.id.starts_with(&id)))
+        .map(Json)
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
 /// `DELETE /v1/models/{id}`: unloads the model and deletes its file and
 /// catalog entry (OpenAI's shape: `{id, object: "model", deleted: true}`).
-pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn delete(State(s): State<Service>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     // An exact id only: a prefix that happens to be unique must not delete.
     let entry = s.engine.store().get(&id).ok().filter(|e| e.id == id).ok_or_else(|| ApiError::model_not_found(&id))?;
     s.engine.unload(&entry.id);
@@ -123,36 +127,22 @@ pub struct PullRequest {
 
 /// `POST /api/models/pull` `{repo, file, revision?}`: starts a download from
 /// the configured Hugging Face endpoint (202 with the pull to watch).
-pub async fn pull(State(s): State<AppState>, JsonBody(r): JsonBody<PullRequest>) -> Result<(StatusCode, Json<Pull>), ApiError> {
+pub async fn pull(State(s): State<Service>, JsonBody(r): JsonBody<PullRequest>) -> Result<(StatusCode, Json<Pull>), ApiError> {
     let repo = r.repo.trim().to_string();
     let file = r.file.trim().to_string();
-    let valid_repo = {
-        let mut parts = repo.split('/');
-        matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty())
-            && repo.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            && !repo.contains("..")
-    };
-    if !valid_repo {
-        return Err(ApiError::invalid("repo", format!("{repo:?} is not a Hugging Face repository id such as unsloth/gemma-3-270m-it-GGUF")));
-    }
-    if file.is_empty() || file.starts_with('/') || file.split('/').any(|p| p == ".." || p.is_empty()) {
-        return Err(ApiError::invalid("file", format!("{file:?} is not a file path in the repository, such as gemma-3-270m-it-Q4_K_M.gguf")));
-    }
-    if !file.to_ascii_lowercase().ends_with(".gguf") {
-        return Err(ApiError::invalid("file", format!("{file:?} is not a GGUF file: rbee runs .gguf models")));
-    }
     let revision = r.revision.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).unwrap_or_else(|| "main".into());
+    rbee_engine::store::check_hub_names(&repo, &file, &revision).map_err(|e| ApiError::from_engine(&e, "repo"))?;
     let p = s.pulls.start(s.engine.clone(), s.config.hf_endpoint.clone(), repo, file, revision);
     Ok((StatusCode::ACCEPTED, Json(p)))
 }
 
 /// `GET /api/models/pulls`: every pull since the node started, with progress.
-pub async fn pulls(State(s): State<AppState>) -> Json<serde_json::Value> {
+pub async fn pulls(State(s): State<Service>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "object": "list", "data": s.pulls.list() }))
 }
 
 /// `DELETE /api/models/pulls/{id}`: cancels a running pull, or dismisses a finished one.
-pub async fn cancel_pull(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Pull>, ApiError> {
+pub async fn cancel_pull(State(s): State<Service>, Path(id): Path<String>) -> Result<Json<Pull>, ApiError> {
     let not_found = || ApiError::not_found(format!("no pull {id}"));
     let n: u64 = id.parse().map_err(|_| not_found())?;
     s.pulls.cancel(n).map(Json).ok_or_else(not_found)
@@ -167,37 +157,95 @@ pub struct ImportQuery {
 /// how the UI imports a GGUF from the user's disk (a browser gives a page
 /// the file's bytes, never its path). The upload is kept in the data dir's
 /// `models/` until the store has checked and copied it.
-pub async fn import(State(s): State<AppState>, Query(q): Query<ImportQuery>, body: Body) -> Result<(StatusCode, Json<ModelObject>), ApiError> {
+pub async fn import(
+    State(s): State<Service>,
+    Query(q): Query<ImportQuery>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<ModelObject>), ApiError> {
     let name = q.filename.as_deref().map(|f| f.rsplit(['/', '\\']).next().unwrap_or("").trim().to_string()).unwrap_or_default();
     if name.is_empty() || name.starts_with('.') {
         return Err(ApiError::invalid("filename", "say the file's name: POST /api/models/import?filename=NAME.gguf with the file as the body"));
     }
-    // Beside the store's files (the same disk), removed when dropped.
-    let dir = tempfile::Builder::new().prefix(".upload-").tempdir_in(s.config.data_dir.join("models")).map_err(|e| ApiError::internal(&e))?;
-    let entry = receive_and_import(&s, dir.path(), &name, body).await?;
+    if name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("filename", format!("the file name must be at most {MAX_NAME} bytes with no control characters")));
+    }
+    let limit = s.config.max_upload;
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    // Beside the store's files (the same disk), removed when dropped; one
+    // left by a crash is swept at the next start.
+    let dir = tempfile::Builder::new()
+        .prefix(rbee_engine::store::UPLOAD_PREFIX)
+        .tempdir_in(s.config.data_dir.join("models"))
+        .map_err(|e| super::error::from_io(&e, "receiving the upload"))?;
+    let entry = receive_and_import(&s, dir.path(), &name, body, limit).await?;
     tracing::info!(model = %entry.id, file = %name, "model imported");
     Ok((StatusCode::CREATED, Json(object(entry, &loaded(&s)))))
 }
 
-async fn receive_and_import(s: &AppState, dir: &std::path::Path, name: &str, body: Body) -> Result<Entry, ApiError> {
+/// Longest file name accepted for an upload, in bytes (file systems allow 255).
+const MAX_NAME: usize = 200;
+
+/// How long an upload may send nothing before it is given up.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn too_large(limit: u64) -> ApiError {
+    let mut e = ApiError::invalid("file", format!("the file is larger than this node accepts ({} MiB; max_upload_mib in the config file)", limit >> 20));
+    e.status = StatusCode::PAYLOAD_TOO_LARGE;
+    e
+}
+
+async fn receive_and_import(s: &Service, dir: &std::path::Path, name: &str, body: Body, limit: u64) -> Result<Entry, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let path = dir.join(name);
-    let mut f = tokio::fs::File::create(&path).await.map_err(|e| ApiError::internal(&e))?;
+    let file = std::fs::File::create(&path).map_err(|e| super::error::from_io(&e, "receiving the upload"))?;
+    // Locked while this upload runs: what a start sweeps is what nobody holds.
+    file.lock().map_err(|e| super::error::from_io(&e, "receiving the upload"))?;
+    let mut f = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
     let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_body(format!("the upload broke off: {e}")))?;
+    loop {
+        let chunk = match tokio::time::timeout(UPLOAD_IDLE, stream.next()).await {
+            Ok(Some(c)) => c.map_err(|e| ApiError::bad_body(format!("the upload broke off: {e}")))?,
+            Ok(None) => break,
+            Err(_) => {
+                let mut e = ApiError::bad_body(format!("the upload sent nothing for {} s; send the file again", UPLOAD_IDLE.as_secs()));
+                e.status = StatusCode::REQUEST_TIMEOUT;
+                return Err(e);
+            }
+        };
         size += chunk.len() as u64;
-        f.write_all(&chunk).await.map_err(|e| ApiError::internal(&e))?;
+        if size > limit {
+            return Err(too_large(limit));
+        }
+        if let Err(e) = f.write_all(&chunk).await {
+            // Read (and drop) the rest first: a client still sending when
+            // the answer comes and the connection closes never sees the
+            // answer, only a broken pipe.
+            let err = super::error::from_io(&e, "receiving the upload");
+            let mut rest = size;
+            while let Ok(Some(Ok(chunk))) = tokio::time::timeout(UPLOAD_IDLE, stream.next()).await {
+                rest += chunk.len() as u64;
+                if rest > limit {
+                    break;
+                }
+            }
+            return Err(err);
+        }
     }
-    f.flush().await.map_err(|e| ApiError::internal(&e))?;
-    drop(f);
+    f.flush().await.map_err(|e| super::error::from_io(&e, "receiving the upload"))?;
     if size == 0 {
         return Err(ApiError::bad_body("the upload is empty; send the GGUF file as the request body"));
     }
     let engine = s.engine.clone();
     let imported = tokio::task::spawn_blocking(move || engine.store().import(&path, None)).await.map_err(|e| ApiError::internal(&e))?;
+    // The lock is released (and the directory removed) only after the store
+    // has its copy.
+    drop(f);
     imported.map_err(|e| match e {
         // The upload is what is wrong, not the node.
         rbee_engine::Error::InvalidModel { reason, .. } => ApiError::invalid("file", format!("{name} is not a usable GGUF model: {reason}")),

@@ -282,8 +282,8 @@ impl From<&EngineUsage> for Usage {
         Self {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            total_tokens: u.prompt_tokens + u.completion_tokens,
-            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens.min(u.prompt_tokens) },
         }
     }
 }
@@ -292,8 +292,8 @@ impl From<&EngineUsage> for Usage {
 /// generation's time went, measured by the node.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timings {
-    /// The swarm node that ran it ("" when the node runs alone).
-    pub node_id: String,
+    /// The swarm node that ran it (null when the node runs alone).
+    pub node_id: Option<rbee_swarm::NodeId>,
     /// From handing the request to the engine to its first token.
     pub ttft_ms: f64,
     /// Processing the prompt (the part not reused from the slot's cache).
@@ -405,7 +405,7 @@ pub struct ModelInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelLocation {
-    pub node_id: String,
+    pub node_id: Option<rbee_swarm::NodeId>,
     pub hostname: String,
     pub local: bool,
     pub loaded: bool,

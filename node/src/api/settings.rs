@@ -16,12 +16,13 @@ use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::JsonBody;
 use super::error::ApiError;
-use super::{AppState, JsonBody};
 use crate::config::{Config, ExposedWithoutKeys, Overrides};
+use crate::service::Service;
 
 /// A request from this machine; anything else is refused with 403.
 #[derive(Debug)]
@@ -39,7 +40,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LocalCaller {
     }
 }
 
-pub async fn get(_: LocalCaller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn get(_: LocalCaller, State(s): State<Service>) -> Result<Json<View>, ApiError> {
     view(&s).map(Json)
 }
 
@@ -58,7 +59,7 @@ fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
     Option::<String>::deserialize(d).map(Some)
 }
 
-pub async fn update(_: LocalCaller, State(s): State<AppState>, JsonBody(c): JsonBody<Change>) -> Result<Json<Value>, ApiError> {
+pub async fn update(_: LocalCaller, State(s): State<Service>, JsonBody(c): JsonBody<Change>) -> Result<Json<View>, ApiError> {
     let file = config_file(&s)?;
     let mut table = read_table(file)?;
     if let Some(listen) = c.listen {
@@ -104,7 +105,7 @@ pub async fn update(_: LocalCaller, State(s): State<AppState>, JsonBody(c): Json
     view(&s).map(Json)
 }
 
-pub async fn new_swarm(_: LocalCaller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn new_swarm(_: LocalCaller, State(s): State<Service>) -> Result<Json<View>, ApiError> {
     let file = config_file(&s)?;
     let mut table = read_table(file)?;
     let key = rbee_swarm::SwarmKey::generate();
@@ -114,7 +115,7 @@ pub async fn new_swarm(_: LocalCaller, State(s): State<AppState>) -> Result<Json
     view(&s).map(Json)
 }
 
-pub async fn restart(_: LocalCaller, State(s): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn restart(_: LocalCaller, State(s): State<Service>) -> Result<(StatusCode, Json<Value>), ApiError> {
     if s.request_restart() {
         Ok((StatusCode::ACCEPTED, Json(json!({ "restarting": true }))))
     } else {
@@ -122,7 +123,7 @@ pub async fn restart(_: LocalCaller, State(s): State<AppState>) -> Result<(Statu
     }
 }
 
-fn config_file(s: &AppState) -> Result<&Path, ApiError> {
+fn config_file(s: &Service) -> Result<&Path, ApiError> {
     s.config.config_file.as_deref().ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "invalid_request_error", "this node was started without a config file"))
 }
 
@@ -136,19 +137,46 @@ fn read_table(file: &Path) -> Result<toml::Table, ApiError> {
     }
 }
 
-/// Writes `table` to `file` through a temporary file, so that a crash never
-/// leaves half a config.
+/// Writes `table` to `file` whole (a crash never leaves half a config) and
+/// readable by its owner only: it holds the API keys and the swarm key.
 fn write_table(file: &Path, table: &toml::Table) -> Result<(), ApiError> {
     let text = toml::to_string(table).map_err(|e| ApiError::internal(&e))?;
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ApiError::internal(&e))?;
-    }
-    let tmp = file.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file)).map_err(|e| ApiError::internal(&e))
+    rbee_swarm::key::write_private(file, text.as_bytes()).map_err(|e| super::error::from_io(&e, "writing the config file"))
+}
+
+/// `GET /api/settings`'s body, as `ui/src/api.ts` declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub config_file: Option<String>,
+    /// What runs now.
+    pub listen: String,
+    pub api_keys: Vec<String>,
+    pub share: bool,
+    pub swarm: SwarmSettings,
+    /// What the config file says (takes effect at the next start).
+    pub saved: Saved,
+    /// The settings whose saved value differs from the running one.
+    pub restart_required: Vec<String>,
+    pub can_restart: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSettings {
+    pub enabled: bool,
+    pub fingerprint: Option<String>,
+    pub join_code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub listen: Option<String>,
+    pub api_keys: Option<Vec<String>>,
+    pub swarm_fingerprint: Option<String>,
+    pub swarm_join_code: Option<String>,
 }
 
 /// What runs now and what the file will change at the next start.
-fn view(s: &AppState) -> Result<Value, ApiError> {
+fn view(s: &Service) -> Result<View, ApiError> {
     let c = &s.config;
     let saved: Overrides = match &c.config_file {
         Some(f) => Overrides::from_file(f).map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_request_error", format!("{e:#}")))?,
@@ -157,32 +185,28 @@ fn view(s: &AppState) -> Result<Value, ApiError> {
     let running_key = c.swarm_key.map(|k| k.join_code());
     let mut pending = Vec::new();
     if saved.listen.as_deref().and_then(|l| l.parse::<SocketAddr>().ok()).is_some_and(|l| l != c.listen) {
-        pending.push("listen");
+        pending.push("listen".to_string());
     }
     if saved.api_keys.as_ref().is_some_and(|k| k.iter().filter(|k| !k.is_empty()).ne(c.api_keys.iter())) {
-        pending.push("api_keys");
+        pending.push("api_keys".to_string());
     }
     if saved.swarm_key != running_key && (saved.swarm_key.is_some() || running_key.is_some()) {
-        pending.push("swarm_key");
+        pending.push("swarm_key".to_string());
     }
     let saved_swarm = saved.swarm_key.as_deref().and_then(|k| rbee_swarm::SwarmKey::from_join_code(k).ok());
-    Ok(json!({
-        "config_file": c.config_file.as_ref().map(|f| f.display().to_string()),
-        "listen": c.listen.to_string(),
-        "api_keys": c.api_keys,
-        "share": s.sharing(),
-        "swarm": {
-            "enabled": c.swarm_key.is_some(),
-            "fingerprint": c.swarm_key.map(|k| k.fingerprint()),
-            "join_code": running_key,
+    Ok(View {
+        config_file: c.config_file.as_ref().map(|f| f.display().to_string()),
+        listen: c.listen.to_string(),
+        api_keys: c.api_keys.clone(),
+        share: s.sharing(),
+        swarm: SwarmSettings { enabled: c.swarm_key.is_some(), fingerprint: c.swarm_key.map(|k| k.fingerprint()), join_code: running_key },
+        saved: Saved {
+            listen: saved.listen,
+            api_keys: saved.api_keys,
+            swarm_fingerprint: saved_swarm.map(|k| k.fingerprint()),
+            swarm_join_code: saved.swarm_key,
         },
-        "saved": {
-            "listen": saved.listen,
-            "api_keys": saved.api_keys,
-            "swarm_fingerprint": saved_swarm.map(|k| k.fingerprint()),
-            "swarm_join_code": saved.swarm_key,
-        },
-        "restart_required": pending,
-        "can_restart": s.can_restart(),
-    }))
+        restart_required: pending,
+        can_restart: s.can_restart(),
+    })
 }

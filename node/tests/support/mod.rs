@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use rbee_node::Service;
 use rbee_node::config::{Config, Overrides};
-use rbee_node::AppState;
 
 #[path = "../../../engine/tests/support/fixture.rs"]
 mod fixture;
@@ -48,7 +48,7 @@ pub fn data_dir() -> PathBuf {
 pub struct TestNode {
     pub url: String,
     pub addr: SocketAddr,
-    pub state: AppState,
+    pub state: Service,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }

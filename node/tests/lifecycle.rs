@@ -1,0 +1,167 @@
+//! A node's life in a process that goes on without it (the app restarts
+//! its node in-process): stopping it ends every task it started, and the
+//! swarm sees it go at once.
+
+mod support;
+
+#[path = "../../engine/tests/support/hub.rs"]
+#[allow(dead_code)]
+mod hub;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{TestNode, fixture};
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
+/// A node with its own data dir (its own swarm identity) in the swarm `code`.
+async fn swarm_node(dir: &std::path::Path, code: &str, peers: Vec<String>, hf: Option<String>) -> TestNode {
+    let store = rbee_engine::store::Store::open(dir).unwrap();
+    if store.list().unwrap().is_empty() {
+        store.import(&fixture(), None).unwrap();
+    }
+    drop(store);
+    let cfg = rbee_node::Config::resolve(rbee_node::config::Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.to_path_buf()),
+        swarm_key: Some(code.into()),
+        swarm_listen: Some("/ip4/127.0.0.1/tcp/0".into()),
+        mdns: Some(false),
+        peers: Some(peers),
+        hf_endpoint: hf,
+        ..Default::default()
+    })
+    .unwrap();
+    TestNode::start_with(cfg).await
+}
+
+async fn peers_up(n: &TestNode) -> Vec<String> {
+    let v: Value = reqwest::get(format!("{}/api/swarm", n.url)).await.unwrap().json().await.unwrap();
+    v["peers"].as_array().unwrap().iter().filter(|p| p["up"] == true).map(|p| p["node_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_leaves_no_task_behind_and_its_peers_see_it_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = rbee_swarm::SwarmKey::generate().join_code();
+    let before = alive_tasks();
+    // A hub that sends the file slowly, so a pull is running at the stop.
+    let hub = hub::hub_for(&fixture());
+    hub.pace.store(1 << 20, Ordering::SeqCst);
+    let endpoint = hub::serve(hub.clone()).await;
+    let with_hub = alive_tasks();
+    let a = swarm_node(&dir.path().join("a"), &code, Vec::new(), Some(endpoint)).await;
+    let a_addr = a.state.swarm.as_ref().unwrap().listen_addrs().await.unwrap()[0].clone();
+    let a_id = a.state.swarm.as_ref().unwrap().peer_id.to_string();
+    let b = swarm_node(&dir.path().join("b"), &code, vec![format!("{a_addr}/p2p/{a_id}")], None).await;
+    let b_id = b.state.swarm.as_ref().unwrap().peer_id.to_string();
+    for _ in 0..100 {
+        if peers_up(&b).await.contains(&a_id) && peers_up(&a).await.contains(&b_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(peers_up(&b).await.contains(&a_id), "b sees a");
+    // Work of every kind on a: an answer streamed, a pull under way, the swarm page's stream.
+    let res = a
+        .post("/v1/completions", &json!({"model": support::MODEL, "prompt": "The capital of France is", "max_tokens": 4, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = support::Sse::new(res).all().await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let pull = a.post("/api/models/pull", &json!({"repo": "google/gemma", "file": "gemma.gguf"})).send().await.unwrap();
+    assert_eq!(pull.status(), 202);
+    let events = reqwest::get(format!("{}/api/swarm/events", a.url)).await.unwrap();
+    assert!(alive_tasks() > with_hub, "a runs tasks");
+    a.stop().await.unwrap();
+    // The client's end of the swarm page's stream (ended by a's shutdown).
+    drop(events);
+    // b marks a down: a closed its connections when it left (had a's swarm
+    // kept running, its heartbeats would keep it up in b's registry).
+    let mut down = false;
+    for _ in 0..100 {
+        if !peers_up(&b).await.contains(&a_id) {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(down, "b still lists a as up after it stopped");
+    b.stop().await.unwrap();
+    // Everything both nodes started has ended; what is left is the hub's.
+    let mut left = alive_tasks();
+    for _ in 0..100 {
+        left = alive_tasks();
+        if left <= with_hub {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left <= with_hub, "{} tasks left behind (before the nodes: {with_hub}, before the hub: {before})", left - with_hub);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_node_leaves_mid_way_is_finished_here_with_exact_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = rbee_swarm::SwarmKey::generate().join_code();
+    let a = swarm_node(&dir.path().join("a"), &code, Vec::new(), None).await;
+    let a_addr = a.state.swarm.as_ref().unwrap().listen_addrs().await.unwrap()[0].clone();
+    let a_id = a.state.swarm.as_ref().unwrap().peer_id.to_string();
+    let b = swarm_node(&dir.path().join("b"), &code, vec![format!("{a_addr}/p2p/{a_id}")], None).await;
+    let b_id = b.state.swarm.as_ref().unwrap().peer_id.to_string();
+    // b has the model loaded and a does not: a sends the answer to b.
+    for _ in 0..100 {
+        let v: Value = reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().json().await.unwrap();
+        if v["peers"].as_array().unwrap().iter().any(|p| p["node_id"] == b_id.as_str() && !p["record"]["models_on_disk"].as_array().unwrap().is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warm = b.post("/v1/completions", &json!({"model": support::MODEL, "prompt": "a", "max_tokens": 1})).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
+    let mut seen = false;
+    for _ in 0..100 {
+        let v: Value = reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().json().await.unwrap();
+        seen = v["peers"].as_array().unwrap().iter().any(|p| p["node_id"] == b_id.as_str() && !p["record"]["models_loaded"].as_array().unwrap().is_empty());
+        if seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "a sees b's loaded model: {}", reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().text().await.unwrap());
+    let max = 300;
+    let res = a
+        .post("/v1/completions", &json!({"model": support::MODEL, "prompt": "日本の首都は東京です。京都は", "max_tokens": max, "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = support::Sse::new(res);
+    let mut events = Vec::new();
+    // Some of the answer from b, then b leaves the swarm.
+    while events.len() < 8 {
+        let support::SseItem::Data(d) = sse.next().await else { panic!("the stream ended early") };
+        events.push(d);
+    }
+    b.state.swarm.as_ref().unwrap().leave().await;
+    while let support::SseItem::Data(d) = sse.next().await {
+        events.push(d);
+    }
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+    let finishes: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"].get(0)).map(|c| &c["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finishes, [&json!("length")]);
+    let last = chunks.last().unwrap();
+    // One answer whose usage counts both parts' tokens, exactly max_tokens.
+    assert_eq!(last["usage"]["completion_tokens"], max, "{last}");
+    assert_eq!(last["timings"]["node_id"], b_id.as_str(), "b started it: {last}");
+    let text: String = chunks.iter().filter_map(|c| c["choices"].get(0)).filter_map(|c| c["text"].as_str()).collect();
+    assert!(!text.is_empty());
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
