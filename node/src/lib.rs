@@ -17,6 +17,7 @@
 //! - [`service`]: the node below its API ([`Service`]): engine, swarm,
 //!   sharing, speeds, pulls, conversations and its tasks.
 //! - [`metrics`]: what `/metrics` counts.
+//! - [`settings`]: the settings page's reads and changes of the config file.
 //! - [`swarm`]: joining the swarm and keeping this node's record current in it.
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod node;
 pub mod pulls;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod swarm;
 
 pub use api::router;

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
+use std::collections::HashSet;
+
 use rbee_engine::Engine;
+use rbee_engine::store::Entry;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
@@ -191,5 +195,151 @@ impl Service {
             on_disk: self.engine.store().list().map(|l| l.len()).unwrap_or(0),
             sharing_paused: self.swarm.is_some() && !self.sharing(),
         }
+    }
+}
+
+/// A model this node can run, or route to a peer that has it.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub id: String,
+    /// When it was added here (seconds since the epoch; 0 when only peers have it).
+    pub created: u64,
+    pub info: ModelInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub quantization: String,
+    pub size_bytes: u64,
+    /// 0 when only peers have the model.
+    pub context_length: u64,
+    /// Loaded on this node.
+    pub loaded: bool,
+    /// Every node that has it (this one included), from the swarm registry.
+    pub nodes: Vec<ModelLocation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelLocation {
+    pub node_id: Option<rbee_swarm::NodeId>,
+    pub hostname: String,
+    pub local: bool,
+    pub loaded: bool,
+}
+
+fn model(e: Entry, loaded: &HashSet<String>) -> Model {
+    Model {
+        id: e.id.clone(),
+        created: e.added_at,
+        info: ModelInfo {
+            loaded: loaded.contains(&e.id),
+            architecture: e.architecture,
+            quantization: e.quantization,
+            size_bytes: e.size,
+            context_length: e.context_length,
+            nodes: Vec::new(),
+        },
+    }
+}
+
+/// Adds where each model is in the swarm, and the models only peers have.
+fn with_swarm(s: &Service, mut models: Vec<Model>, loaded: &HashSet<String>) -> Vec<Model> {
+    let Some(client) = &s.swarm else {
+        for m in &mut models {
+            m.info.nodes.push(ModelLocation { node_id: None, hostname: String::new(), local: true, loaded: m.info.loaded });
+        }
+        return models;
+    };
+    for p in client.peers().iter().filter(|p| p.up && (p.local || p.record.share)) {
+        for d in &p.record.models_on_disk {
+            let location = ModelLocation {
+                node_id: Some(p.node_id.clone()),
+                hostname: p.record.hostname.clone(),
+                local: p.local,
+                loaded: if p.local { loaded.contains(&d.id) } else { p.record.models_loaded.iter().any(|l| l.id == d.id) },
+            };
+            match models.iter_mut().find(|m| m.id == d.id) {
+                Some(m) => m.info.nodes.push(location),
+                // This node's catalog is the truth about itself; the record may lag.
+                None if p.local => {}
+                None => models.push(Model {
+                    id: d.id.clone(),
+                    created: 0,
+                    info: ModelInfo {
+                        architecture: d.architecture.clone(),
+                        quantization: d.quantization.clone(),
+                        size_bytes: d.size_bytes,
+                        context_length: 0,
+                        loaded: false,
+                        nodes: vec![location],
+                    },
+                }),
+            }
+        }
+    }
+    models
+}
+
+fn loaded(s: &Service) -> HashSet<String> {
+    s.engine.loaded().into_iter().map(|m| m.id).collect()
+}
+
+impl Service {
+    /// Every model in this node's catalog, loaded or not, and every model
+    /// the swarm's sharing peers hold, with where each one is.
+    ///
+    /// # Errors
+    /// When the catalog cannot be read.
+    pub fn models(&self) -> rbee_engine::Result<Vec<Model>> {
+        let loaded = loaded(self);
+        let local = self.engine.store().list()?.into_iter().map(|e| model(e, &loaded)).collect();
+        Ok(with_swarm(self, local, &loaded))
+    }
+
+    /// The model `name` means: an exact id anywhere in the swarm, or a
+    /// prefix of one of this node's.
+    pub fn model(&self, name: &str) -> Option<Model> {
+        let loaded = loaded(self);
+        let local = self.engine.store().get(name).map(|e| vec![model(e, &loaded)]).unwrap_or_default();
+        with_swarm(self, local, &loaded).into_iter().find(|m| m.id == name || (m.info.nodes.iter().any(|n| n.local) && m.id.starts_with(name)))
+    }
+
+    /// Unloads one of this machine's models (an exact id: a prefix that
+    /// happens to be unique must not delete) and deletes its file.
+    ///
+    /// # Errors
+    /// [`rbee_engine::Error::ModelNotFound`], or I/O errors.
+    pub async fn delete_model(&self, id: &str) -> rbee_engine::Result<rbee_engine::store::Entry> {
+        let entry = self.engine.store().get(id).ok().filter(|e| e.id == id).ok_or_else(|| rbee_engine::Error::ModelNotFound(id.to_string()))?;
+        self.engine.unload(&entry.id);
+        let engine = self.engine.clone();
+        let removed = tokio::task::spawn_blocking(move || engine.store().remove(&entry.id))
+            .await
+            .map_err(|e| rbee_engine::Error::Io { context: "deleting the model".into(), source: std::io::Error::other(e) })??;
+        tracing::info!(model = %removed.id, "model deleted");
+        Ok(removed)
+    }
+
+    /// Checks and copies the GGUF at `path` into the store (off the async threads).
+    ///
+    /// # Errors
+    /// As [`rbee_engine::store::Store::import`].
+    pub async fn import(&self, path: std::path::PathBuf) -> rbee_engine::Result<rbee_engine::store::Entry> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.store().import(&path, None))
+            .await
+            .map_err(|e| rbee_engine::Error::Io { context: "importing the model".into(), source: std::io::Error::other(e) })?
+    }
+
+    /// Starts pulling `repo`/`file` at `revision` from the configured hub
+    /// in the background.
+    ///
+    /// # Errors
+    /// [`rbee_engine::Error::InvalidName`] for names that are not plain
+    /// path segments of the hub.
+    pub fn pull(&self, repo: String, file: String, revision: String) -> rbee_engine::Result<crate::pulls::Pull> {
+        rbee_engine::store::check_hub_names(&repo, &file, &revision)?;
+        Ok(self.pulls.start(self.engine.clone(), self.config.hf_endpoint.clone(), repo, file, revision))
     }
 }

@@ -9,8 +9,6 @@
 //! - `DELETE /api/models/pulls/{id}` — cancel one (or dismiss a finished one)
 //! - `POST /api/models/import?filename=NAME` with the file as the body
 
-use std::collections::HashSet;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -20,100 +18,28 @@ use serde::Deserialize;
 
 use super::JsonBody;
 use super::error::ApiError;
-use super::openai::{ModelInfo, ModelList, ModelLocation, ModelObject};
+use super::openai::{ModelList, ModelObject};
 use crate::pulls::Pull;
-use crate::service::Service;
+use crate::service::{Model, Service};
 
-fn object(e: Entry, loaded: &HashSet<String>) -> ModelObject {
-    ModelObject {
-        id: e.id.clone(),
-        object: "model",
-        created: e.added_at,
-        owned_by: "rbee",
-        rbee: ModelInfo {
-            loaded: loaded.contains(&e.id),
-            architecture: e.architecture,
-            quantization: e.quantization,
-            size_bytes: e.size,
-            context_length: e.context_length,
-            nodes: Vec::new(),
-        },
-    }
-}
-
-/// Adds where each model is in the swarm, and the models only peers have.
-fn with_swarm(s: &Service, mut models: Vec<ModelObject>, loaded: &HashSet<String>) -> Vec<ModelObject> {
-    let Some(client) = &s.swarm else {
-        for m in &mut models {
-            m.rbee.nodes.push(ModelLocation { node_id: None, hostname: String::new(), local: true, loaded: m.rbee.loaded });
-        }
-        return models;
-    };
-    for p in client.peers().iter().filter(|p| p.up && (p.local || p.record.share)) {
-        for d in &p.record.models_on_disk {
-            let location = ModelLocation {
-                node_id: Some(p.node_id.clone()),
-                hostname: p.record.hostname.clone(),
-                local: p.local,
-                loaded: if p.local { loaded.contains(&d.id) } else { p.record.models_loaded.iter().any(|l| l.id == d.id) },
-            };
-            match models.iter_mut().find(|m| m.id == d.id) {
-                Some(m) => m.rbee.nodes.push(location),
-                // This node's catalog is the truth about itself; the record may lag.
-                None if p.local => {}
-                None => models.push(ModelObject {
-                    id: d.id.clone(),
-                    object: "model",
-                    created: 0,
-                    owned_by: "rbee",
-                    rbee: ModelInfo {
-                        architecture: d.architecture.clone(),
-                        quantization: d.quantization.clone(),
-                        size_bytes: d.size_bytes,
-                        context_length: 0,
-                        loaded: false,
-                        nodes: vec![location],
-                    },
-                }),
-            }
-        }
-    }
-    models
-}
-
-fn loaded(s: &Service) -> HashSet<String> {
-    s.engine.loaded().into_iter().map(|m| m.id).collect()
+/// OpenAI's model object around what the service knows of a model.
+fn object(m: Model) -> ModelObject {
+    ModelObject { id: m.id, object: "model", created: m.created, owned_by: "rbee", rbee: m.info }
 }
 
 pub async fn list(State(s): State<Service>) -> Result<Json<ModelList>, ApiError> {
-    let entries = s.engine.store().list().map_err(|e| ApiError::internal(&e))?;
-    let loaded = loaded(&s);
-    let local = entries.into_iter().map(|e| object(e, &loaded)).collect();
-    Ok(Json(ModelList { object: "list", data: with_swarm(&s, local, &loaded) }))
+    let models = s.models().map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(ModelList { object: "list", data: models.into_iter().map(object).collect() }))
 }
 
 pub async fn get(State(s): State<Service>, Path(id): Path<String>) -> Result<Json<ModelObject>, ApiError> {
-    let loaded = loaded(&s);
-    let all = match s.engine.store().get(&id) {
-        Ok(entry) => with_swarm(&s, vec![object(entry, &loaded)], &loaded),
-        Err(_) => with_swarm(&s, Vec::new(), &loaded),
-    };
-    all.into_iter()
-        .find(|m| m.id == id || (m.rbee.nodes.iter().any(|n| n.local) && m.id.starts_with(&id)))
-        .map(Json)
-        .ok_or_else(|| ApiError::model_not_found(&id))
+    s.model(&id).map(|m| Json(object(m))).ok_or_else(|| ApiError::model_not_found(&id))
 }
 
 /// `DELETE /v1/models/{id}`: unloads the model and deletes its file and
 /// catalog entry (OpenAI's shape: `{id, object: "model", deleted: true}`).
 pub async fn delete(State(s): State<Service>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    // An exact id only: a prefix that happens to be unique must not delete.
-    let entry = s.engine.store().get(&id).ok().filter(|e| e.id == id).ok_or_else(|| ApiError::model_not_found(&id))?;
-    s.engine.unload(&entry.id);
-    let engine = s.engine.clone();
-    let removed = tokio::task::spawn_blocking(move || engine.store().remove(&entry.id)).await.map_err(|e| ApiError::internal(&e))?;
-    let removed = removed.map_err(|e| ApiError::from_engine(&e, "model"))?;
-    tracing::info!(model = %removed.id, "model deleted");
+    let removed = s.delete_model(&id).await.map_err(|e| ApiError::from_engine(&e, "model"))?;
     Ok(Json(serde_json::json!({ "id": removed.id, "object": "model", "deleted": true })))
 }
 
@@ -131,8 +57,7 @@ pub async fn pull(State(s): State<Service>, JsonBody(r): JsonBody<PullRequest>) 
     let repo = r.repo.trim().to_string();
     let file = r.file.trim().to_string();
     let revision = r.revision.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).unwrap_or_else(|| "main".into());
-    rbee_engine::store::check_hub_names(&repo, &file, &revision).map_err(|e| ApiError::from_engine(&e, "repo"))?;
-    let p = s.pulls.start(s.engine.clone(), s.config.hf_endpoint.clone(), repo, file, revision);
+    let p = s.pull(repo, file, revision).map_err(|e| ApiError::from_engine(&e, "repo"))?;
     Ok((StatusCode::ACCEPTED, Json(p)))
 }
 
@@ -183,7 +108,8 @@ pub async fn import(
         .map_err(|e| super::error::from_io(&e, "receiving the upload"))?;
     let entry = receive_and_import(&s, dir.path(), &name, body, limit).await?;
     tracing::info!(model = %entry.id, file = %name, "model imported");
-    Ok((StatusCode::CREATED, Json(object(entry, &loaded(&s)))))
+    let model = s.model(&entry.id).ok_or_else(|| ApiError::internal(&"an imported model is not in the catalog"))?;
+    Ok((StatusCode::CREATED, Json(object(model))))
 }
 
 /// Longest file name accepted for an upload, in bytes (file systems allow 255).
@@ -241,8 +167,7 @@ async fn receive_and_import(s: &Service, dir: &std::path::Path, name: &str, body
     if size == 0 {
         return Err(ApiError::bad_body("the upload is empty; send the GGUF file as the request body"));
     }
-    let engine = s.engine.clone();
-    let imported = tokio::task::spawn_blocking(move || engine.store().import(&path, None)).await.map_err(|e| ApiError::internal(&e))?;
+    let imported = s.import(path).await;
     // The lock is released (and the directory removed) only after the store
     // has its copy.
     drop(f);

@@ -390,26 +390,7 @@ pub struct ModelObject {
     pub rbee: ModelInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub architecture: String,
-    pub quantization: String,
-    pub size_bytes: u64,
-    /// 0 when only peers have the model.
-    pub context_length: u64,
-    /// Loaded on this node.
-    pub loaded: bool,
-    /// Every node that has it (this one included), from the swarm registry.
-    pub nodes: Vec<ModelLocation>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelLocation {
-    pub node_id: Option<rbee_swarm::NodeId>,
-    pub hostname: String,
-    pub local: bool,
-    pub loaded: bool,
-}
+pub use crate::service::{ModelInfo, ModelLocation};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelList {
