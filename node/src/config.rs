@@ -218,7 +218,9 @@ impl Config {
         if !listen.ip().is_loopback() && api_keys.is_empty() {
             return Err(ExposedWithoutKeys { listen }.into());
         }
-        let slots = o.slots.unwrap_or(2);
+        // The engine's own defaults for the engine's settings: one place.
+        let engine = rbee_engine::Config::new(PathBuf::new());
+        let slots = o.slots.unwrap_or(engine.slots);
         if slots == 0 {
             bail!("slots must be at least 1");
         }
@@ -254,9 +256,9 @@ impl Config {
             cors_origins: o.cors_origins.unwrap_or_default(),
             allowed_hosts: o.allowed_hosts.unwrap_or_default(),
             slots,
-            queue_depth: o.queue_depth.unwrap_or(16),
-            idle_timeout: secs("idle_timeout_secs", o.idle_timeout_secs, 300.0)?,
-            max_context: o.max_context.unwrap_or(8192).max(16),
+            queue_depth: o.queue_depth.unwrap_or(engine.queue_depth),
+            idle_timeout: secs("idle_timeout_secs", o.idle_timeout_secs, engine.idle_timeout.as_secs_f64())?,
+            max_context: o.max_context.unwrap_or(engine.max_context).max(16),
             shutdown_grace: secs("shutdown_grace_secs", o.shutdown_grace_secs, 30.0)?,
             keep_alive,
             header_timeout,
