@@ -299,20 +299,8 @@ impl Store {
     /// [`Error::Checksum`] on a corrupted transfer; model errors as for
     /// [`import`](Self::import).
     pub async fn pull(&self, endpoint: &str, repo: &str, file: &str, revision: &str, progress: Option<ProgressFn>) -> Result<Entry> {
-        use hf_hub::api::tokio::ApiBuilder;
         check_hub_names(repo, file, revision)?;
-        let cache = self.dir.join("downloads");
-        let api = ApiBuilder::new()
-            .with_endpoint(endpoint.trim_end_matches('/').to_string())
-            .with_cache_dir(cache.clone())
-            .with_progress(false)
-            .with_chunk_size(Some(8 << 20))
-            .build()
-            .map_err(|e| Error::Download(e.to_string()))?;
-        let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
-        let reporter = HubProgress { f: progress.clone(), done: Arc::new(std::sync::atomic::AtomicU64::new(0)) };
-        let pointer =
-            api.repo(hf_repo).download_with_progress(file, reporter).await.map_err(|e| Error::Download(format!("{repo}/{file} from {endpoint}: {e}")))?;
+        let pointer = hub_download(self.dir.join("downloads"), endpoint, repo, file, revision, progress.clone()).await?;
         let blob = std::fs::canonicalize(&pointer).map_err(Error::io("resolving the downloaded file"))?;
         // Gigabytes of reading: off the async threads.
         let sha = {
@@ -546,6 +534,53 @@ fn sweep(models: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Downloads one file with hf-hub into its cache at `cache` and returns the
+/// path of its snapshot pointer.
+///
+/// hf-hub fetches a file in chunks on tasks it spawns itself, and dropping
+/// its future does not stop them: a cancelled pull would go on downloading
+/// (and a stopped node leave them running in the app's process). So the
+/// download runs on a runtime of its own, on a thread of its own, and ends
+/// when the caller stops waiting for it: the runtime is then dropped, and
+/// every chunk task with it. What was written stays in the cache, and the
+/// next pull of the file resumes from it.
+async fn hub_download(cache: PathBuf, endpoint: &str, repo: &str, file: &str, revision: &str, progress: Option<ProgressFn>) -> Result<PathBuf> {
+    use hf_hub::api::tokio::ApiBuilder;
+    let (endpoint, repo, file, revision) = (endpoint.trim_end_matches('/').to_string(), repo.to_string(), file.to_string(), revision.to_string());
+    let (mut tx, rx) = tokio::sync::oneshot::channel();
+    let download = async move {
+        let api = ApiBuilder::new()
+            .with_endpoint(endpoint.clone())
+            .with_cache_dir(cache)
+            .with_progress(false)
+            .with_chunk_size(Some(8 << 20))
+            .build()
+            .map_err(|e| Error::Download(e.to_string()))?;
+        let hf_repo = hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision);
+        let reporter = HubProgress { f: progress, done: Arc::new(std::sync::atomic::AtomicU64::new(0)) };
+        api.repo(hf_repo).download_with_progress(&file, reporter).await.map_err(|e| Error::Download(format!("{repo}/{file} from {endpoint}: {e}")))
+    };
+    std::thread::Builder::new()
+        .name("rbee-pull".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(Error::io("starting the download")(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                tokio::select! {
+                    r = download => { let _ = tx.send(r); }
+                    () = tx.closed() => {}
+                }
+            });
+        })
+        .map_err(Error::io("starting the download"))?;
+    rx.await.map_err(|_| Error::Download("the download thread ended without an answer".into()))?
 }
 
 /// Adapts hf-hub's progress callbacks to ours.

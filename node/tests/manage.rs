@@ -92,6 +92,12 @@ async fn a_pull_shows_progress_can_be_cancelled_and_resumes_into_the_model_list(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = pulls(&n).await.into_iter().find(|p| p["id"] == id).unwrap();
     assert_eq!(p["state"], "cancelled", "a cancelled pull stays cancelled");
+    // And the download really stopped: the hub sends nothing more (it would
+    // go on at about a sixth of the file a second).
+    let sent = hub.sent.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let more = hub.sent.load(Ordering::SeqCst) - sent;
+    assert!(more <= 256 << 10, "the hub sent {more} more bytes after the pull was cancelled");
     assert!(model_ids(&n).await.is_empty());
 
     // Pulled again (full speed), it completes into the model list, and the

@@ -22,6 +22,8 @@ pub struct Hub {
     pub cut_at: Arc<AtomicUsize>,
     /// Bytes per second each data response is paced at (0: as fast as it goes).
     pub pace: Arc<AtomicUsize>,
+    /// Bytes of paced responses handed to the connection so far.
+    pub sent: Arc<AtomicUsize>,
 }
 
 async fn resolve(State(hub): State<Hub>, UrlPath((_owner, _repo, _rev, _file)): UrlPath<(String, String, String, String)>, headers: HeaderMap) -> Response {
@@ -54,9 +56,14 @@ async fn resolve(State(hub): State<Hub>, UrlPath((_owner, _repo, _rev, _file)): 
         // 64 KiB pieces, each after its share of a second.
         let pieces: Vec<axum::body::Bytes> = body.chunks(64 << 10).map(axum::body::Bytes::copy_from_slice).collect();
         let wait = std::time::Duration::from_secs_f64((64 << 10) as f64 / pace as f64);
-        let stream = futures_util::stream::iter(pieces).then(move |piece| async move {
-            tokio::time::sleep(wait).await;
-            Ok::<_, std::io::Error>(piece)
+        let sent = hub.sent.clone();
+        let stream = futures_util::stream::iter(pieces).then(move |piece| {
+            let sent = sent.clone();
+            async move {
+                tokio::time::sleep(wait).await;
+                sent.fetch_add(piece.len(), Ordering::SeqCst);
+                Ok::<_, std::io::Error>(piece)
+            }
         });
         return builder.body(Body::from_stream(stream)).unwrap();
     }
@@ -80,6 +87,7 @@ pub fn hub_for(path: &std::path::Path) -> Hub {
         ranges: Arc::default(),
         cut_at: Arc::new(AtomicUsize::new(usize::MAX)),
         pace: Arc::new(AtomicUsize::new(0)),
+        sent: Arc::new(AtomicUsize::new(0)),
     }
 }
 
