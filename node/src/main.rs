@@ -46,7 +46,7 @@ enum Command {
         /// A system prompt for the conversation.
         #[arg(long)]
         system: Option<String>,
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = SamplingParams::default().temperature)]
         temperature: f32,
         #[arg(long)]
         seed: Option<u64>,
@@ -151,19 +151,19 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = SamplingParams::default().temperature)]
     temperature: f32,
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = SamplingParams::default().top_k)]
     top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = SamplingParams::default().top_p)]
     top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = SamplingParams::default().min_p)]
     min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingParams::default().repetition_penalty)]
     repeat_penalty: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SamplingParams::default().presence_penalty)]
     presence_penalty: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SamplingParams::default().frequency_penalty)]
     frequency_penalty: f32,
     #[arg(long)]
     seed: Option<u64>,
