@@ -218,6 +218,8 @@ impl Client {
     }
 
     /// Replaces this node's record (identity fields are filled in); gossiped at once if it changed.
+    /// The first call announces the node: until then peers hold no record of it,
+    /// so none of them ever lists it without models, memory or hostname.
     ///
     /// # Errors
     /// [`Error::Stopped`] when the swarm has stopped.
@@ -406,7 +408,9 @@ pub fn start(cfg: Config) -> Result<Client> {
         ev.bootstrap.insert(addr.clone());
         ev.dial_addr(addr);
     }
-    ev.publish_local();
+    // Nothing is announced until the owner gives its first record
+    // (`Client::update`): peers never see a placeholder without models,
+    // memory or hostname.
     let task = Arc::new(Mutex::new(Some(tokio::spawn(ev.run(rx)))));
     Ok(Client { task, commands, view, rtts, stats, peer_id, fingerprint, control })
 }
@@ -481,7 +485,7 @@ impl EventLoop {
         r.addrs.clone_from(&self.local.addrs);
         r.incarnation = self.local.incarnation;
         r.seq = self.local.seq;
-        if !r.content_eq(&self.local) {
+        if !r.content_eq(&self.local) || self.envelope.is_none() {
             r.seq = self.local.seq + 1;
             self.local = r;
             self.publish_local();
@@ -505,6 +509,9 @@ impl EventLoop {
     /// Publishes this node's record with the next seq: every heartbeat is a
     /// newer record, which is what keeps this node alive in others' registries.
     fn heartbeat(&mut self) {
+        if self.envelope.is_none() {
+            return;
+        }
         self.local.seq += 1;
         self.publish_local();
         self.gossip();
@@ -669,8 +676,10 @@ impl EventLoop {
                 tracing::info!(%address, "swarm listening");
                 if !address.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())) {
                     self.local.addrs.push(address.to_string());
-                    self.local.seq += 1;
-                    self.publish_local();
+                    if self.envelope.is_some() {
+                        self.local.seq += 1;
+                        self.publish_local();
+                    }
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {

@@ -9,6 +9,15 @@ use rbee_swarm::record::{LoadedModel, ModelOnDisk};
 use rbee_swarm::{Client, Config, NodeRecord, SwarmKey};
 
 fn node(key: SwarmKey, host: &str, bootstrap: Vec<Multiaddr>) -> (Client, Multiaddr) {
+    let (client, addr) = silent_node(key, bootstrap);
+    let c = client.clone();
+    let host = host.to_string();
+    tokio::spawn(async move { c.update(NodeRecord { hostname: host, share: true, ..Default::default() }).await });
+    (client, addr)
+}
+
+/// A node whose owner has not given it a record yet.
+fn silent_node(key: SwarmKey, bootstrap: Vec<Multiaddr>) -> (Client, Multiaddr) {
     let identity = Keypair::generate_ed25519();
     let peer = identity.public().to_peer_id();
     let port: u64 = rand::random::<u64>() >> 1;
@@ -19,9 +28,6 @@ fn node(key: SwarmKey, host: &str, bootstrap: Vec<Multiaddr>) -> (Client, Multia
     cfg.memory_transport = true;
     cfg.redial = Duration::from_millis(200);
     let client = rbee_swarm::start(cfg).unwrap();
-    let c = client.clone();
-    let host = host.to_string();
-    tokio::spawn(async move { c.update(NodeRecord { hostname: host, share: true, ..Default::default() }).await });
     (client, listen.with(libp2p::multiaddr::Protocol::P2p(peer)))
 }
 
@@ -141,4 +147,36 @@ async fn nodes_that_know_only_one_hub_connect_to_each_other_through_the_records(
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_see_a_node_first_with_the_record_its_owner_gave_never_a_blank_one() {
+    let key = SwarmKey::generate();
+    let (a, a_addr) = silent_node(key, vec![]);
+    let a_id = rbee_swarm::NodeId::from(a.peer_id);
+    let (b, _) = node(key, "b", vec![a_addr]);
+    // Everything b ever lists for a, from the start.
+    let mut w = b.watch();
+    let watched = a_id.clone();
+    let seen = tokio::spawn(async move {
+        let mut hosts = Vec::new();
+        loop {
+            if let Some(p) = w.borrow_and_update().iter().find(|p| p.node_id == watched) {
+                hosts.push(p.record.hostname.clone());
+                if p.record.hostname == "a" {
+                    return hosts;
+                }
+            }
+            if w.changed().await.is_err() {
+                return hosts;
+            }
+        }
+    });
+    // Connected: b's record reaches a. Two heartbeats later b still has no entry for a.
+    until(&a, "b's record at a", |v| up_hosts(v) == ["b"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(b.peers().iter().all(|p| p.node_id != a_id), "b lists a before a's owner gave its record: {:#?}", b.peers());
+    a.update(NodeRecord { hostname: "a".into(), share: true, ..Default::default() }).await.unwrap();
+    let hosts = tokio::time::timeout(Duration::from_secs(10), seen).await.expect("b sees a's record").unwrap();
+    assert_eq!(hosts, ["a"], "what b listed for a");
 }
