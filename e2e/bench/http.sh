@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP benchmark (not part of CI): time to first token and decode speed
 # through `/v1/completions` against the engine called directly, throughput
-# with 1, 2 and 4 concurrent clients, and the RSS of an idle `rbee serve`.
+# with 1, 2, 4 and 8 concurrent clients, and the RSS of an idle `rbee serve`.
 # Usage: e2e/bench/http.sh [REPEATS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -15,9 +15,9 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
-/// Prompts run through the model in chunks of this many tokens, aligned to
-/// absolute positions; this bounds the attention scores' memory for long
-/// prompts and is the unit of prefix reuse (see [`Slot`]).
+/// Prompts run through the model in chunks of at most this many tokens: this
+/// bounds the memory of a long prompt's activations, and how long a starting
+/// request holds up the ones decoding beside it (one chunk per step).
 pub const PREFILL_CHUNK: usize = 256;
 
 /// A loaded model: weights, tokenizer and chat template.
@@ -163,110 +163,255 @@ pub enum Event {
 /// A sequence slot: its KV cache and the tokens it holds, kept between
 /// requests so a follow-up sharing a prefix (a chat's next turn) skips it.
 ///
-/// Only whole prefill chunks are reused. The quantized kernels round
-/// differently for different numbers of rows, so keys and values computed
-/// one token at a time (decoding) or in a partial chunk differ slightly from
-/// a fresh prefill's; reusing them would make the same request give
-/// different text depending on what ran before. Whole aligned chunks are
-/// computed exactly as a fresh prefill computes them.
+/// The whole shared prefix is reused, to the token, including tokens the
+/// slot generated: on the CPU a token's keys and values do not depend on
+/// whether it ran in a prompt chunk, a decode step or a batch (see
+/// [`crate::attention`]), so a reused cache gives the same text as a fresh
+/// prefill.
 #[derive(Debug)]
 pub struct Slot {
     cache: Cache,
     tokens: Vec<u32>,
-    /// Leading tokens whose cache came from whole aligned prefill chunks.
-    reusable: usize,
 }
 
 impl Slot {
     pub fn new(model: &Model) -> Self {
-        Self { cache: model.weights.new_cache(), tokens: Vec::new(), reusable: 0 }
+        Self { cache: model.weights.new_cache(), tokens: Vec::new() }
+    }
+
+    /// Prompt tokens this slot's cache would save `prompt`: their common
+    /// prefix, less the last prompt token, which runs to give the first logits.
+    pub fn reusable_for(&self, prompt: &[u32]) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        common.min(prompt.len().saturating_sub(1))
+    }
+
+    fn clear(&mut self) {
+        self.cache.truncate(0);
+        self.tokens.clear();
     }
 }
 
-/// Runs one request in `slot`, sending events to `tx` until done, failed,
-/// or `tx`'s receiver is dropped (then it stops within one token).
-pub fn run(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingParams, tx: &mpsc::Sender<Event>) {
-    if let Err(e) = run_inner(model, slot, prompt, params, tx) {
-        // Leave the slot clean: the cache may be half-written.
-        slot.cache.truncate(0);
-        slot.tokens.clear();
-        slot.reusable = 0;
-        let _ = tx.blocking_send(Event::Error(e.to_string()));
-    }
+/// One request running in a slot: its prompt goes through in chunks, then
+/// it yields one token per decode step. The runtime moves every running
+/// sequence of a model one step at a time and decodes them together
+/// ([`Weights::forward_batch`](crate::model::Weights::forward_batch)).
+#[derive(Debug)]
+pub struct Sequence<'m> {
+    model: &'m Model,
+    /// The slot (index into the runtime's slots) holding its cache.
+    pub slot: usize,
+    tx: mpsc::Sender<Event>,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    reuse: usize,
+    sampler: Sampler,
+    text: crate::tokenizer::TextStream<'m>,
+    stops: StopMatcher,
+    /// Logits waiting to be sampled (after the prompt or a decode step).
+    logits: Option<Vec<f32>>,
+    generated: usize,
+    /// Tokens generated since the last text sent.
+    pending: usize,
+    /// Events not yet taken by the receiver: the sequence waits (its reader
+    /// is slow) until they are, without holding up the others.
+    outbox: std::collections::VecDeque<Event>,
+    finished: bool,
+    started: Instant,
+    prompt_secs: f64,
+    decode_start: Option<Instant>,
 }
 
-fn run_inner(model: &Model, slot: &mut Slot, prompt: &[u32], params: &SamplingParams, tx: &mpsc::Sender<Event>) -> Result<()> {
-    let started = Instant::now();
-    let common = slot.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-    // Whole chunks only, and at least the last prompt token runs, to
-    // produce the first logits.
-    let reuse = common.min(slot.reusable).min(prompt.len() - 1) / PREFILL_CHUNK * PREFILL_CHUNK;
-    slot.cache.truncate(reuse);
-    slot.tokens.truncate(reuse);
-    slot.reusable = reuse;
-    let mut logits = None;
-    for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
-        if tx.is_closed() {
-            return Ok(());
-        }
-        logits = Some(model.weights.forward(chunk, &mut slot.cache)?);
-        slot.tokens.extend_from_slice(chunk);
-        if chunk.len() == PREFILL_CHUNK && slot.reusable + PREFILL_CHUNK == slot.tokens.len() {
-            slot.reusable = slot.tokens.len();
+/// What a sequence needs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// More of its prompt to run.
+    Prefill,
+    /// A decode step with this token.
+    Decode(u32),
+    /// Nothing now: its reader has not taken its events yet.
+    Wait,
+    /// It has finished (or its receiver is gone); its slot is free once its events are out.
+    Finished,
+}
+
+impl<'m> Sequence<'m> {
+    /// Starts `prompt` in `slot` (number `index`), reusing what its cache shares with it.
+    pub fn new(model: &'m Model, index: usize, slot: &mut Slot, prompt: Vec<u32>, params: SamplingParams, tx: mpsc::Sender<Event>) -> Self {
+        let reuse = slot.reusable_for(&prompt);
+        slot.cache.truncate(reuse);
+        slot.tokens.truncate(reuse);
+        Self {
+            model,
+            slot: index,
+            tx,
+            sampler: Sampler::new(params.clone()),
+            stops: StopMatcher::new(&params.stop),
+            text: model.tokenizer.stream(),
+            prompt,
+            params,
+            reuse,
+            logits: None,
+            generated: 0,
+            pending: 0,
+            outbox: std::collections::VecDeque::new(),
+            finished: false,
+            started: Instant::now(),
+            prompt_secs: 0.0,
+            decode_start: None,
         }
     }
-    let mut logits = logits.expect("at least one prompt token runs").to_vec1::<f32>()?;
-    let prompt_secs = started.elapsed().as_secs_f64();
-    let decode_start = Instant::now();
 
-    let mut sampler = Sampler::new(params.clone());
-    let mut text = model.tokenizer.stream();
-    let mut stops = StopMatcher::new(&params.stop);
-    let max_new = params.max_tokens.unwrap_or(usize::MAX);
-    let mut generated = 0;
-    // Tokens generated since the last text sent.
-    let mut pending = 0;
-    let finish = loop {
-        let token = sampler.sample(&mut logits, &slot.tokens);
-        if !params.ignore_eos && model.tokenizer.end_of_generation.contains(&token) {
-            break FinishReason::Stop;
-        }
-        generated += 1;
-        pending += 1;
-        if let Some(piece) = text.step(token)? {
-            let (emit, stopped) = stops.push(&piece);
-            if !emit.is_empty() {
-                if tx.blocking_send(Event::Text { text: emit, tokens: pending }).is_err() {
-                    return Ok(());
+    /// Whether its receiver is gone (the request was cancelled).
+    pub fn cancelled(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Hands queued events to the receiver, as many as it has room for.
+    pub fn flush(&mut self) {
+        while let Some(e) = self.outbox.pop_front() {
+            match self.tx.try_send(e) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(e)) => {
+                    self.outbox.push_front(e);
+                    return;
                 }
-                pending = 0;
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.outbox.clear();
+                    self.finished = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether events are still waiting for the receiver.
+    pub fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// What the sequence needs next; samples a token when it has logits and
+    /// its reader keeps up. `slot` is its own.
+    pub fn next(&mut self, slot: &mut Slot) -> Need {
+        if self.finished || self.cancelled() {
+            return Need::Finished;
+        }
+        if slot.tokens.len() < self.prompt.len() {
+            return Need::Prefill;
+        }
+        if !self.outbox.is_empty() {
+            return Need::Wait;
+        }
+        let Some(mut logits) = self.logits.take() else { return Need::Wait };
+        match self.sample(&mut logits, slot) {
+            Ok(Some(token)) => Need::Decode(token),
+            Ok(None) => Need::Finished,
+            Err(e) => {
+                self.fail(slot, &e);
+                Need::Finished
+            }
+        }
+    }
+
+    /// Runs the next chunk of the prompt.
+    pub fn prefill(&mut self, slot: &mut Slot) {
+        let at = slot.tokens.len();
+        let end = (at + PREFILL_CHUNK).min(self.prompt.len());
+        let chunk = &self.prompt[at..end];
+        match self.model.weights.forward(chunk, &mut slot.cache).and_then(|l| Ok(l.to_vec1::<f32>()?)) {
+            Ok(logits) => {
+                slot.tokens.extend_from_slice(chunk);
+                if slot.tokens.len() == self.prompt.len() {
+                    self.logits = Some(logits);
+                    self.prompt_secs = self.started.elapsed().as_secs_f64();
+                    self.decode_start = Some(Instant::now());
+                }
+            }
+            Err(e) => self.fail(slot, &e),
+        }
+    }
+
+    /// Takes the logits of a decode step that ran `token`.
+    pub fn decoded(&mut self, slot: &mut Slot, token: u32, logits: Vec<f32>) {
+        slot.tokens.push(token);
+        self.logits = Some(logits);
+    }
+
+    /// Ends the sequence with `e`, leaving its slot clean (its cache may be
+    /// half-written). Like a normal end, its last events go out once the
+    /// runtime has freed its slot.
+    pub fn fail(&mut self, slot: &mut Slot, e: &Error) {
+        slot.clear();
+        self.outbox.push_back(Event::Error(e.to_string()));
+        self.finished = true;
+    }
+
+    /// Samples the next token; `Some` when it should run through the model.
+    fn sample(&mut self, logits: &mut [f32], slot: &Slot) -> Result<Option<u32>> {
+        let token = self.sampler.sample(logits, &slot.tokens);
+        if !self.params.ignore_eos && self.model.tokenizer.end_of_generation.contains(&token) {
+            self.finish(FinishReason::Stop);
+            return Ok(None);
+        }
+        self.generated += 1;
+        self.pending += 1;
+        if let Some(piece) = self.text.step(token)? {
+            let (emit, stopped) = self.stops.push(&piece);
+            if !emit.is_empty() {
+                self.outbox.push_back(Event::Text { text: emit, tokens: std::mem::take(&mut self.pending) });
             }
             if stopped {
-                break FinishReason::Stop;
+                self.finish(FinishReason::Stop);
+                return Ok(None);
             }
         }
-        if generated >= max_new || slot.tokens.len() + 1 >= model.context {
-            break FinishReason::Length;
+        if self.generated >= self.params.max_tokens.unwrap_or(usize::MAX) || slot.tokens.len() + 1 >= self.model.context {
+            self.finish(FinishReason::Length);
+            return Ok(None);
         }
-        if tx.is_closed() {
-            return Ok(());
-        }
-        logits = model.weights.forward(&[token], &mut slot.cache)?.to_vec1::<f32>()?;
-        slot.tokens.push(token);
-    };
-    let rest = stops.flush();
-    if !rest.is_empty() && tx.blocking_send(Event::Text { text: rest, tokens: pending }).is_err() {
-        return Ok(());
+        self.flush();
+        Ok(Some(token))
     }
-    let usage = Usage {
-        prompt_tokens: prompt.len(),
-        cached_tokens: reuse,
-        completion_tokens: generated,
-        prompt_secs,
-        decode_secs: decode_start.elapsed().as_secs_f64(),
-    };
-    let _ = tx.blocking_send(Event::Done { finish, usage });
-    Ok(())
+
+    fn finish(&mut self, finish: FinishReason) {
+        let rest = self.stops.flush();
+        if !rest.is_empty() {
+            self.outbox.push_back(Event::Text { text: rest, tokens: self.pending });
+        }
+        let usage = Usage {
+            prompt_tokens: self.prompt.len(),
+            cached_tokens: self.reuse,
+            completion_tokens: self.generated,
+            prompt_secs: self.prompt_secs,
+            decode_secs: self.decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        };
+        self.outbox.push_back(Event::Done { finish, usage });
+        self.finished = true;
+    }
+}
+
+/// One decode step of the sequences in `batch` (indices into `seqs`, each
+/// with the token it sampled) in one forward pass: the weights are read once
+/// for all of them. A failure ends every sequence of the step.
+pub fn decode_step(model: &Model, slots: &mut [Slot], seqs: &mut [Sequence<'_>], batch: &[(usize, u32)]) {
+    let mut by_slot: Vec<Option<&mut Slot>> = slots.iter_mut().map(Some).collect();
+    let mut taken: Vec<&mut Slot> = batch.iter().map(|&(i, _)| by_slot[seqs[i].slot].take().expect("each sequence has a slot of its own")).collect();
+    let tokens: Vec<u32> = batch.iter().map(|&(_, t)| t).collect();
+    let mut caches: Vec<&mut Cache> = taken.iter_mut().map(|s| &mut s.cache).collect();
+    let result = model.weights.forward_batch(&tokens, &mut caches);
+    drop(caches);
+    match result {
+        Ok(logits) => {
+            for ((&(i, token), slot), l) in batch.iter().zip(taken).zip(logits) {
+                seqs[i].decoded(slot, token, l);
+            }
+        }
+        Err(e) => {
+            for (&(i, _), slot) in batch.iter().zip(taken) {
+                seqs[i].fail(slot, &e);
+            }
+        }
+    }
 }
 
 /// Finds stop strings in streamed text, also when one spans several chunks,

@@ -22,41 +22,93 @@ pub(crate) const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_featu
 
 /// A weight block type the kernels multiply against Q8_0 activations.
 pub(crate) trait Weight: GgmlType<VecDotType = BlockQ8_0> + Sync {
-    /// Dot products of four consecutive weight rows (each `kb` blocks) with `x`.
+    /// Dot products of four consecutive weight rows (each `kb` blocks) with
+    /// each of the R activation rows `x`: each weight block is unpacked once
+    /// for all of them.
     ///
     /// # Safety
-    /// `w` must point at 4·kb blocks and `x` at kb blocks; [`AVAILABLE`].
-    unsafe fn dot4(w: *const Self, kb: usize, x: *const BlockQ8_0) -> [f32; 4];
+    /// `w` must point at 4·kb blocks and each `x` at kb blocks; [`AVAILABLE`].
+    unsafe fn dot4<const R: usize>(w: *const Self, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R];
 
     /// Unpacks eight consecutive weight rows into `tile` for [`dot8`].
     ///
     /// # Safety
     /// `w` must point at 8·kb blocks, with kb the tile's; [`AVAILABLE`].
     unsafe fn fill(tile: &mut Tile, w: *const Self);
+
+    /// The block's 32 values and its scale, unpacked one by one (for [`dot_ref`]).
+    fn values(&self) -> ([i8; 32], f32);
+}
+
+/// A block's bytes (blocks are `repr(C)` in the GGUF layout, starting with
+/// their f16 scale).
+fn block_bytes<T>(b: &T) -> &[u8] {
+    // SAFETY: a block is plain old data of size_of::<T>() bytes.
+    unsafe { std::slice::from_raw_parts(b as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+fn f16_at(bytes: &[u8]) -> f32 {
+    half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 
 impl Weight for BlockQ8_0 {
-    unsafe fn dot4(w: *const Self, kb: usize, x: *const BlockQ8_0) -> [f32; 4] {
+    unsafe fn dot4<const R: usize>(w: *const Self, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
         // SAFETY: forwarded contract.
-        unsafe { imp::dot4::<imp::Q8>(w as *const u8, kb, x) }
+        unsafe { imp::dot4::<imp::Q8, R>(w as *const u8, kb, x) }
     }
 
     unsafe fn fill(tile: &mut Tile, w: *const Self) {
         // SAFETY: forwarded contract.
         unsafe { tile.0.fill::<imp::Q8>(w as *const u8) }
     }
+
+    fn values(&self) -> ([i8; 32], f32) {
+        let b = block_bytes(self);
+        (std::array::from_fn(|j| b[2 + j] as i8), f16_at(b))
+    }
 }
 
 impl Weight for BlockQ5_0 {
-    unsafe fn dot4(w: *const Self, kb: usize, x: *const BlockQ8_0) -> [f32; 4] {
+    unsafe fn dot4<const R: usize>(w: *const Self, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
         // SAFETY: forwarded contract.
-        unsafe { imp::dot4::<imp::Q5>(w as *const u8, kb, x) }
+        unsafe { imp::dot4::<imp::Q5, R>(w as *const u8, kb, x) }
     }
 
     unsafe fn fill(tile: &mut Tile, w: *const Self) {
         // SAFETY: forwarded contract.
         unsafe { tile.0.fill::<imp::Q5>(w as *const u8) }
     }
+
+    /// f16 scale, u32 `qh` (bit j: fifth bit of value j), 16 bytes of
+    /// nibbles (low: values 0..16, high: 16..32); a value is the five bits
+    /// minus 16.
+    fn values(&self) -> ([i8; 32], f32) {
+        let b = block_bytes(self);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let v = std::array::from_fn(|j| {
+            let nibble = if j < 16 { b[6 + j] & 0x0F } else { b[6 + j - 16] >> 4 };
+            (nibble | ((((qh >> j) & 1) as u8) << 4)) as i8 - 16
+        });
+        (v, f16_at(b))
+    }
+}
+
+/// The arithmetic every kernel here reproduces exactly: per block, the
+/// integer dot product of the 32 values (exact), then one fused
+/// multiply-add of it times the product of the two scales into one f32 sum.
+///
+/// Because every path (one row at a time, eight-row tiles, VNNI or not, the
+/// leftover columns) computes this same sequence of roundings, a row's result
+/// does not depend on how many rows are multiplied together: a sequence
+/// decoded alone and one decoded in a batch get identical logits.
+pub(crate) fn dot_ref<W: Weight>(w: &[W], x: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let ((wv, ws), (xv, xs)) = (wb.values(), xb.values());
+        let isum: i32 = wv.iter().zip(&xv).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+        acc = (isum as f32).mul_add(ws * xs, acc);
+    }
+    acc
 }
 
 /// `dst (m×n) = lhs (m×k) · rhs (n×k)ᵀ` with `rhs` in blocks of 32.
@@ -66,6 +118,10 @@ impl Weight for BlockQ5_0 {
 pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
     matmul_with(imp::Tile::vnni(), m, k, n, lhs, rhs, dst);
 }
+
+/// Up to this many activation rows are multiplied straight from the weights
+/// (decoding a batch of sequences); more use the unpacked tile (a prompt).
+const DECODE_ROWS: usize = 8;
 
 /// [`matmul`] with the VNNI tile on or off (`vnni` only where the CPU has it).
 fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
@@ -92,47 +148,56 @@ fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32],
     }
     // The VNNI tile stores weights offset by 128 (unsigned bytes); each
     // activation block's sum undoes the offset.
-    let xsum: Vec<i32> = if m > 1 && vnni { xq.iter().map(block_sum).collect() } else { Vec::new() };
+    let xsum: Vec<i32> = if m > DECODE_ROWS && vnni { xq.iter().map(block_sum).collect() } else { Vec::new() };
     let xsum = &xsum;
     let dst_addr = dst.as_mut_ptr() as usize;
-    // Eight rows at a time when several activation rows reuse them (a
-    // prompt); four when there is one (decoding), where reading the weights
-    // is the cost. Rows left over go one by one.
-    let group = if m > 1 { 8 } else { 4 };
+    // A prompt (many activation rows) unpacks eight weight rows into a tile
+    // that every activation row then meets. Decoding (one row, or a batch of
+    // a few sequences), where reading the weights is the cost, takes four
+    // weight rows at a time straight from the file, each block unpacked once
+    // for up to four activation rows. Weight rows left over go one by one.
+    let group = if m > DECODE_ROWS { 8 } else { 4 };
     let groups = n / group;
     let per = groups.div_ceil(threads);
     let xq = &xq;
     pool.execute(|t| {
         let (g0, g1) = ((t * per).min(groups), ((t + 1) * per).min(groups));
         let mut tile = if group == 8 && g1 > g0 { Some(Tile(imp::Tile::new(kb, vnni))) } else { None };
+        let dst = |r: usize, col: usize, out: &[f32]| {
+            // SAFETY: each (row, column) of dst is written by exactly one
+            // thread: threads own disjoint column ranges.
+            unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), (dst_addr as *mut f32).add(r * n + col), out.len()) };
+        };
+        let x = |r: usize| xq[r * kb..(r + 1) * kb].as_ptr();
         for g in g0..g1 {
             let col = g * group;
             let w = rhs[col * kb..].as_ptr();
-            let mut out = [0f32; 8];
+            // SAFETY (kernel calls): they read `group` weight rows of kb
+            // blocks from `col`, inside `rhs` (checked above), and kb blocks
+            // of each activation row.
             if let Some(tile) = &mut tile {
-                // SAFETY: 8·kb blocks from `col` lie inside `rhs` (checked above).
                 unsafe { W::fill(tile, w) };
-            }
-            for r in 0..m {
-                let x = xq[r * kb..(r + 1) * kb].as_ptr();
-                // SAFETY: the kernels read `group` rows of kb blocks from
-                // `col`, inside `rhs`, and kb blocks of `x`.
-                unsafe {
-                    match &tile {
-                        Some(tile) => out = tile.0.dot8(x, xsum.as_ptr().wrapping_add(r * kb)),
-                        None => out[..4].copy_from_slice(&W::dot4(w, kb, x)),
-                    }
+                for r in 0..m {
+                    dst(r, col, &unsafe { tile.0.dot8(x(r), xsum.as_ptr().wrapping_add(r * kb)) });
                 }
-                // SAFETY: each (row, column) of dst is written by exactly one
-                // thread: threads own disjoint column ranges.
-                unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), (dst_addr as *mut f32).add(r * n + col), group) };
+                continue;
+            }
+            let mut r = 0;
+            while r < m {
+                match m - r {
+                    1 => unsafe { W::dot4(w, kb, [x(r)]) }.iter().for_each(|o| dst(r, col, o)),
+                    2 => unsafe { W::dot4(w, kb, [x(r), x(r + 1)]) }.iter().enumerate().for_each(|(i, o)| dst(r + i, col, o)),
+                    3 => unsafe { W::dot4(w, kb, [x(r), x(r + 1), x(r + 2)]) }.iter().enumerate().for_each(|(i, o)| dst(r + i, col, o)),
+                    _ => unsafe { W::dot4(w, kb, [x(r), x(r + 1), x(r + 2), x(r + 3)]) }.iter().enumerate().for_each(|(i, o)| dst(r + i, col, o)),
+                }
+                r += 4;
             }
         }
         // The rows that do not fill a group, on the last thread.
         if t == threads - 1 {
             for c in groups * group..n {
                 for r in 0..m {
-                    let v = W::vec_dot_unopt(k, &rhs[c * kb..(c + 1) * kb], &xq[r * kb..(r + 1) * kb]);
+                    let v = dot_ref(&rhs[c * kb..(c + 1) * kb], &xq[r * kb..(r + 1) * kb]);
                     // SAFETY: as above; no other thread owns these columns.
                     unsafe { *(dst_addr as *mut f32).add(r * n + c) = v };
                 }
@@ -423,49 +488,46 @@ mod imp {
     }
 
     /// # Safety
-    /// `w` points at 4·kb blocks of `U` and `x` at kb Q8_0 blocks.
+    /// `w` points at 4·kb blocks of `U` and each `x` at kb Q8_0 blocks.
     #[inline(always)]
-    pub(super) unsafe fn dot4<U: Unpack>(w: *const u8, kb: usize, x: *const BlockQ8_0) -> [f32; 4] {
-        let x = x as *const u8;
+    pub(super) unsafe fn dot4<U: Unpack, const R: usize>(w: *const u8, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
         let xs = std::mem::size_of::<BlockQ8_0>();
         // SAFETY: pointers valid per the contract; AVX2/FMA are enabled for
         // this build (the module is compiled only then).
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut acc = [_mm_setzero_ps(); R];
             // The hardware prefetcher alone leaves a single thread at about
             // 60 % of its read bandwidth on the output head; asking for the
             // same block of the next four rows measured 20-30 % faster decoding.
             let ahead = 4 * kb * U::SIZE;
             for b in 0..kb {
-                let xb = x.add(b * xs);
-                let xv = Q8::values(xb);
-                let xd = scale(xb);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let wb = w.add((r * kb + b) * U::SIZE);
+                let wb: [*const u8; 4] = std::array::from_fn(|r| w.add((r * kb + b) * U::SIZE));
+                let wv: [__m256i; 4] = std::array::from_fn(|r| {
                     // A prefetch past the end of the matrix is harmless.
-                    _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(ahead) as *const i8);
-                    let wv = U::values(wb);
+                    _mm_prefetch::<_MM_HINT_T0>(wb[r].wrapping_add(ahead) as *const i8);
+                    U::values(wb[r])
+                });
+                let aw: [__m256i; 4] = std::array::from_fn(|r| _mm256_sign_epi8(wv[r], wv[r]));
+                let ws = _mm_set_ps(scale(wb[3]), scale(wb[2]), scale(wb[1]), scale(wb[0]));
+                for (a, &xr) in acc.iter_mut().zip(&x) {
+                    let xb = (xr as *const u8).add(b * xs);
+                    let xv = Q8::values(xb);
                     // |w| · (x with w's sign): unsigned × signed pairs, as ggml does.
-                    let aw = _mm256_sign_epi8(wv, wv);
-                    let sx = _mm256_sign_epi8(xv, wv);
-                    let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                    let s = _mm256_set1_ps(scale(wb) * xd);
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), s, *a);
+                    let p = |r: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), ones);
+                    // Each weight row's exact integer sum for the block, then
+                    // one fused multiply-add per row: the arithmetic of `dot8`
+                    // and `dot_ref`.
+                    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p(0), p(1)), _mm256_hadd_epi32(p(2), p(3)));
+                    let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                    *a = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(ws, _mm_set1_ps(scale(xb))), *a);
                 }
             }
-            acc.map(|a| hsum(a))
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // SAFETY: AVX is enabled for this build.
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-            _mm_cvtss_f32(s)
+            acc.map(|a| {
+                let mut out = [0f32; 4];
+                _mm_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
         }
     }
 }
@@ -504,7 +566,7 @@ mod imp {
     }
 
     /// Never called: `AVAILABLE` is false in this build.
-    pub(super) unsafe fn dot4<U: Unpack>(_w: *const u8, _kb: usize, _x: *const BlockQ8_0) -> [f32; 4] {
+    pub(super) unsafe fn dot4<U: Unpack, const R: usize>(_w: *const u8, _kb: usize, _x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
         unreachable!("matmul asserts AVAILABLE")
     }
 }
@@ -512,7 +574,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::k_quants::{BlockQ5_0, BlockQ8_0};
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
     use candle_core::{Device, Tensor};
 
     #[test]
@@ -553,6 +615,45 @@ mod tests {
                     assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{dtype:?} vnni {vnni} {m}x{k}x{n}: {a} vs {b}");
                 }
             }
+        }
+    }
+
+    /// Every path gives every row exactly the scalar reference's result, so a
+    /// row's logits do not depend on how many rows were multiplied with it.
+    #[test]
+    fn every_row_equals_the_scalar_reference_bit_for_bit_whatever_the_row_count() {
+        if !super::AVAILABLE {
+            return;
+        }
+        fn check<W: super::Weight>(dtype: GgmlDType, vnni: bool) {
+            let dev = Device::Cpu;
+            for (k, n) in [(640, 262), (128, 9), (2048, 17), (64, 8), (96, 43)] {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let blocks: Vec<W> = crate::gguf::blocks_from_bytes(&q.data().unwrap());
+                let kb = k / 32;
+                let x = Tensor::randn(0f32, 1.0, (9, k), &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let mut want = vec![0f32; 9 * n];
+                for r in 0..9 {
+                    let mut xq: Vec<BlockQ8_0> = (0..kb).map(|_| BlockQ8_0::zeros()).collect();
+                    BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut xq);
+                    for c in 0..n {
+                        want[r * n + c] = super::dot_ref(&blocks[c * kb..(c + 1) * kb], &xq);
+                    }
+                }
+                for m in [1, 2, 3, 4, 5, 8, 9] {
+                    let mut got = vec![0f32; m * n];
+                    super::matmul_with::<W>(vnni, m, k, n, &x[..m * k], &blocks, &mut got);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} vnni {vnni} m {m} k {k} n {n}: row {} column {}: {a} vs {b}", i / n, i % n);
+                    }
+                }
+            }
+        }
+        let tiles = if super::imp::Tile::vnni() { vec![false, true] } else { vec![false] };
+        for vnni in tiles {
+            check::<BlockQ8_0>(GgmlDType::Q8_0, vnni);
+            check::<BlockQ5_0>(GgmlDType::Q5_0, vnni);
         }
     }
 }

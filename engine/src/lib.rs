@@ -10,6 +10,7 @@
 //!   idle unload.
 //! - [`hardware`]: RAM, CPU, GPU adapters, usable candle devices.
 
+mod attention;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
@@ -169,7 +169,7 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.w.forward(x)?;
+        let y = matmul(&self.w, x)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -343,27 +343,56 @@ impl Weights {
     /// # Errors
     /// On an out-of-range token id or a tensor failure.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        let c = &self.cfg;
-        let n = tokens.len();
-        if n == 0 {
+        if tokens.is_empty() {
             return Err(Error::InvalidRequest("nothing to run: empty token list".into()));
         }
-        let pos = cache.len;
+        let x = self.run(tokens, &mut [cache], tokens.len())?;
+        let last = x.narrow(0, tokens.len() - 1, 1)?;
+        Ok(self.head(&last)?.flatten_all()?)
+    }
+
+    /// One decode step of several sequences at once: `tokens[i]` is the next
+    /// token of the sequence in `caches[i]`. Returns each sequence's logits.
+    ///
+    /// The weights are read once for all of them. On the CPU each sequence's
+    /// logits are bit for bit what a step of it alone gives, and what a prompt
+    /// chunk ending with that token gives: matrix rows and attention queries
+    /// are each computed the same way whatever runs with them (see
+    /// [`matmul`] and [`crate::attention`]).
+    ///
+    /// # Errors
+    /// On an out-of-range token id, mismatched lengths or a tensor failure.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {
+        if tokens.is_empty() || tokens.len() != caches.len() {
+            return Err(Error::InvalidRequest(format!("{} tokens for {} sequences", tokens.len(), caches.len())));
+        }
+        let x = self.run(tokens, caches, 1)?;
+        Ok(self.head(&x)?.to_vec2::<f32>()?)
+    }
+
+    /// Final norm, output projection and soft-capping of the rows of `x` (rows, d).
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        let x = candle_nn::ops::rms_norm(x, &self.output_norm, c.eps as f32)?;
+        let mut logits = matmul(&self.output, &x)?;
+        if let Some(cap) = c.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Runs `per_seq` tokens of each sequence (`tokens` holds them in order)
+    /// through every layer, appending their keys and values to the caches,
+    /// and returns the final hidden states, one row per token.
+    fn run(&self, tokens: &[u32], caches: &mut [&mut Cache], per_seq: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let n = per_seq;
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?; // (1, n, d)
+        let mut x = self.embed.embedding(&ids)?; // (rows, d)
         if c.arch == Arch::Gemma3 {
             x = (x * (c.n_embd as f64).sqrt())?;
         }
-        let global_rope = self.rope_tables(c.rope_base, pos, n)?;
-        let local_rope = if c.rope_base_local != c.rope_base { Some(self.rope_tables(c.rope_base_local, pos, n)?) } else { None };
-        let total = pos + n;
-        let window = c.sliding_window.unwrap_or(usize::MAX);
-        let local_start = (pos + 1).saturating_sub(window);
-        let global_mask = if n > 1 { Some(self.mask(pos, n, 0, total, usize::MAX)?) } else { None };
-        let local_mask = match c.sliding_window {
-            Some(w) if n > 1 => Some(self.mask(pos, n, local_start, total, w)?),
-            _ => None,
-        };
+        let places = caches.iter().map(|cache| self.place(cache.len, n)).collect::<Result<Vec<_>>>()?;
         let g = c.n_head / c.n_head_kv;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
@@ -375,38 +404,48 @@ impl Weights {
                     (qkv.narrow(D::Minus1, 0, qd)?, qkv.narrow(D::Minus1, qd, kd)?, qkv.narrow(D::Minus1, qd + kd, kd)?)
                 }
             };
-            let q = q.reshape((1, n, c.n_head, c.head_dim))?.transpose(1, 2)?;
-            let k = k.reshape((1, n, c.n_head_kv, c.head_dim))?.transpose(1, 2)?;
-            let v = v.reshape((1, n, c.n_head_kv, c.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let q = match &layer.q_norm {
-                Some(w) => candle_nn::ops::rms_norm(&q.contiguous()?, w, c.eps as f32)?,
-                None => q,
-            };
-            let k = match &layer.k_norm {
-                Some(w) => candle_nn::ops::rms_norm(&k.contiguous()?, w, c.eps as f32)?,
-                None => k,
-            };
-            let (cos, sin) = match (&local_rope, layer.sliding) {
-                (Some(t), true) => (&t.0, &t.1),
-                _ => (&global_rope.0, &global_rope.1),
-            };
-            let q = (self.rope(&q, cos, sin)? * c.attn_scale)?;
-            let k = self.rope(&k, cos, sin)?;
-            let (k_all, v_all) = cache.layers[i].append(&k, &v, pos)?;
-            let (start, mask) = if layer.sliding { (local_start, local_mask.as_ref()) } else { (0, global_mask.as_ref()) };
-            let k_all = k_all.narrow(2, start, total - start)?;
-            let v_all = v_all.narrow(2, start, total - start)?;
-            // Grouped-query attention without repeating K/V: the g query heads
-            // that share a KV head become g*n rows of one matmul.
-            let q = q.contiguous()?.reshape((1, c.n_head_kv, g * n, c.head_dim))?;
-            let scores = q.matmul(&k_all.t()?)?; // (1, kv, g*n, L)
-            let scores = match mask {
-                Some(m) => scores.reshape((c.n_head_kv, g, n, total - start))?.broadcast_add(m)?.reshape((1, c.n_head_kv, g * n, total - start))?,
-                None => scores,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attn = probs.matmul(&v_all)?; // (1, kv, g*n, hd)
-            let attn = attn.reshape((1, c.n_head, n, c.head_dim))?.transpose(1, 2)?.reshape((1, n, c.n_head * c.head_dim))?;
+            let mut outs = Vec::with_capacity(caches.len());
+            for (s, (cache, place)) in caches.iter_mut().zip(&places).enumerate() {
+                let rows = |t: &Tensor, heads: usize| -> Result<Tensor> { Ok(t.narrow(0, s * n, n)?.reshape((1, n, heads, c.head_dim))?.transpose(1, 2)?) };
+                let q = rows(&q, c.n_head)?;
+                let k = rows(&k, c.n_head_kv)?;
+                let v = rows(&v, c.n_head_kv)?.contiguous()?;
+                let q = match &layer.q_norm {
+                    Some(w) => candle_nn::ops::rms_norm(&q.contiguous()?, w, c.eps as f32)?,
+                    None => q,
+                };
+                let k = match &layer.k_norm {
+                    Some(w) => candle_nn::ops::rms_norm(&k.contiguous()?, w, c.eps as f32)?,
+                    None => k,
+                };
+                let (cos, sin) = match (&place.local_rope, layer.sliding) {
+                    (Some(t), true) => (&t.0, &t.1),
+                    _ => (&place.global_rope.0, &place.global_rope.1),
+                };
+                let q = (self.rope(&q, cos, sin)? * c.attn_scale)?;
+                let k = self.rope(&k, cos, sin)?;
+                let (pos, total) = (place.pos, place.pos + n);
+                let (k_all, v_all) = cache.layers[i].append(&k, &v, pos)?;
+                if self.device.is_cpu() {
+                    outs.push(self.attend_cpu(&q, &k_all, &v_all, pos, n, if layer.sliding { c.sliding_window.unwrap_or(usize::MAX) } else { usize::MAX })?);
+                    continue;
+                }
+                let (start, mask) = if layer.sliding { (place.local_start, place.local_mask.as_ref()) } else { (0, place.global_mask.as_ref()) };
+                let k_all = k_all.narrow(2, start, total - start)?;
+                let v_all = v_all.narrow(2, start, total - start)?;
+                // Grouped-query attention without repeating K/V: the g query heads
+                // that share a KV head become g*n rows of one matmul.
+                let q = q.contiguous()?.reshape((1, c.n_head_kv, g * n, c.head_dim))?;
+                let scores = q.matmul(&k_all.t()?)?; // (1, kv, g*n, L)
+                let scores = match mask {
+                    Some(m) => scores.reshape((c.n_head_kv, g, n, total - start))?.broadcast_add(m)?.reshape((1, c.n_head_kv, g * n, total - start))?,
+                    None => scores,
+                };
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let attn = probs.matmul(&v_all)?; // (1, kv, g*n, hd)
+                outs.push(attn.reshape((1, c.n_head, n, c.head_dim))?.transpose(1, 2)?.reshape((n, c.n_head * c.head_dim))?);
+            }
+            let attn = if outs.len() == 1 { outs.pop().expect("one sequence") } else { Tensor::cat(&outs, 0)? };
             let mut o = layer.wo.forward(&attn)?;
             if let Some(w) = &layer.post_attn_norm {
                 o = candle_nn::ops::rms_norm(&o, w, c.eps as f32)?;
@@ -436,14 +475,51 @@ impl Weights {
             }
             x = (x + f)?;
         }
-        cache.len = total;
-        let last = x.narrow(1, n - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, c.eps as f32)?;
-        let mut logits = self.output.forward(&last)?.flatten_all()?;
-        if let Some(cap) = c.final_softcap {
-            logits = ((logits / cap)?.tanh()? * cap)?;
+        for cache in caches.iter_mut() {
+            cache.len += n;
         }
-        Ok(logits.to_dtype(DType::F32)?)
+        Ok(x)
+    }
+
+    /// [`crate::attention::attend`] over this sequence's cache buffers
+    /// (1, kv, cap, hd): `q` is (1, heads, n, hd); returns (n, heads·hd).
+    fn attend_cpu(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, n: usize, window: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let cap = k.dim(2)?;
+        let shape = crate::attention::Shape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, n, pos, cap, window };
+        let mut out = vec![0f32; n * c.n_head * c.head_dim];
+        {
+            let (ks, kl) = k.storage_and_layout();
+            let (vs, vl) = v.storage_and_layout();
+            let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&*ks, &*vs) else {
+                return Err(Error::InvalidRequest("CPU attention on a tensor that is not on the CPU".into()));
+            };
+            let len = c.n_head_kv * cap * c.head_dim;
+            let kd = &ks.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + len];
+            let vd = &vs.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + len];
+            crate::attention::attend(shape, &q, kd, vd, &mut out);
+        }
+        Ok(Tensor::from_vec(out, (n, c.n_head * c.head_dim), &self.device)?)
+    }
+
+    /// Rotary tables and masks for `n` tokens of one sequence from `pos`.
+    fn place(&self, pos: usize, n: usize) -> Result<Place> {
+        let c = &self.cfg;
+        let total = pos + n;
+        let window = c.sliding_window.unwrap_or(usize::MAX);
+        let local_start = (pos + 1).saturating_sub(window);
+        Ok(Place {
+            pos,
+            local_start,
+            global_rope: self.rope_tables(c.rope_base, pos, n)?,
+            local_rope: if c.rope_base_local != c.rope_base { Some(self.rope_tables(c.rope_base_local, pos, n)?) } else { None },
+            global_mask: if n > 1 && !self.device.is_cpu() { Some(self.mask(pos, n, 0, total, usize::MAX)?) } else { None },
+            local_mask: match c.sliding_window {
+                Some(w) if n > 1 && !self.device.is_cpu() => Some(self.mask(pos, n, local_start, total, w)?),
+                _ => None,
+            },
+        })
     }
 
     /// Additive mask for queries at `pos..pos+n` over keys `start..total`:
@@ -462,6 +538,38 @@ impl Weights {
         }
         Ok(Tensor::from_vec(m, (n, l), &self.device)?)
     }
+}
+
+/// Where a run of tokens of one sequence sits: its rotary tables and masks.
+struct Place {
+    pos: usize,
+    local_start: usize,
+    global_rope: (Tensor, Tensor),
+    local_rope: Option<(Tensor, Tensor)>,
+    global_mask: Option<Tensor>,
+    local_mask: Option<Tensor>,
+}
+
+/// `w · xᵀ` for the rows of `x` (rows, k), each row's result the same
+/// whatever the row count.
+///
+/// candle multiplies one row of a Q6_K weight with a compact kernel and
+/// several with repacked tiles (on x86), which round differently; a single
+/// row is therefore sent through the tiles too, paired with a copy of
+/// itself. Every other kernel the CPU uses computes a row alike for any
+/// row count (see `kernels::dot_ref`).
+fn matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let single_q6k =
+        matches!(w, QMatMul::QTensor(t) if t.device().is_cpu() && t.dtype() == GgmlDType::Q6K) && x.dims().iter().rev().skip(1).product::<usize>() == 1;
+    if single_q6k {
+        let k = x.dim(D::Minus1)?;
+        let pair = Tensor::cat(&[x.reshape((1, k))?, x.reshape((1, k))?], 0)?;
+        let y = w.forward(&pair)?.narrow(0, 0, 1)?;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank 2 or more") = y.dim(1)?;
+        return Ok(y.reshape(dims)?);
+    }
+    Ok(w.forward(x)?)
 }
 
 /// One sequence's keys and values for every layer.

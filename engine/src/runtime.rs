@@ -1,15 +1,20 @@
-//! The engine: models loaded on first use, each with N slots running
-//! concurrently and a bounded wait queue, unloaded after an idle timeout.
+//! The engine: models loaded on first use, each with N slots and a bounded
+//! wait queue, unloaded after an idle timeout.
 //!
-//! Each slot is a thread that owns one KV cache; all slots of a model share
-//! its weights. Requests reach the slots through a bounded channel; tokens
-//! flow back on a bounded channel per request, and dropping its receiver
-//! stops the work.
+//! Each loaded model has one scheduler thread and N slots (KV caches).
+//! Requests reach it through a bounded channel and take a free slot, the one
+//! whose cache shares the most of their prompt; between steps requests join
+//! and leave. A step runs one prompt chunk of a starting request and one
+//! decode step of every generating request together, so the weights are read
+//! once per step for all of them (continuous batching) and a long prompt
+//! holds the others up by one chunk at a time. Tokens flow back on a bounded
+//! channel per request; a slow reader pauses only its own request, and
+//! dropping the receiver ends it at the next step.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::generate::{self, Event, Model, Request, Slot};
+use crate::generate::{self, Event, Model, Need, Request, Sequence, Slot};
 use crate::gguf::Gguf;
 use crate::model::Config as ModelConfig;
 use crate::store::Store;
@@ -41,7 +46,7 @@ pub struct Config {
 
 impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, slots: 2, queue_depth: 16, idle_timeout: Duration::from_secs(300), max_context: 8192, device: Device::Cpu }
+        Self { data_dir, slots: 4, queue_depth: 16, idle_timeout: Duration::from_secs(300), max_context: 8192, device: Device::Cpu }
     }
 }
 
@@ -202,15 +207,14 @@ impl Engine {
         let model = Arc::new(Model::from_gguf(&gguf, &cfg.device, cfg.max_context)?);
         tracing::info!(model = %entry.id, secs = started.elapsed().as_secs_f64(), context = model.context, slots = cfg.slots, "model loaded");
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_depth + cfg.slots);
-        let rx = Arc::new(Mutex::new(rx));
         let busy = Arc::new(AtomicUsize::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
-        for i in 0..cfg.slots {
-            let (model, rx, busy, queued) = (model.clone(), rx.clone(), busy.clone(), queued.clone());
+        {
+            let (model, busy, queued, slots) = (model.clone(), busy.clone(), queued.clone(), cfg.slots);
             std::thread::Builder::new()
-                .name(format!("rbee-slot-{}-{i}", entry.id))
-                .spawn(move || slot_worker(&model, &rx, &busy, &queued))
-                .map_err(Error::io("starting a slot thread"))?;
+                .name(format!("rbee-model-{}", entry.id))
+                .spawn(move || schedule(&model, &rx, slots, &busy, &queued))
+                .map_err(Error::io("starting a model's scheduler thread"))?;
         }
         let loaded = Arc::new(Loaded { model, jobs, busy, queued, last_used: Mutex::new(Instant::now()), loaded_at: Instant::now() });
         self.inner.loaded.lock().expect("loaded lock").insert(entry.id.clone(), loaded.clone());
@@ -242,19 +246,98 @@ impl Engine {
     }
 }
 
-fn slot_worker(model: &Model, rx: &Mutex<Receiver<Job>>, busy: &AtomicUsize, queued: &AtomicUsize) {
-    let mut slot = Slot::new(model);
+/// A model's scheduler: admits requests into free slots and moves every
+/// running one a step at a time until the model is unloaded (the job sender
+/// dropped) and the last request has ended.
+fn schedule(model: &Model, rx: &Receiver<Job>, n_slots: usize, busy: &AtomicUsize, queued: &AtomicUsize) {
+    let mut slots: Vec<Slot> = (0..n_slots).map(|_| Slot::new(model)).collect();
+    let mut free = vec![true; n_slots];
+    let mut running: Vec<Sequence<'_>> = Vec::new();
+    // Ended requests whose last events their readers have not taken yet.
+    let mut draining: Vec<Sequence<'_>> = Vec::new();
+    let mut open = true;
     loop {
-        // The lock is held only while waiting; a sender dropped (model
-        // unloaded) ends the thread once the queue is drained.
-        let job = match rx.lock().expect("job queue lock").recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
-        busy.fetch_add(1, Ordering::SeqCst);
-        queued.fetch_sub(1, Ordering::SeqCst);
-        generate::run(model, &mut slot, &job.prompt, &job.request.params, &job.tx);
-        busy.fetch_sub(1, Ordering::SeqCst);
+        while open && running.len() < n_slots {
+            let job = if running.is_empty() && draining.is_empty() {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            queued.fetch_sub(1, Ordering::SeqCst);
+            if job.tx.is_closed() {
+                continue;
+            }
+            // The free slot whose cache saves this prompt the most.
+            let Some(index) = (0..n_slots).filter(|&i| free[i]).max_by_key(|&i| (slots[i].reusable_for(&job.prompt), std::cmp::Reverse(i))) else {
+                unreachable!("fewer running than slots")
+            };
+            free[index] = false;
+            busy.fetch_add(1, Ordering::SeqCst);
+            running.push(Sequence::new(model, index, &mut slots[index], job.prompt, job.request.params, job.tx));
+        }
+        if !open && running.is_empty() && draining.is_empty() {
+            return;
+        }
+        for s in draining.iter_mut() {
+            s.flush();
+        }
+        draining.retain(|s| s.has_outbox());
+        let needs: Vec<Need> = running
+            .iter_mut()
+            .map(|s| {
+                s.flush();
+                let slot = s.slot;
+                s.next(&mut slots[slot])
+            })
+            .collect();
+        let mut kept = Vec::with_capacity(running.len());
+        let mut batch = Vec::new();
+        let mut prefill = None;
+        for (s, need) in running.drain(..).zip(needs) {
+            match need {
+                Need::Finished => {
+                    // The slot is free before the reader sees the end.
+                    free[s.slot] = true;
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    let mut s = s;
+                    s.flush();
+                    if s.has_outbox() {
+                        draining.push(s);
+                    }
+                    continue;
+                }
+                Need::Decode(token) => batch.push((kept.len(), token)),
+                // One prompt chunk per step, the earliest request's.
+                Need::Prefill if prefill.is_none() => prefill = Some(kept.len()),
+                Need::Prefill | Need::Wait => {}
+            }
+            kept.push(s);
+        }
+        running = kept;
+        if let Some(i) = prefill {
+            let slot = running[i].slot;
+            running[i].prefill(&mut slots[slot]);
+        }
+        if !batch.is_empty() {
+            generate::decode_step(model, &mut slots, &mut running, &batch);
+        }
+        if prefill.is_none() && batch.is_empty() {
+            // Every request waits for its reader: look again shortly.
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 

@@ -236,7 +236,7 @@ fn multibyte_text_streams_in_whole_characters() {
 fn chat_follow_ups_reuse_the_cached_prefix_without_changing_the_answer() {
     let (_d, engine, id) = start_engine(1);
     let params = SamplingParams { max_tokens: Some(12), ..SamplingParams::greedy() };
-    // Long enough to span whole prefill chunks, which is what gets reused.
+    // Longer than a prefill chunk.
     let notes: String = (1..60).map(|i| format!("Note {i}: the meeting moved to room {}. ", 100 + i)).collect();
     let first = vec![Message::new("user", format!("{notes}\nWhich room is note 7 about?"))];
     let (a, _, _) = run(&engine, &id, Prompt::Chat(first.clone()), params.clone());
@@ -244,7 +244,10 @@ fn chat_follow_ups_reuse_the_cached_prefix_without_changing_the_answer() {
     second.push(Message::new("assistant", a.concat()));
     second.push(Message::new("user", "And note 9?"));
     let (warm, _, usage) = run(&engine, &id, Prompt::Chat(second.clone()), params.clone());
-    assert!(usage.cached_tokens >= 256 && usage.cached_tokens % 256 == 0, "whole chunks of the first turn are reused: {usage:?}");
+    let model = engine.model(&id).unwrap();
+    let (a_ids, b_ids) = (model.prompt_tokens(&Prompt::Chat(first.clone())).unwrap(), model.prompt_tokens(&Prompt::Chat(second.clone())).unwrap());
+    let shared = a_ids.iter().zip(&b_ids).take_while(|(x, y)| x == y).count();
+    assert!(usage.cached_tokens >= shared, "the first turn's whole prompt ({shared} shared tokens) is reused, to the token: {usage:?}");
     let (_d2, fresh_engine, fresh_id) = start_engine(1);
     let (cold, _, cold_usage) = run(&fresh_engine, &fresh_id, Prompt::Chat(second), params);
     assert_eq!(cold_usage.cached_tokens, 0);
@@ -279,4 +282,105 @@ fn text_events_count_every_token_they_stand_for_even_in_scripts_of_several_token
         );
         eprintln!("{prompt}: {sum} tokens, at most {most} in one event");
     }
+}
+
+/// Seeded requests, one with a prompt longer than a prefill chunk so that its
+/// prompt runs between the others' decode steps.
+fn mixed_requests() -> Vec<Request> {
+    let long: String = (1..40).map(|i| format!("Line {i}: bees visit flower number {}. ", i * 7)).collect();
+    let prompts = [
+        "The capital of France is".to_string(),
+        "Once upon a time".to_string(),
+        format!("{long}The bees"),
+        "def fibonacci(n):".to_string(),
+        "日本の首都は".to_string(),
+        "The best way to keep bees is".to_string(),
+        "1, 2, 3, 4,".to_string(),
+        "Dear team,".to_string(),
+    ];
+    prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Request {
+            prompt: Prompt::Text(p),
+            params: SamplingParams { temperature: 0.8, seed: Some(11 + i as u64), max_tokens: Some(24), ..SamplingParams::default() },
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_gives_the_same_text_alone_and_decoded_together_with_seven_others() {
+    let (_d, engine, id) = start_engine(8);
+    let requests = mixed_requests();
+    let alone: Vec<String> = requests.iter().map(|r| run(&engine, &id, r.prompt.clone(), r.params.clone()).0.concat()).collect();
+    let mut streams: Vec<_> = requests.into_iter().map(|r| engine.generate(&id, r).unwrap()).collect();
+    let mut texts = vec![String::new(); streams.len()];
+    let mut done = vec![false; streams.len()];
+    let mut most_busy = 0;
+    // Read the streams round-robin, as eight clients would, noting how many
+    // requests the model is working on at once.
+    while done.iter().any(|d| !d) {
+        most_busy = most_busy.max(engine.loaded()[0].busy);
+        for (i, g) in streams.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            match g.events.blocking_recv() {
+                Some(Event::Text { text, .. }) => texts[i].push_str(&text),
+                Some(Event::Done { .. }) => done[i] = true,
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(most_busy, 8, "all eight ran at once");
+    for (i, (a, b)) in alone.iter().zip(&texts).enumerate() {
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "request {i}: alone vs with seven others");
+    }
+}
+
+#[test]
+fn a_cancelled_request_leaves_the_batch_at_once_and_the_others_finish() {
+    let (_d, engine, id) = start_engine(4);
+    let params = SamplingParams { max_tokens: Some(120), ignore_eos: true, ..SamplingParams::greedy() };
+    let mut streams: Vec<_> =
+        (0..4).map(|i| engine.generate(&id, Request { prompt: Prompt::Text(format!("Story number {i}:")), params: params.clone() }).unwrap()).collect();
+    let mut tokens = [0usize; 4];
+    // Every request is generating.
+    for (i, g) in streams.iter_mut().enumerate() {
+        match g.events.blocking_recv() {
+            Some(Event::Text { tokens: n, .. }) => tokens[i] += n,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(engine.loaded()[0].busy, 4);
+    drop(streams.remove(1));
+    // Its slot frees while the other three are still far from done: the
+    // events they have not read yet are at most one channel's worth.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while engine.loaded()[0].busy != 3 {
+        assert!(std::time::Instant::now() < deadline, "the cancelled request still holds a slot");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let counted: Vec<usize> = streams
+        .iter_mut()
+        .map(|g| {
+            let mut n = 0;
+            loop {
+                match g.events.blocking_recv() {
+                    Some(Event::Text { tokens, .. }) => n += tokens,
+                    Some(Event::Done { finish, usage }) => {
+                        assert_eq!(finish, FinishReason::Length);
+                        assert_eq!(usage.completion_tokens, 120);
+                        return n;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .collect();
+    for (n, first) in counted.iter().zip([tokens[0], tokens[2], tokens[3]]) {
+        assert_eq!(n + first, 120, "each of the others got its whole answer");
+    }
+    assert_eq!(engine.loaded()[0].busy, 0);
 }

@@ -1,7 +1,8 @@
 //! HTTP benchmark (run by `e2e/bench/http.sh`, not part of CI): the same
 //! generation through the engine directly and through a streamed
 //! `/v1/completions` request on a real socket, in one process, alternating;
-//! then aggregate throughput with 1, 2 and 4 concurrent HTTP clients.
+//! then aggregate throughput with 1, 2, 4 and 8 concurrent HTTP clients
+//! (eight slots: requests decode together in one batch).
 //!
 //! The HTTP layer's share of time to first token is taken per request: the
 //! client's time minus the node's own `timings.ttft_ms` for that request
@@ -101,7 +102,7 @@ async fn main() -> Result<()> {
     let repeats: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(15);
     let dir = tempfile::tempdir()?;
     let cfg =
-        Config::resolve(Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_path_buf()), slots: Some(4), ..Overrides::default() })?;
+        Config::resolve(Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_path_buf()), slots: Some(8), ..Overrides::default() })?;
     let engine = rbee_engine::Engine::new(cfg.engine())?;
     let model = engine.store().import(std::path::Path::new(&gguf), None)?.id;
     engine.model(&model)?;
@@ -134,7 +135,7 @@ async fn main() -> Result<()> {
     }
 
     let mut concurrency = serde_json::Map::new();
-    for clients in [1usize, 2, 4] {
+    for clients in [1usize, 2, 4, 8] {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
