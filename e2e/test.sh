@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what is missing (Debian packages, the
-# fixture model), builds once, runs every test. Used by CI (.ci/run).
+# fixture models), builds once, runs every test. Used by CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,9 @@ ui/build.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
 RBEE_FIXTURE="$(e2e/fetch-fixture.sh)"
 export RBEE_FIXTURE
+# The instruct fixtures land in the same cache, where the tests look.
+e2e/fetch-fixture.sh smollm2 >/dev/null
+e2e/fetch-fixture.sh qwen-coder >/dev/null
 # Tests run in parallel; each engine uses one compute thread so two tests
 # share the two cores instead of fighting over them.
 export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"

@@ -118,6 +118,12 @@ def main():
     print(f"machine: {cpu}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB; "
           f"model: {os.path.basename(a.model)}; prompt {PROMPT_TOKENS} tokens, {GEN_TOKENS} greedy tokens; "
           f"median of {a.repeat} runs each")
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8"]
+    print("cpu flags: " + " ".join(f for f in wanted if f in flags) + " (of " + " ".join(wanted) + ")")
+    import llama_cpp
+    print(f"llama.cpp: llama-cpp-python {llama_cpp.__version__}, built by pip with its defaults (native to this CPU); "
+          f"its system info: {llama_cpp.llama_print_system_info().decode().strip()}")
     print(f"{'threads':>7} | {'engine':<9} | {'prompt tok/s':>12} | {'decode tok/s':>12} | {'peak RSS MiB':>12} | {'load s':>6}")
     print("-" * 75)
     for threads, l, l_rss_net, l_rss, r, r_rss in rows:

@@ -16,9 +16,15 @@ use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
 /// Prompts run through the model in chunks of at most this many tokens: this
-/// bounds the memory of a long prompt's activations, and how long a starting
-/// request holds up the ones decoding beside it (one chunk per step).
+/// bounds the memory of a long prompt's activations. Chunks can be of any
+/// size: on the CPU a token's result does not depend on the chunk it ran in
+/// (see [`Slot`]).
 pub const PREFILL_CHUNK: usize = 256;
+
+/// Prompt tokens run in a step that also decodes other requests: a long
+/// prompt holds up the requests decoding beside it by this much per step
+/// (their next token waits for the chunk), not by a whole prompt.
+pub const PREFILL_CHUNK_BESIDE_DECODING: usize = 64;
 
 /// A loaded model: weights, tokenizer and chat template.
 #[derive(Debug)]
@@ -313,10 +319,10 @@ impl<'m> Sequence<'m> {
         }
     }
 
-    /// Runs the next chunk of the prompt.
-    pub fn prefill(&mut self, slot: &mut Slot) {
+    /// Runs the next chunk of the prompt, at most `max` tokens.
+    pub fn prefill(&mut self, slot: &mut Slot, max: usize) {
         let at = slot.tokens.len();
-        let end = (at + PREFILL_CHUNK).min(self.prompt.len());
+        let end = (at + max.clamp(1, PREFILL_CHUNK)).min(self.prompt.len());
         let chunk = &self.prompt[at..end];
         match self.model.weights.forward(chunk, &mut slot.cache).and_then(|l| Ok(l.to_vec1::<f32>()?)) {
             Ok(logits) => {

@@ -7,7 +7,7 @@
 //! and leave. A step runs one prompt chunk of a starting request and one
 //! decode step of every generating request together, so the weights are read
 //! once per step for all of them (continuous batching) and a long prompt
-//! holds the others up by one chunk at a time. Tokens flow back on a bounded
+//! holds the others up by one chunk (of 64 tokens while they decode) at a time. Tokens flow back on a bounded
 //! channel per request; a slow reader pauses only its own request, and
 //! dropping the receiver ends it at the next step.
 
@@ -329,7 +329,8 @@ fn schedule(model: &Model, rx: &Receiver<Job>, n_slots: usize, busy: &AtomicUsiz
         running = kept;
         if let Some(i) = prefill {
             let slot = running[i].slot;
-            running[i].prefill(&mut slots[slot]);
+            let max = if batch.is_empty() { generate::PREFILL_CHUNK } else { generate::PREFILL_CHUNK_BESIDE_DECODING };
+            running[i].prefill(&mut slots[slot], max);
         }
         if !batch.is_empty() {
             generate::decode_step(model, &mut slots, &mut running, &batch);

@@ -1,4 +1,4 @@
-//! Where the fixture model is: the one helper every test uses.
+//! Where the fixture models are: the one helper every test uses.
 
 use std::path::PathBuf;
 
@@ -6,12 +6,35 @@ use std::path::PathBuf;
 /// (e2e/fetch-fixture.sh) and exports `RBEE_FIXTURE`; the default is the
 /// cache path that script uses.
 pub fn fixture() -> PathBuf {
-    let path = std::env::var_os("RBEE_FIXTURE").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
+    let path = std::env::var_os("RBEE_FIXTURE").map(PathBuf::from).unwrap_or_else(|| cached("gemma-3-270m-q4_k_m.gguf"));
+    present(path, "gemma3")
+}
+
+/// An instruct fixture by the name `e2e/fetch-fixture.sh` takes:
+/// `smollm2` (SmolLM2-135M-Instruct Q4_1) or `qwen-coder`
+/// (Qwen2.5-Coder-1.5B-Instruct Q4_K_M), from the cache that script fills
+/// (the test command runs it for each).
+#[allow(dead_code)] // the node's tests include this file for `fixture` alone
+pub fn instruct(name: &str) -> PathBuf {
+    let file = match name {
+        "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "qwen-coder" => "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        other => panic!("no instruct fixture named {other}"),
+    };
+    present(cached(file), name)
+}
+
+fn cached(file: &str) -> PathBuf {
+    let cache = std::env::var_os("RBEE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
-        cache.join("rbee/fixtures/gemma-3-270m-q4_k_m.gguf")
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"))
+            .join("rbee")
     });
-    assert!(path.exists(), "fixture model missing at {}: run e2e/fetch-fixture.sh (the test command does)", path.display());
+    cache.join("fixtures").join(file)
+}
+
+fn present(path: PathBuf, name: &str) -> PathBuf {
+    assert!(path.exists(), "fixture model missing at {}: run e2e/fetch-fixture.sh {name} (the test command does)", path.display());
     path
 }
