@@ -120,6 +120,18 @@ def greedy(llm, prompt_ids, n):
     return ids
 
 
+def top5(llm, prompt_ids, ids):
+    """llama.cpp's five best (token, logit) at each generated step of the
+    last `greedy` run: where two nearly tie, implementations that round
+    differently may part ways."""
+    top = []
+    for i in range(len(ids)):
+        scores = llm.scores[len(prompt_ids) - 1 + i]
+        best = sorted(range(len(scores)), key=lambda t: -scores[t])[:5]
+        top.append([[int(t), round(float(scores[t]), 4)] for t in best])
+    return top
+
+
 def main():
     model, out = sys.argv[1], sys.argv[2]
     sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
@@ -134,13 +146,7 @@ def main():
         prompt_ids = llm.tokenize(p.encode("utf-8"), add_bos=True, special=False)
         ids = greedy(llm, prompt_ids, 32)
         text = llm.detokenize(ids).decode("utf-8", errors="replace")
-        # llama.cpp's top candidates at each generated step: where two are
-        # nearly tied, implementations that round differently may part ways.
-        top = []
-        for i in range(len(ids)):
-            scores = llm.scores[len(prompt_ids) - 1 + i]
-            best = sorted(range(len(scores)), key=lambda t: -scores[t])[:5]
-            top.append([[int(t), round(float(scores[t]), 4)] for t in best])
+        top = top5(llm, prompt_ids, ids)
         steps = [len(prompt_ids) - 1 + i for i in range(len(ids))]
         ex = exact.logits(np.array(prompt_ids + ids), steps)
         exact_top = []

@@ -19,7 +19,7 @@ from gguf import GGUFReader
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from make_golden import TEXTS, greedy
+from make_golden import TEXTS, greedy, top5
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
@@ -53,11 +53,7 @@ def main():
         prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         ids = greedy(llm, prompt_ids, 24)
         text = llm.detokenize(ids).decode("utf-8", errors="replace")
-        top = []
-        for i in range(len(ids)):
-            scores = llm.scores[len(prompt_ids) - 1 + i]
-            best = sorted(range(len(scores)), key=lambda t: -scores[t])[:5]
-            top.append([[int(t), round(float(scores[t]), 4)] for t in best])
+        top = top5(llm, prompt_ids, ids)
         chats.append({"messages": messages, "prompt": prompt, "prompt_ids": prompt_ids, "ids": ids, "text": text, "top": top})
         print(f"{len(prompt_ids):4d} prompt tokens -> {text!r}", file=sys.stderr)
     with open(out, "w") as f:
