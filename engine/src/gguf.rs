@@ -37,10 +37,68 @@ pub struct Gguf {
 /// merges) hold under a million.
 pub const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
 
-/// Walks the metadata section of a GGUF file without allocating, checking
-/// that every length fits in the file and that all arrays together hold at
-/// most [`MAX_METADATA_ELEMENTS`].
-fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
+/// The ggml tensor types candle reads (and so rbee runs), by their number in
+/// GGUF, with the names llama.cpp and Hugging Face show.
+const RUNNABLE_TYPES: [(u32, &str); 15] = [
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (6, "Q5_0"),
+    (7, "Q5_1"),
+    (8, "Q8_0"),
+    (9, "Q8_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K"),
+    (12, "Q4_K"),
+    (13, "Q5_K"),
+    (14, "Q6_K"),
+    (15, "Q8_K"),
+    (30, "BF16"),
+];
+
+/// Names of the ggml tensor types rbee cannot run, so that a refusal says
+/// which quantization the file uses (numbers from ggml's `ggml_type`).
+fn unrunnable_type_name(ty: u32) -> Option<&'static str> {
+    Some(match ty {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
+/// Why [`check_header`] refused a file.
+#[derive(Debug)]
+enum HeaderRefusal {
+    /// A length runs past the end of the file.
+    Truncated(String),
+    /// The header is readable but declares something we will not allocate.
+    Refused(String),
+    /// A tensor is stored in a type rbee cannot compute with.
+    UnrunnableType { tensor: String, ty: u32 },
+}
+
+/// Walks the header of a GGUF file (metadata and tensor descriptions) without
+/// allocating, checking that every length fits in the file, that all arrays
+/// together hold at most [`MAX_METADATA_ELEMENTS`], and that every tensor is
+/// of a type rbee can run.
+fn check_header(bytes: &[u8]) -> std::result::Result<(), HeaderRefusal> {
+    use HeaderRefusal::{Refused, Truncated};
     struct Cur<'a> {
         b: &'a [u8],
         at: usize,
@@ -48,22 +106,22 @@ fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
         elements: u64,
     }
     impl Cur<'_> {
-        fn take(&mut self, n: u64) -> std::result::Result<&[u8], String> {
+        fn take(&mut self, n: u64) -> std::result::Result<&[u8], HeaderRefusal> {
             let left = (self.b.len() - self.at) as u64;
             if n > left {
-                return Err(format!("a length of {n} bytes at byte {} runs past the end of the file", self.at));
+                return Err(Truncated(format!("a length of {n} bytes at byte {} runs past the end of the file", self.at)));
             }
             let s = &self.b[self.at..self.at + n as usize];
             self.at += n as usize;
             Ok(s)
         }
-        fn u32(&mut self) -> std::result::Result<u32, String> {
+        fn u32(&mut self) -> std::result::Result<u32, HeaderRefusal> {
             Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
         }
-        fn len(&mut self) -> std::result::Result<u64, String> {
+        fn len(&mut self) -> std::result::Result<u64, HeaderRefusal> {
             if self.wide { Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))) } else { self.u32().map(u64::from) }
         }
-        fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
+        fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), HeaderRefusal> {
             let fixed = |ty: u32| match ty {
                 0 | 1 | 7 => Some(1u64),
                 2 | 3 => Some(2),
@@ -78,13 +136,13 @@ fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
                 }
                 9 => {
                     if depth > 2 {
-                        return Err("arrays nested too deep".into());
+                        return Err(Refused("arrays nested too deep".into()));
                     }
                     let inner = self.u32()?;
                     let n = self.len()?;
                     self.elements = self.elements.saturating_add(n);
                     if self.elements > MAX_METADATA_ELEMENTS {
-                        return Err(format!("its arrays hold more than {MAX_METADATA_ELEMENTS} elements"));
+                        return Err(Refused(format!("its arrays hold more than {MAX_METADATA_ELEMENTS} elements")));
                     }
                     match fixed(inner) {
                         Some(size) => self.take(n.saturating_mul(size)).map(|_| ()),
@@ -93,7 +151,7 @@ fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
                 }
                 t => match fixed(t) {
                     Some(size) => self.take(size).map(|_| ()),
-                    None => Err(format!("unknown value type {t}")),
+                    None => Err(Refused(format!("unknown value type {t}"))),
                 },
             }
         }
@@ -101,13 +159,30 @@ fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
     let mut c = Cur { b: bytes, at: 4, wide: true, elements: 0 };
     let version = c.u32()?;
     c.wide = version >= 2;
-    let _tensors = c.len()?;
+    let tensors = c.len()?;
     let kvs = c.len()?;
     for _ in 0..kvs {
         let key = c.len()?;
         c.take(key)?;
         let ty = c.u32()?;
         c.value(ty, 0)?;
+    }
+    // Each tensor: name, dimension count, dimensions, type, offset.
+    for _ in 0..tensors {
+        let name = c.len()?;
+        let name = String::from_utf8_lossy(c.take(name)?).into_owned();
+        let dims = c.u32()?;
+        if dims > 4 {
+            return Err(Refused(format!("tensor `{name}` has {dims} dimensions (at most 4)")));
+        }
+        for _ in 0..dims {
+            c.len()?;
+        }
+        let ty = c.u32()?;
+        if !RUNNABLE_TYPES.iter().any(|&(t, _)| t == ty) {
+            return Err(HeaderRefusal::UnrunnableType { tensor: name, ty });
+        }
+        c.take(8)?;
     }
     Ok(())
 }
@@ -133,11 +208,19 @@ impl Gguf {
         if &map[..4] != b"GGUF" {
             return Err(invalid("it does not start with the GGUF magic bytes".into()));
         }
-        check_metadata(&map).map_err(|reason| {
-            invalid(if reason.contains("past the end") {
-                format!("header cannot be parsed ({reason}); the file may be truncated or corrupt")
-            } else {
-                format!("metadata refused before reading it: {reason}")
+        check_header(&map).map_err(|refusal| {
+            invalid(match refusal {
+                HeaderRefusal::Truncated(reason) => format!("header cannot be parsed ({reason}); the file may be truncated or corrupt"),
+                HeaderRefusal::Refused(reason) => format!("metadata refused before reading it: {reason}"),
+                HeaderRefusal::UnrunnableType { tensor, ty } => {
+                    let name = unrunnable_type_name(ty).map_or_else(|| format!("ggml type {ty}"), |n| n.to_string());
+                    let runnable: Vec<&str> = RUNNABLE_TYPES.iter().map(|&(_, n)| n).collect();
+                    format!(
+                        "tensor `{tensor}` is stored as {name}, which rbee cannot run yet; rbee runs {}. \
+                         Pick a file of another quantization from the same repository",
+                        runnable.join(", ")
+                    )
+                }
             })
         })?;
         let mut cursor = std::io::Cursor::new(&map[..]);
@@ -541,15 +624,16 @@ mod tests {
         // 50 million one-byte elements: 50 MB on disk, ~1.6 GB as values.
         let n = 50_000_000u64;
         let bomb = header(&[("general.architecture", 8, [5u64.to_le_bytes().as_slice(), b"llama"].concat()), ("x", 9, array(0, n, &vec![0u8; n as usize]))]);
-        let err = super::check_metadata(&bomb).unwrap_err();
-        assert!(err.contains("more than"), "{err}");
+        let err = super::check_header(&bomb).unwrap_err();
+        assert!(matches!(&err, super::HeaderRefusal::Refused(e) if e.contains("more than")), "{err:?}");
         // A length past the end of the file.
         let short = header(&[("x", 8, [100u64.to_le_bytes().as_slice(), b"abc"].concat())]);
-        assert!(super::check_metadata(&short).unwrap_err().contains("past the end"));
+        let err = super::check_header(&short).unwrap_err();
+        assert!(matches!(&err, super::HeaderRefusal::Truncated(e) if e.contains("past the end")), "{err:?}");
         let strings = header(&[("x", 9, array(8, 3, &[1u64.to_le_bytes().as_slice(), b"a", &1u64.to_le_bytes(), b"b", &1u64.to_le_bytes()].concat()))]);
-        assert!(super::check_metadata(&strings).is_err(), "third string missing");
+        assert!(super::check_header(&strings).is_err(), "third string missing");
         // A real vocabulary's size passes.
         let ok = header(&[("scores", 9, array(6, 262_144, &vec![0u8; 262_144 * 4])), ("n", 4, 7u32.to_le_bytes().to_vec())]);
-        super::check_metadata(&ok).unwrap();
+        super::check_header(&ok).unwrap();
     }
 }

@@ -14,7 +14,7 @@ const ARCHS: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "phi3"];
 fn load(t: &Tiny) -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().unwrap();
     let path = t.write_in(dir.path(), t.arch);
-    let model = Model::load(&path, &Device::Cpu, 4096).unwrap_or_else(|e| panic!("{}: {e}", t.arch));
+    let model = Model::load(&path, &support::device(), 4096).unwrap_or_else(|e| panic!("{}: {e}", t.arch));
     (dir, model)
 }
 
@@ -134,4 +134,27 @@ fn truncated_and_garbage_files_are_refused_clearly() {
     std::fs::write(&garbage, b"this is not a model at all, just some text").unwrap();
     let err = Model::load(&garbage, &Device::Cpu, 4096).unwrap_err();
     assert!(err.to_string().contains("GGUF magic"), "{err}");
+}
+
+#[test]
+fn a_file_in_a_quantization_rbee_cannot_run_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny("llama").write_in(dir.path(), "llama");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The tensor description of `token_embd.weight`: name length (u64), name,
+    // dimension count (u32), two dimensions (u64 each), then its type (u32).
+    let name = b"token_embd.weight";
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name);
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("the tensor's description");
+    let dims = u32::from_le_bytes(bytes[at + key.len()..at + key.len() + 4].try_into().unwrap()) as usize;
+    let ty = at + key.len() + 4 + 8 * dims;
+    bytes[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS
+    let iq = dir.path().join("iq.gguf");
+    std::fs::write(&iq, &bytes).unwrap();
+    let err = Model::load(&iq, &Device::Cpu, 4096).unwrap_err();
+    assert!(matches!(err, Error::InvalidModel { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("token_embd.weight") && text.contains("IQ2_XXS") && text.contains("Q4_K"), "{text}");
+    assert!(!text.contains("corrupt"), "{text}");
 }
