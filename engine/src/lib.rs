@@ -23,6 +23,8 @@ pub mod store;
 pub mod template;
 pub mod tokenizer;
 
+/// Where a model runs (candle's device).
+pub use candle_core::Device;
 pub use error::{Error, Result};
 pub use generate::{Event, FinishReason, Model, Prompt, Request, Usage};
 pub use runtime::{Config, Engine, Generation, LoadedInfo};

@@ -41,12 +41,14 @@ pub struct Config {
     /// Upper bound on the context a sequence may use (the model's trained
     /// context is often far larger than needed and KV memory scales with it).
     pub max_context: usize,
+    /// Where models run: the first GPU this build can use, else the CPU.
     pub device: Device,
 }
 
 impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, slots: 4, queue_depth: 16, idle_timeout: Duration::from_secs(300), max_context: 8192, device: Device::Cpu }
+        let device = crate::hardware::device_named("auto").unwrap_or(Device::Cpu);
+        Self { data_dir, slots: 4, queue_depth: 16, idle_timeout: Duration::from_secs(300), max_context: 8192, device }
     }
 }
 

@@ -3,7 +3,6 @@
 
 mod support;
 
-use candle_core::Device;
 use rbee_engine::gguf::Gguf;
 use rbee_engine::model::{Precision, Weights};
 use rbee_engine::sampling::argmax;
@@ -55,7 +54,7 @@ fn golden() -> Golden {
 }
 
 fn model() -> Model {
-    Model::load(&support::fixture(), &Device::Cpu, 4096).unwrap()
+    Model::load(&support::fixture(), &support::device(), 4096).unwrap()
 }
 
 #[test]
@@ -99,7 +98,7 @@ fn the_decoder_computes_the_exact_model() {
     // layout, norms, GELU, sliding window (one prompt is 701 tokens), KV
     // cache and chunking are all exercised.
     let gguf = Gguf::open(&support::fixture()).unwrap();
-    let w = Weights::load_with(&gguf, &Device::Cpu, Precision::Exact).unwrap();
+    let w = Weights::load_with(&gguf, &support::device(), Precision::Exact).unwrap();
     let mut checked = 0;
     let mut worst = 0f32;
     for g in golden().greedy {

@@ -6,7 +6,6 @@
 
 mod support;
 
-use candle_core::Device;
 use rbee_engine::sampling::argmax;
 use rbee_engine::{Config, Engine, Event, Message, Model, Prompt, Request, SamplingParams};
 use serde::Deserialize;
@@ -51,7 +50,7 @@ fn golden(file: &str, sha256: &str) -> Golden {
 /// against llama.cpp's (golden file `golden-{file}.json`).
 fn agrees_with_llama_cpp(name: &str, file: &str, sha256: &str) {
     let g = golden(file, sha256);
-    let m = Model::load(&support::instruct(name), &Device::Cpu, 4096).unwrap();
+    let m = Model::load(&support::instruct(name), &support::device(), 4096).unwrap();
     for t in &g.tokenize {
         assert_eq!(m.tokenizer.encode(&t.text).unwrap(), t.ids, "{name}: token ids of {:?}", t.text);
     }

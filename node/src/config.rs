@@ -43,6 +43,9 @@ pub struct Overrides {
     pub idle_timeout_secs: Option<f64>,
     /// Upper bound on the context a sequence may use.
     pub max_context: Option<usize>,
+    /// Where models run: `auto` (the first GPU this build can use), `cpu`,
+    /// `cuda`, `cuda:N` or `metal`.
+    pub device: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     pub shutdown_grace_secs: Option<f64>,
     /// Seconds without an event after which a stream carries a keep-alive comment.
@@ -105,6 +108,7 @@ impl Overrides {
             queue_depth: parse("RBEE_QUEUE_DEPTH", get("RBEE_QUEUE_DEPTH"))?,
             idle_timeout_secs: parse("RBEE_IDLE_TIMEOUT_SECS", get("RBEE_IDLE_TIMEOUT_SECS"))?,
             max_context: parse("RBEE_MAX_CONTEXT", get("RBEE_MAX_CONTEXT"))?,
+            device: get("RBEE_DEVICE").filter(|v| !v.is_empty()),
             shutdown_grace_secs: parse("RBEE_SHUTDOWN_GRACE_SECS", get("RBEE_SHUTDOWN_GRACE_SECS"))?,
             keep_alive_secs: parse("RBEE_KEEP_ALIVE_SECS", get("RBEE_KEEP_ALIVE_SECS"))?,
             header_timeout_secs: parse("RBEE_HEADER_TIMEOUT_SECS", get("RBEE_HEADER_TIMEOUT_SECS"))?,
@@ -133,6 +137,7 @@ impl Overrides {
             queue_depth: over.queue_depth.or(self.queue_depth),
             idle_timeout_secs: over.idle_timeout_secs.or(self.idle_timeout_secs),
             max_context: over.max_context.or(self.max_context),
+            device: over.device.or(self.device),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             keep_alive_secs: over.keep_alive_secs.or(self.keep_alive_secs),
             header_timeout_secs: over.header_timeout_secs.or(self.header_timeout_secs),
@@ -160,6 +165,7 @@ pub struct Config {
     pub queue_depth: usize,
     pub idle_timeout: Duration,
     pub max_context: usize,
+    pub device: rbee_engine::Device,
     pub shutdown_grace: Duration,
     pub keep_alive: Duration,
     pub header_timeout: Duration,
@@ -236,6 +242,7 @@ impl Config {
         if max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
+        let device = rbee_engine::hardware::device_named(o.device.as_deref().unwrap_or("auto")).map_err(|e| anyhow::anyhow!("device: {e}"))?;
         let swarm_key = o.swarm_key.as_deref().map(rbee_swarm::SwarmKey::from_join_code).transpose()?;
         let multiaddr = |what: &str, a: &str| -> Result<rbee_swarm::Multiaddr> {
             a.parse().with_context(|| format!("{what} {a:?} is not a multiaddr (e.g. /ip4/192.168.1.20/tcp/{DEFAULT_SWARM_PORT})"))
@@ -259,6 +266,7 @@ impl Config {
             queue_depth: o.queue_depth.unwrap_or(engine.queue_depth),
             idle_timeout: secs("idle_timeout_secs", o.idle_timeout_secs, engine.idle_timeout.as_secs_f64())?,
             max_context: o.max_context.unwrap_or(engine.max_context).max(16),
+            device,
             shutdown_grace: secs("shutdown_grace_secs", o.shutdown_grace_secs, 30.0)?,
             keep_alive,
             header_timeout,
@@ -274,6 +282,7 @@ impl Config {
         c.queue_depth = self.queue_depth;
         c.idle_timeout = self.idle_timeout;
         c.max_context = self.max_context;
+        c.device = self.device.clone();
         c
     }
 }
@@ -354,6 +363,7 @@ mod tests {
         assert!(err(Overrides { listen: Some("0.0.0.0:7833".into()), ..Default::default() }).contains("requires API keys"));
         assert!(err(Overrides { listen: Some("localhost".into()), ..Default::default() }).contains("is not IP:PORT"));
         assert!(err(Overrides { slots: Some(0), ..Default::default() }).contains("at least 1"));
+        assert!(err(Overrides { device: Some("tpu".into()), ..Default::default() }).contains("device: unknown device \"tpu\""));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "listn = \"x\"").unwrap();

@@ -1,7 +1,7 @@
 //! The `rbee` command.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -70,7 +70,7 @@ struct ServeArgs {
     /// Address of the API [env: RBEE_LISTEN] [default: 127.0.0.1:7833]. Beyond loopback needs api_keys.
     #[arg(long)]
     listen: Option<String>,
-    /// Concurrent generations per loaded model [env: RBEE_SLOTS] [default: 2].
+    /// Concurrent generations per loaded model [env: RBEE_SLOTS] [default: 4].
     #[arg(long)]
     slots: Option<usize>,
     /// Requests that may wait for a busy model before 503s [env: RBEE_QUEUE_DEPTH] [default: 16].
@@ -82,6 +82,9 @@ struct ServeArgs {
     /// Most tokens of context per sequence [env: RBEE_MAX_CONTEXT] [default: 8192].
     #[arg(long)]
     max_context: Option<usize>,
+    /// Where models run: auto (the first GPU this build can use), cpu, cuda, cuda:N or metal [env: RBEE_DEVICE] [default: auto].
+    #[arg(long)]
+    device: Option<String>,
     /// Browser origin allowed to call the API besides loopback pages; repeatable, `*` = any [env: RBEE_CORS_ORIGINS].
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
@@ -204,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             queue_depth: a.queue_depth,
             idle_timeout_secs: a.idle_timeout_secs,
             max_context: a.max_context,
+            device: a.device.clone(),
             cors_origins: (!a.cors_origins.is_empty()).then(|| a.cors_origins.clone()),
             allowed_hosts: (!a.allowed_hosts.is_empty()).then(|| a.allowed_hosts.clone()),
             shutdown_grace_secs: a.shutdown_grace_secs,
@@ -217,7 +221,6 @@ fn run(cli: Cli) -> Result<()> {
         };
     }
     let cfg = config::load(cli.config, flags)?;
-    let data_dir = cfg.data_dir.clone();
     match cli.command {
         Command::Serve(_) => serve(cfg),
         Command::Swarm { command: SwarmCommand::Init } => {
@@ -231,8 +234,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Peers { url } => peers(&cfg, url),
         Command::Chat { model, system, temperature, seed, max_tokens } => chat(&cfg, model, system, temperature, seed, max_tokens),
-        Command::Models { command } => models(&data_dir, &cfg.hf_endpoint, command),
-        Command::Generate(args) => generate(&data_dir, args),
+        Command::Models { command } => models(&cfg, command),
+        Command::Generate(args) => generate(&cfg, args),
         Command::Hw => {
             println!("{}", serde_json_pretty(&rbee_engine::hardware::probe()));
             Ok(())
@@ -302,7 +305,7 @@ fn peers(cfg: &Config, url: Option<String>) -> Result<()> {
 
 fn chat(cfg: &Config, model: Option<String>, system: Option<String>, temperature: f32, seed: Option<u64>, max_tokens: usize) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
-    let engine = open_engine(&cfg.data_dir, 1)?;
+    let engine = open_engine(cfg, 1)?;
     let model = match model {
         Some(m) => engine.store().get(&m)?.id,
         None => {
@@ -360,10 +363,12 @@ fn chat(cfg: &Config, model: Option<String>, system: Option<String>, temperature
     Ok(())
 }
 
-fn open_engine(data_dir: &Path, slots: usize) -> Result<Engine> {
-    let mut cfg = rbee_engine::Config::new(data_dir.to_path_buf());
-    cfg.slots = slots;
-    let engine = Engine::new(cfg).with_context(|| format!("opening the model store in {}", data_dir.display()))?;
+/// The engine of a command that runs in this process (not `serve`): the
+/// node's settings, with `slots` sequences per model.
+fn open_engine(cfg: &Config, slots: usize) -> Result<Engine> {
+    let mut engine_cfg = cfg.engine();
+    engine_cfg.slots = slots;
+    let engine = Engine::new(engine_cfg).with_context(|| format!("opening the model store in {}", cfg.data_dir.display()))?;
     for w in engine.store().warnings() {
         eprintln!("warning: {w}");
     }
@@ -387,8 +392,9 @@ fn progress_bar(msg: &str) -> (ProgressBar, ProgressFn) {
     (bar, f)
 }
 
-fn models(data_dir: &Path, hf_endpoint: &str, command: ModelsCommand) -> Result<()> {
-    let engine = open_engine(data_dir, 1)?;
+fn models(cfg: &Config, command: ModelsCommand) -> Result<()> {
+    let hf_endpoint = cfg.hf_endpoint.as_str();
+    let engine = open_engine(cfg, 1)?;
     let store = engine.store();
     match command {
         ModelsCommand::Import { path } => {
@@ -426,8 +432,8 @@ fn models(data_dir: &Path, hf_endpoint: &str, command: ModelsCommand) -> Result<
     Ok(())
 }
 
-fn generate(data_dir: &Path, a: GenerateArgs) -> Result<()> {
-    let engine = open_engine(data_dir, 1)?;
+fn generate(cfg: &Config, a: GenerateArgs) -> Result<()> {
+    let engine = open_engine(cfg, 1)?;
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -38,3 +38,12 @@ fn present(path: PathBuf, name: &str) -> PathBuf {
     assert!(path.exists(), "fixture model missing at {}: run e2e/fetch-fixture.sh {name} (the test command does)", path.display());
     path
 }
+
+/// The device the engine's model tests run on: `RBEE_DEVICE` (`cpu`,
+/// `cuda:0`, ...) or, unset, the first GPU this build can use, as the node
+/// picks. `e2e/gpu/run.sh` runs the same tests on CUDA this way.
+#[allow(dead_code)] // as `instruct`
+pub fn device() -> rbee_engine::Device {
+    let name = std::env::var("RBEE_DEVICE").unwrap_or_default();
+    rbee_engine::hardware::device_named(&name).unwrap_or_else(|e| panic!("RBEE_DEVICE: {e}"))
+}

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 mod fixture;
 pub mod hub;
 #[allow(unused_imports)]
-pub use fixture::{fixture, instruct};
+pub use fixture::{device, fixture, instruct};
 
 /// Which vocabulary a tiny model gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
