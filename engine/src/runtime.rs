@@ -41,14 +41,15 @@ pub struct Config {
     /// Upper bound on the context a sequence may use (the model's trained
     /// context is often far larger than needed and KV memory scales with it).
     pub max_context: usize,
-    /// Where models run: the first GPU this build can use, else the CPU.
+    /// Where models run: the CPU unless set (the node sets it from its
+    /// `device` setting, see [`crate::hardware::device_named`]; probing GPUs
+    /// here would open them for every caller that only wants the defaults).
     pub device: Device,
 }
 
 impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
-        let device = crate::hardware::device_named("auto").unwrap_or(Device::Cpu);
-        Self { data_dir, slots: 4, queue_depth: 16, idle_timeout: Duration::from_secs(300), max_context: 8192, device }
+        Self { data_dir, slots: 4, queue_depth: 16, idle_timeout: Duration::from_secs(300), max_context: 8192, device: Device::Cpu }
     }
 }
 

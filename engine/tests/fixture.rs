@@ -169,6 +169,7 @@ fn start_engine(slots: usize) -> (tempfile::TempDir, Engine, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path().to_path_buf());
     cfg.slots = slots;
+    cfg.device = support::device();
     let engine = Engine::new(cfg).unwrap();
     let id = engine.store().import(&support::fixture(), None).unwrap().id;
     (dir, engine, id)

@@ -106,6 +106,7 @@ fn instruct_models_answer_and_batch_like_they_run_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::new(dir.path().to_path_buf());
         cfg.slots = 3;
+        cfg.device = support::device();
         let engine = Engine::new(cfg).unwrap();
         let id = engine.store().import(&support::instruct(name), None).unwrap().id;
         let requests: Vec<Request> = ["What is the capital of France? Answer in one word.", "Name a fruit.", "Count to five."]
