@@ -509,27 +509,6 @@ impl<T: GgmlType + Send + Sync + 'static> QuantizedType for Mapped<T> {
         T::DTYPE
     }
     fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
-        let (m, k, n) = mkn;
-        if crate::kernels::AVAILABLE && lhs.len() == m * k && dst.len() >= m * n && k % 32 == 0 && self.blocks().len() == n * (k / 32) {
-            let blocks = self.blocks();
-            // SAFETY: DTYPE names the block type (only BlockQ8_0 has Q8_0,
-            // only BlockQ5_0 has Q5_0), so the cast is to T itself.
-            unsafe {
-                match T::DTYPE {
-                    GgmlDType::Q8_0 => {
-                        let b = std::slice::from_raw_parts(blocks.as_ptr() as *const k_quants::BlockQ8_0, blocks.len());
-                        crate::kernels::matmul(m, k, n, lhs, b, dst);
-                        return Ok(());
-                    }
-                    GgmlDType::Q5_0 => {
-                        let b = std::slice::from_raw_parts(blocks.as_ptr() as *const k_quants::BlockQ5_0, blocks.len());
-                        crate::kernels::matmul(m, k, n, lhs, b, dst);
-                        return Ok(());
-                    }
-                    _ => {}
-                }
-            }
-        }
         k_quants::matmul(mkn, lhs, self.blocks(), dst)
     }
     fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> candle_core::Result<()> {

@@ -1,132 +1,408 @@
-//! CPU matrix products for Q8_0 and Q5_0 weights, faster than candle's
-//! generic path.
+//! CPU matrix products for quantized weights, read in place from the
+//! mapped file: Q8_0 and Q5_0 (signed values), Q4_0, Q4_1, Q5_1 and the
+//! K-quants Q2_K…Q6_K (unsigned values with a per-group offset).
 //!
-//! candle multiplies Q8_0 rows one at a time with a single accumulator, so
-//! the loop waits on each fused multiply-add, and has only scalar code for
-//! Q5_0; when the inner dimension is not a multiple of 256 (Gemma 3 270M's
-//! 640) its repacked kernels do not apply either, and the 262 144-row output
-//! head spent most of decoding there. Here four weight rows share each
-//! activation block and keep four independent accumulators; Q5_0 blocks are
-//! widened to signed bytes in registers (low nibble, fifth bit from `qh`,
-//! minus 16), so both types read the file in place with no copy.
-//! Activations are quantized by candle's own Q8_0 routine and the integer
-//! dot products are the same, so results equal candle's up to float
-//! summation order.
+//! Every type is seen as sub-blocks of 32 values, each value `scale·q + min`
+//! with integer `q` and one scale and min per group of 32 (or of 16: Q2_K,
+//! Q3_K and Q6_K): K-quant superblocks of 256 are eight such sub-blocks with
+//! their own scales and mins. Activations are quantized to Q8_0 (blocks of
+//! 32, as candle does), so each sub-block meets one activation block: the
+//! integer dot products are exact, and each group adds
+//! `Σq·x · scale·dx + Σx · min·dx` to the row's sum.
+//!
+//! Why not candle's: it multiplies Q8_0 rows one at a time with a single
+//! accumulator and has scalar code only for Q5_0, its repacked kernels need
+//! rows that are a multiple of 256 (Gemma 3 270M's are 640), and where they
+//! apply they hold a second, repacked copy of the weights in memory. Here
+//! four weight rows share each activation block and keep four independent
+//! accumulators (decoding), or eight weight rows are unpacked once into a
+//! tile that every activation row of a prompt meets; the instructions are
+//! picked at run time ([`Isa`]): `vpdpbusd` where the CPU has AVX-VNNI or
+//! AVX512-VNNI, AVX2's `maddubs` otherwise.
 
-use candle_core::quantized::GgmlType;
-use candle_core::quantized::k_quants::{BlockQ5_0, BlockQ8_0};
+use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0};
+use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 
 /// Whether this build has the kernels (x86-64 with AVX2, which the release
 /// baseline x86-64-v3 guarantees).
 pub(crate) const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"));
 
 /// A weight block type the kernels multiply against Q8_0 activations.
-pub(crate) trait Weight: GgmlType<VecDotType = BlockQ8_0> + Sync {
-    /// Dot products of four consecutive weight rows (each `kb` blocks) with
-    /// each of the R activation rows `x`: each weight block is unpacked once
-    /// for all of them.
-    ///
-    /// # Safety
-    /// `w` must point at 4·kb blocks and each `x` at kb blocks; [`AVAILABLE`].
-    unsafe fn dot4<const R: usize>(w: *const Self, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R];
+pub(crate) trait Weight: GgmlType + Sync {
+    /// How the SIMD kernels unpack a sub-block's values.
+    type Simd: imp::Unpack;
+    /// Values are unsigned (0..=31) with a min per sub-block; otherwise
+    /// signed (-128..=127) with none.
+    const UNSIGNED: bool;
+    /// Scale groups per sub-block: 1 (a scale and min per 32 values) or 2
+    /// (per 16).
+    const GROUPS: usize = 1;
 
-    /// Unpacks eight consecutive weight rows into `tile` for [`dot8`].
-    ///
-    /// # Safety
-    /// `w` must point at 8·kb blocks, with kb the tile's; [`AVAILABLE`].
-    unsafe fn fill(tile: &mut Tile, w: *const Self);
+    /// Scale and min of group `g` (values `32/GROUPS·g` on).
+    fn scale_min(&self, g: usize) -> (f32, f32);
 
-    /// The block's 32 values and its scale, unpacked one by one (for [`dot_ref`]).
-    fn values(&self) -> ([i8; 32], f32);
+    /// The 32 values `q` of sub-block `s`, one by one (for [`dot_ref`]).
+    fn values(&self, s: usize) -> [i8; 32];
 }
 
-/// A block's bytes (blocks are `repr(C)` in the GGUF layout, starting with
-/// their f16 scale).
+/// Sub-blocks of 32 values in one block of `W`.
+const fn subs<W: Weight>() -> usize {
+    W::BLCK_SIZE / 32
+}
+
+/// A block's bytes (blocks are `repr(C)` in the GGUF layout).
 fn block_bytes<T>(b: &T) -> &[u8] {
     // SAFETY: a block is plain old data of size_of::<T>() bytes.
     unsafe { std::slice::from_raw_parts(b as *const T as *const u8, std::mem::size_of::<T>()) }
 }
 
-fn f16_at(bytes: &[u8]) -> f32 {
-    half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Value j of 32 packed as 16 bytes: low nibbles hold values 0..16, high
+/// nibbles 16..32.
+fn nibble(qs: &[u8], j: usize) -> u8 {
+    if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 }
+}
+
+/// Scale and min of sub-block `s` of a Q4_K or Q5_K superblock: f16 `d`
+/// and `dmin`, then twelve bytes of 6-bit scales and mins (ggml's
+/// `get_scale_min_k4`).
+fn k_scale_min(b: &[u8], s: usize) -> (f32, f32) {
+    let q = &b[4..16];
+    let (sc, m) = if s < 4 { (q[s] & 63, q[s + 4] & 63) } else { ((q[s + 4] & 0x0F) | ((q[s - 4] >> 6) << 4), (q[s + 4] >> 4) | ((q[s] >> 6) << 4)) };
+    (f16_at(b, 0) * f32::from(sc), -(f16_at(b, 2) * f32::from(m)))
+}
+
+/// Value l of sub-block `s` of a K-quant's 128 bytes of nibbles: 64-value
+/// chunk s/2, low nibbles for even `s`, high for odd.
+fn k_nibble(qs: &[u8], s: usize, l: usize) -> u8 {
+    (qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 0x0F
 }
 
 impl Weight for BlockQ8_0 {
-    unsafe fn dot4<const R: usize>(w: *const Self, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
-        // SAFETY: forwarded contract.
-        unsafe { imp::dot4::<imp::Q8, R>(w as *const u8, kb, x) }
+    type Simd = imp::Q8;
+    const UNSIGNED: bool = false;
+    fn scale_min(&self, _s: usize) -> (f32, f32) {
+        (f16_at(block_bytes(self), 0), 0.0)
     }
-
-    unsafe fn fill(tile: &mut Tile, w: *const Self) {
-        // SAFETY: forwarded contract.
-        unsafe { tile.0.fill::<imp::Q8>(w as *const u8) }
-    }
-
-    fn values(&self) -> ([i8; 32], f32) {
+    fn values(&self, _s: usize) -> [i8; 32] {
         let b = block_bytes(self);
-        (std::array::from_fn(|j| b[2 + j] as i8), f16_at(b))
+        std::array::from_fn(|j| b[2 + j] as i8)
     }
 }
 
 impl Weight for BlockQ5_0 {
-    unsafe fn dot4<const R: usize>(w: *const Self, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
-        // SAFETY: forwarded contract.
-        unsafe { imp::dot4::<imp::Q5, R>(w as *const u8, kb, x) }
+    type Simd = imp::Q5;
+    const UNSIGNED: bool = false;
+    fn scale_min(&self, _s: usize) -> (f32, f32) {
+        (f16_at(block_bytes(self), 0), 0.0)
     }
-
-    unsafe fn fill(tile: &mut Tile, w: *const Self) {
-        // SAFETY: forwarded contract.
-        unsafe { tile.0.fill::<imp::Q5>(w as *const u8) }
-    }
-
     /// f16 scale, u32 `qh` (bit j: fifth bit of value j), 16 bytes of
-    /// nibbles (low: values 0..16, high: 16..32); a value is the five bits
-    /// minus 16.
-    fn values(&self) -> ([i8; 32], f32) {
+    /// nibbles; a value is the five bits minus 16.
+    fn values(&self, _s: usize) -> [i8; 32] {
         let b = block_bytes(self);
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let v = std::array::from_fn(|j| {
-            let nibble = if j < 16 { b[6 + j] & 0x0F } else { b[6 + j - 16] >> 4 };
-            (nibble | ((((qh >> j) & 1) as u8) << 4)) as i8 - 16
-        });
-        (v, f16_at(b))
+        std::array::from_fn(|j| (nibble(&b[6..], j) | ((((qh >> j) & 1) as u8) << 4)) as i8 - 16)
     }
 }
 
-/// The arithmetic every kernel here reproduces exactly: per block, the
-/// integer dot product of the 32 values (exact), then one fused
-/// multiply-add of it times the product of the two scales into one f32 sum.
+impl Weight for BlockQ4_0 {
+    type Simd = imp::Q40;
+    const UNSIGNED: bool = true;
+    /// f16 scale, 16 bytes of nibbles; a value is `d·(q - 8)`.
+    fn scale_min(&self, _s: usize) -> (f32, f32) {
+        let d = f16_at(block_bytes(self), 0);
+        (d, -8.0 * d)
+    }
+    fn values(&self, _s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        std::array::from_fn(|j| nibble(&b[2..], j) as i8)
+    }
+}
+
+impl Weight for BlockQ4_1 {
+    type Simd = imp::Q41;
+    const UNSIGNED: bool = true;
+    /// f16 scale and min, 16 bytes of nibbles.
+    fn scale_min(&self, _s: usize) -> (f32, f32) {
+        let b = block_bytes(self);
+        (f16_at(b, 0), f16_at(b, 2))
+    }
+    fn values(&self, _s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        std::array::from_fn(|j| nibble(&b[4..], j) as i8)
+    }
+}
+
+impl Weight for BlockQ5_1 {
+    type Simd = imp::Q51;
+    const UNSIGNED: bool = true;
+    /// f16 scale and min, u32 of fifth bits, 16 bytes of nibbles.
+    fn scale_min(&self, _s: usize) -> (f32, f32) {
+        let b = block_bytes(self);
+        (f16_at(b, 0), f16_at(b, 2))
+    }
+    fn values(&self, _s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        std::array::from_fn(|j| (nibble(&b[8..], j) | ((((qh >> j) & 1) as u8) << 4)) as i8)
+    }
+}
+
+impl Weight for BlockQ4K {
+    type Simd = imp::Q4K;
+    const UNSIGNED: bool = true;
+    fn scale_min(&self, s: usize) -> (f32, f32) {
+        k_scale_min(block_bytes(self), s)
+    }
+    /// Nibbles from byte 16 on.
+    fn values(&self, s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        std::array::from_fn(|l| k_nibble(&b[16..], s, l) as i8)
+    }
+}
+
+impl Weight for BlockQ5K {
+    type Simd = imp::Q5K;
+    const UNSIGNED: bool = true;
+    fn scale_min(&self, s: usize) -> (f32, f32) {
+        k_scale_min(block_bytes(self), s)
+    }
+    /// 32 bytes of fifth bits from byte 16 (bit s of byte l: value l of
+    /// sub-block s), nibbles from byte 48 on.
+    fn values(&self, s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        std::array::from_fn(|l| (k_nibble(&b[48..], s, l) | (((b[16 + l] >> s) & 1) << 4)) as i8)
+    }
+}
+
+/// Two bits of value l of sub-block `s` of a Q2_K or Q3_K's 64 bytes of
+/// crumbs: 128-value half s/4, bits 2·(s%4).
+fn k_crumb(qs: &[u8], s: usize, l: usize) -> u8 {
+    (qs[32 * (s / 4) + l] >> (2 * (s % 4))) & 3
+}
+
+impl Weight for BlockQ6K {
+    type Simd = imp::Q6K;
+    const UNSIGNED: bool = true;
+    const GROUPS: usize = 2;
+    /// 128 bytes of low nibbles, 64 of high crumbs, 16 signed 8-bit scales
+    /// from byte 192, f16 `d` at 208; a value is `d·sc·(q - 32)`.
+    fn scale_min(&self, g: usize) -> (f32, f32) {
+        let b = block_bytes(self);
+        let d = f16_at(b, 208) * f32::from(b[192 + g] as i8);
+        (d, -32.0 * d)
+    }
+    /// Sub-block s: nibbles of 64-byte chunk s/4 (its second 32 bytes for
+    /// odd s%4, high nibbles for s%4 ≥ 2), two high bits from 32-byte chunk
+    /// s/4 of `qh`, bits 2·(s%4).
+    fn values(&self, s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        let (n, j) = (s / 4, s % 4);
+        std::array::from_fn(|l| (((b[64 * n + 32 * (j & 1) + l] >> (4 * (j >> 1))) & 0x0F) | (k_crumb(&b[128..], s, l) << 4)) as i8)
+    }
+}
+
+impl Weight for BlockQ3K {
+    type Simd = imp::Q3K;
+    const UNSIGNED: bool = true;
+    const GROUPS: usize = 2;
+    /// 32 bytes of high bits, 64 of crumbs, twelve bytes of 6-bit scales
+    /// from byte 96, f16 `d` at 108; a value is `d·(sc - 32)·(q - 4)`.
+    fn scale_min(&self, g: usize) -> (f32, f32) {
+        let b = block_bytes(self);
+        let sc = &b[96..108];
+        let low = if g < 8 { sc[g] & 0x0F } else { sc[g - 8] >> 4 };
+        let high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+        let d = f16_at(b, 108) * f32::from(i16::from(low | (high << 4)) - 32);
+        (d, -4.0 * d)
+    }
+    /// Two bits from the crumbs, the third is bit s of `hmask[l]`.
+    fn values(&self, s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        std::array::from_fn(|l| (k_crumb(&b[32..], s, l) | (((b[l] >> s) & 1) << 2)) as i8)
+    }
+}
+
+impl Weight for BlockQ2K {
+    type Simd = imp::Q2K;
+    const UNSIGNED: bool = true;
+    const GROUPS: usize = 2;
+    /// 16 bytes of 4-bit scale and min, 64 of crumbs, f16 `d` and `dmin`
+    /// at 80; a value is `d·(sc & 15)·q - dmin·(sc >> 4)`.
+    fn scale_min(&self, g: usize) -> (f32, f32) {
+        let b = block_bytes(self);
+        (f16_at(b, 80) * f32::from(b[g] & 0x0F), -(f16_at(b, 82) * f32::from(b[g] >> 4)))
+    }
+    fn values(&self, s: usize) -> [i8; 32] {
+        let b = block_bytes(self);
+        std::array::from_fn(|l| k_crumb(&b[16..], s, l) as i8)
+    }
+}
+
+/// The arithmetic every kernel here reproduces exactly: per scale group of
+/// each sub-block, in order, the integer dot product of its values (exact),
+/// then one fused multiply-add of it times the product of the two scales
+/// into one f32 sum; for unsigned types then one more of the activation
+/// values' sum over the group times min·scale.
 ///
-/// Because every path (one row at a time, eight-row tiles, VNNI or not, the
-/// leftover columns) computes this same sequence of roundings, a row's result
-/// does not depend on how many rows are multiplied together: a sequence
-/// decoded alone and one decoded in a batch get identical logits.
+/// Because every path (four rows from the file, eight-row tiles, VNNI or
+/// not, the leftover rows) computes this same sequence of roundings, a row's
+/// result does not depend on how many rows are multiplied together: a
+/// sequence decoded alone and one decoded in a batch get identical logits.
 pub(crate) fn dot_ref<W: Weight>(w: &[W], x: &[BlockQ8_0]) -> f32 {
     let mut acc = 0f32;
-    for (wb, xb) in w.iter().zip(x) {
-        let ((wv, ws), (xv, xs)) = (wb.values(), xb.values());
-        let isum: i32 = wv.iter().zip(&xv).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
-        acc = (isum as f32).mul_add(ws * xs, acc);
+    let len = 32 / W::GROUPS;
+    for (b, xb) in x.iter().enumerate() {
+        let (wb, s) = (&w[b / subs::<W>()], b % subs::<W>());
+        let wv = wb.values(s);
+        let xr = block_bytes(xb);
+        let (xv, xs): ([i8; 32], f32) = (std::array::from_fn(|j| xr[2 + j] as i8), f16_at(xr, 0));
+        for g in 0..W::GROUPS {
+            let (ws, wm) = wb.scale_min(s * W::GROUPS + g);
+            let (wv, xv) = (&wv[g * len..(g + 1) * len], &xv[g * len..(g + 1) * len]);
+            let isum: i32 = wv.iter().zip(xv).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            acc = (isum as f32).mul_add(ws * xs, acc);
+            if W::UNSIGNED {
+                let xsum: i32 = xv.iter().map(|&v| i32::from(v)).sum();
+                acc = (xsum as f32).mul_add(wm * xs, acc);
+            }
+        }
     }
     acc
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (n×k)ᵀ` with `rhs` in blocks of 32.
+/// The instructions the kernels use, picked at run time from what the CPU
+/// has: one binary (built for x86-64-v3) runs the fastest path on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX2's `maddubs`/`madd` pairs (every x86-64-v3 CPU).
+    Avx2,
+    /// `vpdpbusd` in its VEX form (Intel since Alder Lake and Sapphire Rapids).
+    AvxVnni,
+    /// `vpdpbusd` in its EVEX form on 256-bit vectors (AVX512-VNNI with
+    /// AVX512-VL: Intel since Ice Lake and Cascade Lake, AMD since Zen 4,
+    /// which has no AVX-VNNI).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best this CPU runs (read once).
+    pub(crate) fn best() -> Self {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::supported().pop().unwrap_or(Isa::Avx2))
+    }
+
+    /// Every one this CPU runs, best last (the tests check each against the
+    /// scalar reference).
+    pub(crate) fn supported() -> Vec<Self> {
+        let mut isas = vec![Isa::Avx2];
+        if imp::has_avx_vnni() {
+            isas.push(Isa::AvxVnni);
+        }
+        if imp::has_avx512_vnni() {
+            isas.push(Isa::Avx512Vnni);
+        }
+        isas
+    }
+
+    fn vnni(self) -> bool {
+        self != Isa::Avx2
+    }
+}
+
+/// Whether the kernels here multiply weights of this type.
+pub(crate) fn covers(dtype: GgmlDType) -> bool {
+    AVAILABLE
+        && matches!(
+            dtype,
+            GgmlDType::Q8_0
+                | GgmlDType::Q5_0
+                | GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_1
+                | GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K
+        )
+}
+
+/// `x · wᵀ` for a CPU weight of a type the kernels cover ([`covers`]), as
+/// a candle op on the activations `x` (…, k) giving (…, n).
+#[derive(Debug, Clone)]
+pub(crate) struct QuantMatmul(pub(crate) std::sync::Arc<QTensor>);
+
+impl candle_core::CustomOp1 for QuantMatmul {
+    fn name(&self) -> &'static str {
+        "rbee-quant-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(v), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("the quantized matmul takes contiguous f32 activations")
+        };
+        let (n, k) = self.0.shape().dims2()?;
+        let mut dims = layout.dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("activations {dims:?} do not match a weight of {n}x{k}")
+        }
+        *dims.last_mut().expect("checked above") = n;
+        let lhs = &v[start..end];
+        let m = lhs.len() / k;
+        let mut dst = vec![0f32; m * n];
+        let data = self.0.data()?;
+        fn run<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], data: &[u8], dst: &mut [f32]) -> candle_core::Result<()> {
+            if !k.is_multiple_of(W::BLCK_SIZE) || data.len() != n * (k / W::BLCK_SIZE) * std::mem::size_of::<W>() {
+                candle_core::bail!("a {n}x{k} weight of {:?} has {} bytes", W::DTYPE, data.len())
+            }
+            if (data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<W>()) {
+                // SAFETY: aligned, the length checked above, and blocks are
+                // plain old data.
+                let blocks = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const W, data.len() / std::mem::size_of::<W>()) };
+                matmul(m, k, n, lhs, blocks, dst);
+            } else {
+                matmul(m, k, n, lhs, &crate::gguf::blocks_from_bytes::<W>(data), dst);
+            }
+            Ok(())
+        }
+        match self.0.dtype() {
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q4K => run::<BlockQ4K>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q5K => run::<BlockQ5K>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q6K => run::<BlockQ6K>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q3K => run::<BlockQ3K>(m, k, n, lhs, &data, &mut dst)?,
+            GgmlDType::Q2K => run::<BlockQ2K>(m, k, n, lhs, &data, &mut dst)?,
+            other => candle_core::bail!("rbee's kernels do not multiply {other:?}"),
+        }
+        Ok((candle_core::CpuStorage::F32(dst), candle_core::Shape::from(dims)))
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (n×k)ᵀ`.
 ///
 /// # Panics
-/// On mismatched lengths (the callers, candle's matmul dispatch, check them).
+/// On mismatched lengths (the callers check them).
 pub(crate) fn matmul<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
-    matmul_with(imp::Tile::vnni(), m, k, n, lhs, rhs, dst);
+    matmul_with(Isa::best(), m, k, n, lhs, rhs, dst);
 }
 
 /// Up to this many activation rows are multiplied straight from the weights
 /// (decoding a batch of sequences); more use the unpacked tile (a prompt).
 const DECODE_ROWS: usize = 8;
 
-/// [`matmul`] with the VNNI tile on or off (`vnni` only where the CPU has it).
-fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
-    assert!(AVAILABLE && k.is_multiple_of(32) && lhs.len() == m * k && rhs.len() == n * (k / 32) && dst.len() >= m * n);
-    let kb = k / 32;
+/// [`matmul`] with the given instructions (`isa` only one this CPU runs).
+fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], rhs: &[W], dst: &mut [f32]) {
+    assert!(AVAILABLE && k.is_multiple_of(W::BLCK_SIZE) && lhs.len() == m * k && rhs.len() == n * (k / W::BLCK_SIZE) && dst.len() >= m * n);
+    // kb activation blocks (and weight sub-blocks) per row, nb weight blocks.
+    let (kb, nb) = (k / 32, k / W::BLCK_SIZE);
     let pool = candle_core::utils::barrier_pool();
     let threads = pool.n_workers() + 1;
     let mut xq: Vec<BlockQ8_0> = (0..m * kb).map(|_| BlockQ8_0::zeros()).collect();
@@ -146,9 +422,10 @@ fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32],
             }
         });
     }
-    // The VNNI tile stores weights offset by 128 (unsigned bytes); each
-    // activation block's sum undoes the offset.
-    let xsum: Vec<i32> = if m > DECODE_ROWS && vnni { xq.iter().map(block_sum).collect() } else { Vec::new() };
+    // The sums of each activation block's two halves of 16 values: they
+    // carry the mins of unsigned types, and undo the VNNI kernels' offset of
+    // signed ones.
+    let xsum: Vec<[i32; 2]> = xq.iter().map(half_sums).collect();
     let xsum = &xsum;
     let dst_addr = dst.as_mut_ptr() as usize;
     // A prompt (many activation rows) unpacks eight weight rows into a tile
@@ -162,33 +439,43 @@ fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32],
     let xq = &xq;
     pool.execute(|t| {
         let (g0, g1) = ((t * per).min(groups), ((t + 1) * per).min(groups));
-        let mut tile = if group == 8 && g1 > g0 { Some(Tile(imp::Tile::new(kb, vnni))) } else { None };
+        let mut tile = if group == 8 && g1 > g0 { Some(imp::Tile::new(kb, isa)) } else { None };
         let dst = |r: usize, col: usize, out: &[f32]| {
             // SAFETY: each (row, column) of dst is written by exactly one
             // thread: threads own disjoint column ranges.
             unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), (dst_addr as *mut f32).add(r * n + col), out.len()) };
         };
         let x = |r: usize| xq[r * kb..(r + 1) * kb].as_ptr();
+        let s = |r: usize| xsum[r * kb..(r + 1) * kb].as_ptr();
         for g in g0..g1 {
             let col = g * group;
-            let w = rhs[col * kb..].as_ptr();
-            // SAFETY (kernel calls): they read `group` weight rows of kb
+            let w = rhs[col * nb..].as_ptr();
+            // SAFETY (kernel calls): they read `group` weight rows of nb
             // blocks from `col`, inside `rhs` (checked above), and kb blocks
-            // of each activation row.
+            // and kb sums of each activation row; `isa` runs here.
             if let Some(tile) = &mut tile {
-                unsafe { W::fill(tile, w) };
+                unsafe { tile.fill::<W>(w, nb) };
                 for r in 0..m {
-                    dst(r, col, &unsafe { tile.0.dot8(x(r), xsum.as_ptr().wrapping_add(r * kb)) });
+                    dst(r, col, &unsafe { tile.dot8(x(r), s(r)) });
                 }
                 continue;
             }
             let mut r = 0;
             while r < m {
                 match m - r {
-                    1 => unsafe { W::dot4(w, kb, [x(r)]) }.iter().for_each(|o| dst(r, col, o)),
-                    2 => unsafe { W::dot4(w, kb, [x(r), x(r + 1)]) }.iter().enumerate().for_each(|(i, o)| dst(r + i, col, o)),
-                    3 => unsafe { W::dot4(w, kb, [x(r), x(r + 1), x(r + 2)]) }.iter().enumerate().for_each(|(i, o)| dst(r + i, col, o)),
-                    _ => unsafe { W::dot4(w, kb, [x(r), x(r + 1), x(r + 2), x(r + 3)]) }.iter().enumerate().for_each(|(i, o)| dst(r + i, col, o)),
+                    1 => unsafe { imp::dot4::<W, 1>(isa, w, nb, kb, [x(r)], [s(r)]) }.iter().for_each(|o| dst(r, col, o)),
+                    2 => unsafe { imp::dot4::<W, 2>(isa, w, nb, kb, [x(r), x(r + 1)], [s(r), s(r + 1)]) }
+                        .iter()
+                        .enumerate()
+                        .for_each(|(i, o)| dst(r + i, col, o)),
+                    3 => unsafe { imp::dot4::<W, 3>(isa, w, nb, kb, [x(r), x(r + 1), x(r + 2)], [s(r), s(r + 1), s(r + 2)]) }
+                        .iter()
+                        .enumerate()
+                        .for_each(|(i, o)| dst(r + i, col, o)),
+                    _ => unsafe { imp::dot4::<W, 4>(isa, w, nb, kb, [x(r), x(r + 1), x(r + 2), x(r + 3)], [s(r), s(r + 1), s(r + 2), s(r + 3)]) }
+                        .iter()
+                        .enumerate()
+                        .for_each(|(i, o)| dst(r + i, col, o)),
                 }
                 r += 4;
             }
@@ -197,7 +484,7 @@ fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32],
         if t == threads - 1 {
             for c in groups * group..n {
                 for r in 0..m {
-                    let v = dot_ref(&rhs[c * kb..(c + 1) * kb], &xq[r * kb..(r + 1) * kb]);
+                    let v = dot_ref(&rhs[c * nb..(c + 1) * nb], &xq[r * kb..(r + 1) * kb]);
                     // SAFETY: as above; no other thread owns these columns.
                     unsafe { *(dst_addr as *mut f32).add(r * n + c) = v };
                 }
@@ -206,12 +493,11 @@ fn matmul_with<W: Weight>(vnni: bool, m: usize, k: usize, n: usize, lhs: &[f32],
     });
 }
 
-/// The sum of a Q8_0 block's 32 values.
-fn block_sum(b: &BlockQ8_0) -> i32 {
-    // SAFETY: a Q8_0 block is its f16 scale followed by 32 signed bytes
-    // (`repr(C)`, the GGUF layout the kernels read throughout).
-    let qs = unsafe { std::slice::from_raw_parts((b as *const BlockQ8_0 as *const i8).add(2), 32) };
-    qs.iter().map(|&q| i32::from(q)).sum()
+/// The sums of a Q8_0 block's values 0..16 and 16..32.
+fn half_sums(b: &BlockQ8_0) -> [i32; 2] {
+    let q = &block_bytes(b)[2..];
+    let sum = |h: &[u8]| h.iter().map(|&q| i32::from(q as i8)).sum();
+    [sum(&q[..16]), sum(&q[16..])]
 }
 
 /// GELU with the tanh approximation (Gemma's activation), vectorized.
@@ -253,158 +539,386 @@ pub(crate) fn gelu_tanh(xs: &mut [f32]) {
 /// √(2/π).
 const GELU_C: f32 = 0.797_884_6;
 
-/// Eight weight rows unpacked for prompt processing (see [`Weight::fill`]).
-pub(crate) struct Tile(imp::Tile);
-
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod imp {
     use std::arch::x86_64::*;
 
-    use candle_core::quantized::k_quants::{BlockQ5_0, BlockQ8_0};
+    use candle_core::quantized::k_quants::BlockQ8_0;
 
-    /// How a block becomes 32 signed bytes and its scale. Every block starts
-    /// with its f16 scale.
-    pub(super) trait Unpack {
-        const SIZE: usize;
+    use super::{Isa, Weight, subs};
+
+    /// How sub-block `s` of a block becomes 32 bytes in a vector: signed
+    /// values, or unsigned ones for [`Weight::UNSIGNED`] types.
+    pub(crate) trait Unpack {
         /// # Safety
-        /// `p` points at one block; AVX2 is enabled.
-        unsafe fn values(p: *const u8) -> __m256i;
+        /// `p` points at one block; `s` is one of its sub-blocks; AVX2 is
+        /// enabled.
+        unsafe fn values(p: *const u8, s: usize) -> __m256i;
     }
 
-    pub(super) struct Q8;
-    pub(super) struct Q5;
+    pub(crate) struct Q8;
+    pub(crate) struct Q5;
+    pub(crate) struct Q40;
+    pub(crate) struct Q41;
+    pub(crate) struct Q51;
+    pub(crate) struct Q4K;
+    pub(crate) struct Q5K;
+    pub(crate) struct Q6K;
+    pub(crate) struct Q3K;
+    pub(crate) struct Q2K;
+
+    /// 16 bytes of nibbles at `p`: low nibbles to bytes 0..16, high to 16..32.
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY: the caller's block holds 16 bytes at p.
+        unsafe {
+            let qs = _mm_loadu_si128(p as *const __m128i);
+            _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(qs), _mm_srli_epi16(qs, 4), 1), _mm256_set1_epi8(0x0F))
+        }
+    }
+
+    /// 0xFF in byte j where bit j of `qh` is set.
+    #[inline(always)]
+    unsafe fn bit_bytes(qh: u32) -> __m256i {
+        // SAFETY: register-only AVX2.
+        unsafe {
+            // Spread qh's byte j/8 to byte j, then test bit j%8.
+            let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+            _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1))
+        }
+    }
+
+    /// The nibbles of sub-block `s` of a K-quant's 128 nibble bytes at `qs`.
+    #[inline(always)]
+    unsafe fn k_nibbles(qs: *const u8, s: usize) -> __m256i {
+        // SAFETY: 32 bytes at qs + 32·(s/2) lie in the block.
+        unsafe {
+            let v = _mm256_loadu_si256(qs.add(32 * (s / 2)) as *const __m256i);
+            _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(4 * (s % 2) as i32)), _mm256_set1_epi8(0x0F))
+        }
+    }
 
     impl Unpack for Q8 {
-        const SIZE: usize = std::mem::size_of::<BlockQ8_0>();
         #[inline(always)]
-        unsafe fn values(p: *const u8) -> __m256i {
+        unsafe fn values(p: *const u8, _s: usize) -> __m256i {
             // SAFETY: 32 value bytes follow the 2-byte scale.
             unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) }
         }
     }
 
     impl Unpack for Q5 {
-        const SIZE: usize = std::mem::size_of::<BlockQ5_0>();
-        /// Layout: f16 d, u32 qh (bit j is the fifth bit of value j), 16
-        /// bytes whose low nibbles are values 0..16 and high nibbles 16..32.
+        /// f16 d, u32 qh, 16 bytes of nibbles; value = five bits - 16.
         #[inline(always)]
-        unsafe fn values(p: *const u8) -> __m256i {
+        unsafe fn values(p: *const u8, _s: usize) -> __m256i {
             // SAFETY: the block is 22 bytes: 2 + 4 + 16.
             unsafe {
-                let qh = std::ptr::read_unaligned(p.add(2) as *const u32);
-                let qs = _mm_loadu_si128(p.add(6) as *const __m128i);
-                let nibbles = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(qs), _mm_srli_epi16(qs, 4), 1), _mm256_set1_epi8(0x0F));
-                // Byte j of `bits` is 0xFF when bit j of qh is set: spread
-                // qh's byte j/8 to byte j, then test bit j%8.
-                let spread =
-                    _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-                let bits = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1));
-                // value = nibble + 16·bit - 16: with the bit set that is the
-                // nibble; without it, nibble - 16 = nibble | 0xF0 as a byte.
-                _mm256_or_si256(nibbles, _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)))
+                let bits = bit_bytes(std::ptr::read_unaligned(p.add(2) as *const u32));
+                // With the bit set the value is the nibble; without it,
+                // nibble - 16 = nibble | 0xF0 as a byte.
+                _mm256_or_si256(nibbles(p.add(6)), _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)))
             }
         }
     }
 
-    /// Eight weight rows of kb blocks, unpacked so that one activation block
-    /// meets all eight rows with no unpacking and their eight sums come out
-    /// in one vector; with the scales as f32 (`scale[b·8 + r]`).
+    impl Unpack for Q40 {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, _s: usize) -> __m256i {
+            // SAFETY: f16 d, then 16 bytes of nibbles.
+            unsafe { nibbles(p.add(2)) }
+        }
+    }
+
+    impl Unpack for Q41 {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, _s: usize) -> __m256i {
+            // SAFETY: f16 d and m, then 16 bytes of nibbles.
+            unsafe { nibbles(p.add(4)) }
+        }
+    }
+
+    impl Unpack for Q51 {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, _s: usize) -> __m256i {
+            // SAFETY: f16 d and m, u32 qh, 16 bytes of nibbles.
+            unsafe {
+                let bits = bit_bytes(std::ptr::read_unaligned(p.add(4) as *const u32));
+                _mm256_or_si256(nibbles(p.add(8)), _mm256_and_si256(bits, _mm256_set1_epi8(0x10)))
+            }
+        }
+    }
+
+    impl Unpack for Q4K {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, s: usize) -> __m256i {
+            // SAFETY: 144 bytes: d, dmin, 12 bytes of scales, 128 of nibbles.
+            unsafe { k_nibbles(p.add(16), s) }
+        }
+    }
+
+    impl Unpack for Q5K {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, s: usize) -> __m256i {
+            // SAFETY: 176 bytes: d, dmin, 12 bytes of scales, 32 of fifth
+            // bits, 128 of nibbles.
+            unsafe {
+                let qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
+                // Bit s of each byte, moved to bit 4 (16-bit shifts keep
+                // each byte's bit in its byte once masked).
+                let high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)), _mm256_set1_epi8(1)), 4);
+                _mm256_or_si256(k_nibbles(p.add(48), s), high)
+            }
+        }
+    }
+
+    /// Bits `2·(s%4)` and up of the 32 bytes at `p` (two, masked by `mask`).
+    #[inline(always)]
+    unsafe fn crumbs(p: *const u8, s: usize) -> __m256i {
+        // SAFETY: the caller's block holds 32 bytes at p.
+        unsafe { _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256(p as *const __m256i), _mm_cvtsi32_si128(2 * (s % 4) as i32)), _mm256_set1_epi8(3)) }
+    }
+
+    impl Unpack for Q6K {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, s: usize) -> __m256i {
+            // SAFETY: 210 bytes: 128 of nibbles, 64 of crumbs, scales, d.
+            unsafe {
+                let (n, j) = (s / 4, s % 4);
+                let lo = _mm256_loadu_si256(p.add(64 * n + 32 * (j & 1)) as *const __m256i);
+                let lo = _mm256_and_si256(_mm256_srl_epi16(lo, _mm_cvtsi32_si128(4 * (j >> 1) as i32)), _mm256_set1_epi8(0x0F));
+                _mm256_or_si256(lo, _mm256_slli_epi16(crumbs(p.add(128 + 32 * n), s), 4))
+            }
+        }
+    }
+
+    impl Unpack for Q3K {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, s: usize) -> __m256i {
+            // SAFETY: 110 bytes: 32 of high bits, 64 of crumbs, scales, d.
+            unsafe {
+                let hm = _mm256_loadu_si256(p as *const __m256i);
+                let high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(s as i32)), _mm256_set1_epi8(1)), 2);
+                _mm256_or_si256(crumbs(p.add(32 + 32 * (s / 4)), s), high)
+            }
+        }
+    }
+
+    impl Unpack for Q2K {
+        #[inline(always)]
+        unsafe fn values(p: *const u8, s: usize) -> __m256i {
+            // SAFETY: 84 bytes: 16 of scales, 64 of crumbs, d, dmin.
+            unsafe { crumbs(p.add(16 + 32 * (s / 4)), s) }
+        }
+    }
+
+    /// Whether the CPU has AVX-VNNI.
+    pub(super) fn has_avx_vnni() -> bool {
+        is_x86_feature_detected!("avxvnni")
+    }
+
+    /// Whether the CPU has AVX512-VNNI on 256-bit vectors.
+    pub(super) fn has_avx512_vnni() -> bool {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    }
+
+    /// A sum of four-byte products per dword: `vpdpbusd` in one of its two
+    /// encodings, or AVX2's `maddubs` and `madd`.
+    pub(super) trait Dp {
+        /// Whether signed weights are offset by 128 (`vpdpbusd` takes
+        /// unsigned bytes) rather than multiplied by sign.
+        const OFFSET: bool;
+        /// Each dword of `acc` plus the four products of unsigned bytes `u` with signed
+        /// bytes `s` (exact for the ranges here: |u| ≤ 255 with VNNI, u ≤ 127
+        /// or ≤ 31 with AVX2).
+        ///
+        /// # Safety
+        /// The instruction's feature is enabled in the caller.
+        unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    }
+
+    pub(super) struct VexDp;
+    pub(super) struct EvexDp;
+    pub(super) struct Avx2Dp;
+
+    impl Dp for VexDp {
+        const OFFSET: bool = true;
+        #[inline(always)]
+        unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: the caller enables avxvnni.
+            unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
+        }
+    }
+
+    impl Dp for EvexDp {
+        const OFFSET: bool = true;
+        #[inline(always)]
+        unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: the caller enables avx512vnni and avx512vl.
+            unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+        }
+    }
+
+    impl Dp for Avx2Dp {
+        const OFFSET: bool = false;
+        #[inline(always)]
+        unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX2 is enabled for this build.
+            unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))) }
+        }
+    }
+
+    /// Eight weight rows of kb sub-blocks, unpacked so that one activation
+    /// block meets all eight rows with no unpacking and their eight sums
+    /// come out in one vector; with the scales and mins as f32
+    /// (`scale[b·8 + r]`).
     ///
-    /// Two layouts. Where the CPU has AVX-VNNI (Intel since Alder Lake and
-    /// Sapphire Rapids, AMD since Zen 4), `inter` holds per block eight
-    /// vectors, vector j carrying bytes 4j..4j+4 of row r in lane r, offset
-    /// by 128 to make them unsigned: `vpdpbusd` with the activation's dword j
-    /// broadcast then adds four products per row into that row's lane, and
-    /// no horizontal sums are needed. Otherwise `val` and `abs` hold each
-    /// row's values and their absolute values for AVX2's
-    /// `maddubs`/`madd` pairs, summed across lanes per block.
+    /// Two layouts. With VNNI, `inter` holds per sub-block eight vectors,
+    /// vector j carrying bytes 4j..4j+4 of row r in lane r, as unsigned
+    /// bytes (signed values offset by 128): `vpdpbusd` with the activation's
+    /// dword j broadcast then adds four products per row into that row's
+    /// lane, and no horizontal sums are needed. Otherwise `val` holds each
+    /// row's values (their absolute values when signed, with `sign` their
+    /// signs) for AVX2's `maddubs`/`madd` pairs, summed across lanes per
+    /// block.
     pub(crate) struct Tile {
         kb: usize,
-        vnni: bool,
+        isa: Isa,
+        unsigned: bool,
+        groups: usize,
         inter: Vec<__m256i>,
         val: Vec<__m256i>,
-        abs: Vec<__m256i>,
+        sign: Vec<__m256i>,
         scale: Vec<f32>,
+        min: Vec<f32>,
     }
 
     impl Tile {
-        /// Whether tiles use the VNNI layout on this CPU.
-        pub(super) fn vnni() -> bool {
-            is_x86_feature_detected!("avxvnni")
-        }
-
-        /// `vnni` only where [`Tile::vnni`] says so.
-        pub(super) fn new(kb: usize, vnni: bool) -> Self {
+        /// `isa` only one this CPU runs.
+        pub(super) fn new(kb: usize, isa: Isa) -> Self {
             // SAFETY: AVX is enabled for this build.
             let zero = unsafe { _mm256_setzero_si256() };
-            let (inter, val, abs) = if vnni { (vec![zero; 8 * kb], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
-            Self { kb, vnni, inter, val, abs, scale: vec![0.0; 8 * kb] }
+            let (inter, val, sign) =
+                if isa.vnni() { (vec![zero; 8 * kb], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
+            Self { kb, isa, unsigned: false, groups: 1, inter, val, sign, scale: vec![0.0; 16 * kb], min: vec![0.0; 16 * kb] }
         }
 
         /// # Safety
-        /// `w` points at 8·kb blocks of `U`.
-        pub(super) unsafe fn fill<U: Unpack>(&mut self, w: *const u8) {
+        /// `w` points at 8 rows of `nb` blocks, nb·subs = the tile's kb.
+        pub(super) unsafe fn fill<W: Weight>(&mut self, w: *const W, nb: usize) {
             let kb = self.kb;
+            let vnni = self.isa.vnni();
+            self.unsigned = W::UNSIGNED;
+            self.groups = W::GROUPS;
             let inter = self.inter.as_mut_ptr() as *mut u32;
             for r in 0..8 {
                 for b in 0..kb {
                     let i = b * 8 + r;
-                    // SAFETY: block (r, b) is in bounds per the contract;
-                    // `inter` holds 8·kb vectors of 8 dwords when `vnni`.
+                    // SAFETY: block (r, b/subs) is in bounds per the
+                    // contract; `inter` holds 8·kb vectors of 8 dwords with
+                    // VNNI.
                     unsafe {
-                        let p = w.add((r * kb + b) * U::SIZE);
-                        let v = U::values(p);
-                        if self.vnni {
+                        let blk = w.add(r * nb + b / subs::<W>());
+                        let s = b % subs::<W>();
+                        let v = W::Simd::values(blk as *const u8, s);
+                        if vnni {
+                            let v = if W::UNSIGNED { v } else { _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)) };
                             let mut dw = [0u32; 8];
-                            _mm256_storeu_si256(dw.as_mut_ptr() as *mut __m256i, _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)));
+                            _mm256_storeu_si256(dw.as_mut_ptr() as *mut __m256i, v);
                             for (j, d) in dw.into_iter().enumerate() {
                                 *inter.add((b * 8 + j) * 8 + r) = d;
                             }
-                        } else {
+                        } else if W::UNSIGNED {
                             self.val[i] = v;
-                            self.abs[i] = _mm256_sign_epi8(v, v);
+                        } else {
+                            self.val[i] = _mm256_sign_epi8(v, v);
+                            self.sign[i] = v;
                         }
-                        self.scale[i] = scale(p);
+                        for g in 0..W::GROUPS {
+                            (self.scale[(b * 2 + g) * 8 + r], self.min[(b * 2 + g) * 8 + r]) = (*blk).scale_min(s * W::GROUPS + g);
+                        }
                     }
                 }
             }
         }
 
-        /// The eight rows' dot products with the kb Q8_0 blocks at `x`;
-        /// `xsum` holds those blocks' sums of values (read only with VNNI).
+        /// The eight rows' dot products with the kb Q8_0 blocks at `x`,
+        /// whose sums of values are at `xsum`.
         ///
         /// # Safety
-        /// `x` points at kb blocks, and with VNNI `xsum` at kb sums.
-        pub(super) unsafe fn dot8(&self, x: *const BlockQ8_0, xsum: *const i32) -> [f32; 8] {
-            // SAFETY: `vnni` was read from the CPU; forwarded contract.
-            if self.vnni { unsafe { self.dot8_vnni(x, xsum) } } else { unsafe { self.dot8_avx2(x) } }
+        /// `x` points at kb blocks and `xsum` at kb sums.
+        pub(super) unsafe fn dot8(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+            // SAFETY: `isa` runs on this CPU (Tile::new); forwarded contract.
+            unsafe {
+                match self.isa {
+                    Isa::Avx2 => self.dot8_avx2(x, xsum),
+                    Isa::AvxVnni => self.dot8_avx_vnni(x, xsum),
+                    Isa::Avx512Vnni => self.dot8_avx512_vnni(x, xsum),
+                }
+            }
         }
 
         #[target_feature(enable = "avxvnni")]
-        unsafe fn dot8_vnni(&self, x: *const BlockQ8_0, xsum: *const i32) -> [f32; 8] {
+        unsafe fn dot8_avx_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+            // SAFETY: forwarded contract; the feature is enabled here.
+            unsafe { self.dot8_vnni::<VexDp>(x, xsum) }
+        }
+
+        #[target_feature(enable = "avx512vnni,avx512vl")]
+        unsafe fn dot8_avx512_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { self.dot8_vnni::<EvexDp>(x, xsum) }
+        }
+
+        /// Sub-block b's integer sums of the eight rows, per half of 16
+        /// values (`halves`), into the eight row sums: per scale group,
+        /// `Σq·x · scale·dx`, then (unsigned) `Σx · min·dx`; signed values'
+        /// offset of 128 (`offset`) taken off first.
+        #[inline(always)]
+        unsafe fn accumulate(&self, mut acc: __m256, halves: [__m256i; 2], b: usize, dx: f32, xsum: [i32; 2], offset: i32) -> __m256 {
+            // SAFETY: the tile holds 16·kb scales and mins; b < kb.
+            unsafe {
+                let one = [_mm256_add_epi32(halves[0], halves[1])];
+                let xone = [xsum[0] + xsum[1]];
+                let (sums, xs) = if self.groups == 2 { (&halves[..], &xsum[..]) } else { (&one[..], &xone[..]) };
+                for (g, (&sums, &xs)) in sums.iter().zip(xs).enumerate() {
+                    let i = (b * 2 + g) * 8;
+                    let sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(offset * xs));
+                    let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(i)), _mm256_set1_ps(dx));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+                    if self.unsigned {
+                        let mins = _mm256_mul_ps(_mm256_loadu_ps(self.min.as_ptr().add(i)), _mm256_set1_ps(dx));
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(xs as f32), mins, acc);
+                    }
+                }
+                acc
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn dot8_vnni<D: Dp>(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
             // SAFETY: x holds kb blocks and xsum kb sums; the tile holds 8·kb
-            // vectors and scales.
+            // vectors; the caller enables D's instruction.
             unsafe {
                 let mut acc = _mm256_setzero_ps();
                 let w = self.inter.as_ptr();
+                let offset = if self.unsigned { 0 } else { 128 };
                 for b in 0..self.kb {
                     let xb = x.add(b * xs);
                     let q = xb.add(2) as *const i32;
                     let wb = w.add(b * 8);
-                    // Two chains, so that each vpdpbusd need not wait for
-                    // the one before.
-                    let mut s0 = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), *wb, _mm256_set1_epi32(std::ptr::read_unaligned(q)));
-                    let mut s1 = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), *wb.add(1), _mm256_set1_epi32(std::ptr::read_unaligned(q.add(1))));
-                    for j in (2..8).step_by(2) {
-                        s0 = _mm256_dpbusd_avx_epi32(s0, *wb.add(j), _mm256_set1_epi32(std::ptr::read_unaligned(q.add(j))));
-                        s1 = _mm256_dpbusd_avx_epi32(s1, *wb.add(j + 1), _mm256_set1_epi32(std::ptr::read_unaligned(q.add(j + 1))));
+                    let bx = |j: usize| _mm256_set1_epi32(std::ptr::read_unaligned(q.add(j)));
+                    // Two chains, one per half of 16 values, so that each
+                    // vpdpbusd need not wait for the one before.
+                    let zero = _mm256_setzero_si256();
+                    let mut s0 = D::dp(zero, *wb, bx(0));
+                    let mut s1 = D::dp(zero, *wb.add(4), bx(4));
+                    for j in 1..4 {
+                        s0 = D::dp(s0, *wb.add(j), bx(j));
+                        s1 = D::dp(s1, *wb.add(j + 4), bx(j + 4));
                     }
                     // Σ (w+128)·x = Σ w·x + 128·Σ x
-                    let sums = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_set1_epi32(128 * *xsum.add(b)));
-                    let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(b * 8)), _mm256_set1_ps(scale(xb)));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+                    acc = self.accumulate(acc, [s0, s1], b, scale(xb), *xsum.add(b), offset);
                 }
                 let mut out = [0f32; 8];
                 _mm256_storeu_ps(out.as_mut_ptr(), acc);
@@ -412,19 +926,20 @@ mod imp {
             }
         }
 
-        unsafe fn dot8_avx2(&self, x: *const BlockQ8_0) -> [f32; 8] {
+        unsafe fn dot8_avx2(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
-            // SAFETY: x holds kb blocks; the tile's vectors hold 8·kb entries.
+            // SAFETY: x holds kb blocks and xsum kb sums; the tile's vectors
+            // hold 8·kb entries.
             unsafe {
-                let ones = _mm256_set1_epi16(1);
                 let mut acc = _mm256_setzero_ps();
                 for b in 0..self.kb {
                     let xb = x.add(b * xs);
-                    let xv = Q8::values(xb);
+                    let xv = Q8::values(xb, 0);
                     let p = |r: usize| {
                         let i = b * 8 + r;
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(self.abs[i], _mm256_sign_epi8(xv, self.val[i])), ones)
+                        let zero = _mm256_setzero_si256();
+                        if self.unsigned { Avx2Dp::dp(zero, self.val[i], xv) } else { Avx2Dp::dp(zero, self.val[i], _mm256_sign_epi8(xv, self.sign[i])) }
                     };
                     // Pairwise sums leave row r's total in lane r.
                     let h01 = _mm256_hadd_epi32(p(0), p(1));
@@ -433,9 +948,10 @@ mod imp {
                     let h67 = _mm256_hadd_epi32(p(6), p(7));
                     let h0123 = _mm256_hadd_epi32(h01, h23);
                     let h4567 = _mm256_hadd_epi32(h45, h67);
-                    let sums = _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31));
-                    let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(b * 8)), _mm256_set1_ps(scale(xb)));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+                    // Lanes 0..4 of each hold rows' sums over values 0..16,
+                    // lanes 4..8 over 16..32.
+                    let halves = [_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31)];
+                    acc = self.accumulate(acc, halves, b, scale(xb), *xsum.add(b), 0);
                 }
                 let mut out = [0f32; 8];
                 _mm256_storeu_ps(out.as_mut_ptr(), acc);
@@ -483,44 +999,122 @@ mod imp {
 
     #[inline(always)]
     unsafe fn scale(p: *const u8) -> f32 {
-        // SAFETY: every block starts with its f16 scale.
+        // SAFETY: every Q8_0 block starts with its f16 scale.
         half::f16::from_bits(unsafe { std::ptr::read_unaligned(p as *const u16) }).to_f32()
     }
 
+    /// Dot products of four consecutive weight rows (`nb` blocks each, from
+    /// `w`) with each of the R activation rows `x` (kb blocks, sums at
+    /// `xsum`): each weight sub-block is unpacked once for all of them.
+    ///
     /// # Safety
-    /// `w` points at 4·kb blocks of `U` and each `x` at kb Q8_0 blocks.
+    /// `w` points at 4 rows of nb blocks of W (nb·subs = kb), each `x` at kb
+    /// Q8_0 blocks and each `xsum` at kb sums; `isa` runs on this CPU.
     #[inline(always)]
-    pub(super) unsafe fn dot4<U: Unpack, const R: usize>(w: *const u8, kb: usize, x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
-        let xs = std::mem::size_of::<BlockQ8_0>();
-        // SAFETY: pointers valid per the contract; AVX2/FMA are enabled for
-        // this build (the module is compiled only then).
+    pub(super) unsafe fn dot4<W: Weight, const R: usize>(
+        isa: Isa,
+        w: *const W,
+        nb: usize,
+        kb: usize,
+        x: [*const BlockQ8_0; R],
+        xsum: [*const [i32; 2]; R],
+    ) -> [[f32; 4]; R] {
+        // SAFETY: forwarded contract.
         unsafe {
-            let ones = _mm256_set1_epi16(1);
+            match isa {
+                Isa::Avx2 => dot4_with::<Avx2Dp, W, R>(w, nb, kb, x, xsum),
+                Isa::AvxVnni => dot4_avx_vnni::<W, R>(w, nb, kb, x, xsum),
+                Isa::Avx512Vnni => dot4_avx512_vnni::<W, R>(w, nb, kb, x, xsum),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avxvnni")]
+    unsafe fn dot4_avx_vnni<W: Weight, const R: usize>(
+        w: *const W,
+        nb: usize,
+        kb: usize,
+        x: [*const BlockQ8_0; R],
+        xsum: [*const [i32; 2]; R],
+    ) -> [[f32; 4]; R] {
+        // SAFETY: forwarded contract; the feature is enabled here.
+        unsafe { dot4_with::<VexDp, W, R>(w, nb, kb, x, xsum) }
+    }
+
+    #[target_feature(enable = "avx512vnni,avx512vl")]
+    unsafe fn dot4_avx512_vnni<W: Weight, const R: usize>(
+        w: *const W,
+        nb: usize,
+        kb: usize,
+        x: [*const BlockQ8_0; R],
+        xsum: [*const [i32; 2]; R],
+    ) -> [[f32; 4]; R] {
+        // SAFETY: forwarded contract; the features are enabled here.
+        unsafe { dot4_with::<EvexDp, W, R>(w, nb, kb, x, xsum) }
+    }
+
+    /// [`dot4`] with D's instruction. Signed weights meet `vpdpbusd` offset
+    /// by 128 (one `xor` per weight sub-block, the activation block's sum
+    /// takes the offset off again), or AVX2's `maddubs` as absolute values
+    /// against activations carrying their signs; unsigned ones go in as
+    /// they are. The integer sums are the same either way.
+    ///
+    /// # Safety
+    /// As [`dot4`]; the caller enables D's instruction.
+    #[inline(always)]
+    unsafe fn dot4_with<D: Dp, W: Weight, const R: usize>(
+        w: *const W,
+        nb: usize,
+        kb: usize,
+        x: [*const BlockQ8_0; R],
+        xsum: [*const [i32; 2]; R],
+    ) -> [[f32; 4]; R] {
+        let xs = std::mem::size_of::<BlockQ8_0>();
+        let size = std::mem::size_of::<W>();
+        // SAFETY: pointers valid per the contract.
+        unsafe {
             let mut acc = [_mm_setzero_ps(); R];
             // The hardware prefetcher alone leaves a single thread at about
             // 60 % of its read bandwidth on the output head; asking for the
             // same block of the next four rows measured 20-30 % faster decoding.
-            let ahead = 4 * kb * U::SIZE;
+            let ahead = 4 * nb * size;
             for b in 0..kb {
-                let wb: [*const u8; 4] = std::array::from_fn(|r| w.add((r * kb + b) * U::SIZE));
+                let s = b % subs::<W>();
+                let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + b / subs::<W>()));
                 let wv: [__m256i; 4] = std::array::from_fn(|r| {
-                    // A prefetch past the end of the matrix is harmless.
-                    _mm_prefetch::<_MM_HINT_T0>(wb[r].wrapping_add(ahead) as *const i8);
-                    U::values(wb[r])
+                    // A prefetch past the end of the matrix is harmless; a
+                    // superblock's lines are asked for one by one.
+                    _mm_prefetch::<_MM_HINT_T0>((wb[r] as *const i8).wrapping_add(ahead + s * size / subs::<W>()));
+                    let v = W::Simd::values(wb[r] as *const u8, s);
+                    if W::UNSIGNED || !D::OFFSET { v } else { _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)) }
                 });
-                let aw: [__m256i; 4] = std::array::from_fn(|r| _mm256_sign_epi8(wv[r], wv[r]));
-                let ws = _mm_set_ps(scale(wb[3]), scale(wb[2]), scale(wb[1]), scale(wb[0]));
-                for (a, &xr) in acc.iter_mut().zip(&x) {
+                let aw: [__m256i; 4] = std::array::from_fn(|r| if W::UNSIGNED || D::OFFSET { wv[r] } else { _mm256_sign_epi8(wv[r], wv[r]) });
+                let sm: [(f32, f32); 4] = std::array::from_fn(|r| (*wb[r]).scale_min(s * W::GROUPS));
+                let sm2: [(f32, f32); 4] = std::array::from_fn(|r| if W::GROUPS == 2 { (*wb[r]).scale_min(2 * s + 1) } else { (0.0, 0.0) });
+                let ws = [_mm_set_ps(sm[3].0, sm[2].0, sm[1].0, sm[0].0), _mm_set_ps(sm2[3].0, sm2[2].0, sm2[1].0, sm2[0].0)];
+                let wm = [_mm_set_ps(sm[3].1, sm[2].1, sm[1].1, sm[0].1), _mm_set_ps(sm2[3].1, sm2[2].1, sm2[1].1, sm2[0].1)];
+                for ((a, &xr), &sr) in acc.iter_mut().zip(&x).zip(&xsum) {
                     let xb = (xr as *const u8).add(b * xs);
-                    let xv = Q8::values(xb);
-                    // |w| · (x with w's sign): unsigned × signed pairs, as ggml does.
-                    let p = |r: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), ones);
-                    // Each weight row's exact integer sum for the block, then
-                    // one fused multiply-add per row: the arithmetic of `dot8`
-                    // and `dot_ref`.
+                    let xv = Q8::values(xb, 0);
+                    let xsb = *sr.add(b);
+                    let zero = _mm256_setzero_si256();
+                    let p = |r: usize| if W::UNSIGNED || D::OFFSET { D::dp(zero, aw[r], xv) } else { D::dp(zero, aw[r], _mm256_sign_epi8(xv, wv[r])) };
+                    // Each weight row's exact integer sums for the two
+                    // halves of the sub-block (the low and high 128 bits),
+                    // then the fused multiply-adds of `dot_ref` per group.
                     let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p(0), p(1)), _mm256_hadd_epi32(p(2), p(3)));
-                    let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-                    *a = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(ws, _mm_set1_ps(scale(xb))), *a);
+                    let (lo, hi) = (_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                    let dx = _mm_set1_ps(scale(xb));
+                    for g in 0..W::GROUPS {
+                        let (mut sums, xg) = if W::GROUPS == 2 { ([lo, hi][g], xsb[g]) } else { (_mm_add_epi32(lo, hi), xsb[0] + xsb[1]) };
+                        if D::OFFSET && !W::UNSIGNED {
+                            sums = _mm_sub_epi32(sums, _mm_set1_epi32(128 * xg));
+                        }
+                        *a = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(ws[g], dx), *a);
+                        if W::UNSIGNED {
+                            *a = _mm_fmadd_ps(_mm_set1_ps(xg as f32), _mm_mul_ps(wm[g], dx), *a);
+                        }
+                    }
                 }
             }
             acc.map(|a| {
@@ -536,11 +1130,37 @@ mod imp {
 mod imp {
     use candle_core::quantized::k_quants::BlockQ8_0;
 
-    pub(super) trait Unpack {}
-    pub(super) struct Q8;
-    pub(super) struct Q5;
+    use super::{Isa, Weight};
+
+    pub(crate) trait Unpack {}
+    pub(crate) struct Q8;
+    pub(crate) struct Q5;
+    pub(crate) struct Q40;
+    pub(crate) struct Q41;
+    pub(crate) struct Q51;
+    pub(crate) struct Q4K;
+    pub(crate) struct Q5K;
+    pub(crate) struct Q6K;
+    pub(crate) struct Q3K;
+    pub(crate) struct Q2K;
     impl Unpack for Q8 {}
     impl Unpack for Q5 {}
+    impl Unpack for Q40 {}
+    impl Unpack for Q41 {}
+    impl Unpack for Q51 {}
+    impl Unpack for Q4K {}
+    impl Unpack for Q5K {}
+    impl Unpack for Q6K {}
+    impl Unpack for Q3K {}
+    impl Unpack for Q2K {}
+
+    pub(super) fn has_avx_vnni() -> bool {
+        false
+    }
+
+    pub(super) fn has_avx512_vnni() -> bool {
+        false
+    }
 
     /// Called only with an empty slice: `AVAILABLE` is false in this build.
     pub(super) unsafe fn gelu8(xs: &mut [f32]) {
@@ -551,31 +1171,37 @@ mod imp {
     pub(crate) struct Tile;
 
     impl Tile {
-        pub(super) fn new(_kb: usize, _vnni: bool) -> Self {
+        pub(super) fn new(_kb: usize, _isa: Isa) -> Self {
             unreachable!("matmul asserts AVAILABLE")
         }
-        pub(super) unsafe fn fill<U: Unpack>(&mut self, _w: *const u8) {
+        pub(super) unsafe fn fill<W: Weight>(&mut self, _w: *const W, _nb: usize) {
             unreachable!("matmul asserts AVAILABLE")
         }
-        pub(super) unsafe fn dot8(&self, _x: *const BlockQ8_0, _xsum: *const i32) -> [f32; 8] {
+        pub(super) unsafe fn dot8(&self, _x: *const BlockQ8_0, _xsum: *const [i32; 2]) -> [f32; 8] {
             unreachable!("matmul asserts AVAILABLE")
-        }
-        pub(super) fn vnni() -> bool {
-            false
         }
     }
 
     /// Never called: `AVAILABLE` is false in this build.
-    pub(super) unsafe fn dot4<U: Unpack, const R: usize>(_w: *const u8, _kb: usize, _x: [*const BlockQ8_0; R]) -> [[f32; 4]; R] {
+    pub(super) unsafe fn dot4<W: Weight, const R: usize>(
+        _isa: Isa,
+        _w: *const W,
+        _nb: usize,
+        _kb: usize,
+        _x: [*const BlockQ8_0; R],
+        _xsum: [*const [i32; 2]; R],
+    ) -> [[f32; 4]; R] {
         unreachable!("matmul asserts AVAILABLE")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::k_quants::{BlockQ5_0, BlockQ8_0};
+    use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0};
     use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
     use candle_core::{Device, Tensor};
+
+    use super::{Isa, Weight};
 
     #[test]
     fn gelu_matches_candle() {
@@ -589,71 +1215,157 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_candle_on_odd_shapes() {
-        if !super::AVAILABLE {
-            return;
-        }
+    /// Shapes with odd row counts, rows left over after the groups of four
+    /// and eight, and inner sizes that are and are not multiples of 256.
+    fn shapes(dtype: GgmlDType) -> Vec<(usize, usize)> {
+        if dtype.block_size() == 256 { vec![(256, 9), (512, 43), (768, 17), (1024, 8)] } else { vec![(640, 262), (128, 9), (2048, 17), (64, 8), (96, 43)] }
+    }
+
+    /// Each type's values, one by one, are candle's dequantization.
+    fn values_match_candle<W: Weight>(dtype: GgmlDType) {
         let dev = Device::Cpu;
-        // Both prompt tiles where this CPU has VNNI; the AVX2 one everywhere.
-        let tiles = if super::imp::Tile::vnni() { vec![false, true] } else { vec![false] };
-        for (dtype, vnni) in [GgmlDType::Q8_0, GgmlDType::Q5_0].into_iter().flat_map(|d| tiles.iter().map(move |&v| (d, v))) {
-            for (m, k, n) in [(1, 640, 262), (3, 128, 9), (5, 2048, 17), (7, 640, 43), (2, 64, 8)] {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let bytes = q.data().unwrap().to_vec();
-                let want = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
-                let want = candle_core::Module::forward(&want, &x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let mut got = vec![0f32; m * n];
-                match dtype {
-                    GgmlDType::Q8_0 => super::matmul_with::<BlockQ8_0>(vnni, m, k, n, &x, &crate::gguf::blocks_from_bytes(&bytes), &mut got),
-                    _ => super::matmul_with::<BlockQ5_0>(vnni, m, k, n, &x, &crate::gguf::blocks_from_bytes(&bytes), &mut got),
-                }
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{dtype:?} vnni {vnni} {m}x{k}x{n}: {a} vs {b}");
+        let w = Tensor::randn(0f32, 1.0, (4, 512), &dev).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let want = q.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let blocks: Vec<W> = crate::gguf::blocks_from_bytes(&q.data().unwrap());
+        for (i, want) in want.chunks(32).enumerate() {
+            let (b, s) = (&blocks[i / super::subs::<W>()], i % super::subs::<W>());
+            let v = b.values(s);
+            for (j, &want) in want.iter().enumerate() {
+                let (scale, min) = b.scale_min(s * W::GROUPS + j / (32 / W::GROUPS));
+                let got = scale * f32::from(v[j]) + min;
+                assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{dtype:?} sub-block {i} value {j}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_type_unpacks_as_candle_dequantizes() {
+        values_match_candle::<BlockQ8_0>(GgmlDType::Q8_0);
+        values_match_candle::<BlockQ5_0>(GgmlDType::Q5_0);
+        values_match_candle::<BlockQ4_0>(GgmlDType::Q4_0);
+        values_match_candle::<BlockQ4_1>(GgmlDType::Q4_1);
+        values_match_candle::<BlockQ5_1>(GgmlDType::Q5_1);
+        values_match_candle::<BlockQ4K>(GgmlDType::Q4K);
+        values_match_candle::<BlockQ5K>(GgmlDType::Q5K);
+        values_match_candle::<BlockQ6K>(GgmlDType::Q6K);
+        values_match_candle::<BlockQ3K>(GgmlDType::Q3K);
+        values_match_candle::<BlockQ2K>(GgmlDType::Q2K);
+    }
+
+    /// Products agree with candle's own kernels (which quantize activations
+    /// differently for some types: Q8_1, Q8_K) to within quantization noise.
+    fn near_candle<W: Weight>(dtype: GgmlDType) {
+        let dev = Device::Cpu;
+        for isa in Isa::supported() {
+            for (k, n) in shapes(dtype) {
+                for m in [1, 3, 5, 9] {
+                    let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+                    let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                    let q = QTensor::quantize(&w, dtype).unwrap();
+                    let blocks: Vec<W> = crate::gguf::blocks_from_bytes(&q.data().unwrap());
+                    let exact = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap().contiguous().unwrap()).unwrap();
+                    let exact = exact.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let mut got = vec![0f32; m * n];
+                    super::matmul_with::<W>(isa, m, k, n, &x, &blocks, &mut got);
+                    // Rounding activations to Q8_0 moves each term by up to
+                    // ~1 % of its size: k terms of size ~1 are off by a
+                    // standard deviation of ~0.006·√k; a wrong value or
+                    // scale is off by far more.
+                    let tol = 0.05 * (k as f32).sqrt();
+                    for (i, (a, b)) in got.iter().zip(&exact).enumerate() {
+                        assert!((a - b).abs() <= tol, "{dtype:?} {isa:?} {m}x{k}x{n} at {i}: {a} vs {b}");
+                    }
                 }
             }
         }
     }
 
+    #[test]
+    fn products_match_the_dequantized_weights_on_odd_shapes() {
+        if !super::AVAILABLE {
+            return;
+        }
+        near_candle::<BlockQ8_0>(GgmlDType::Q8_0);
+        near_candle::<BlockQ5_0>(GgmlDType::Q5_0);
+        near_candle::<BlockQ4_0>(GgmlDType::Q4_0);
+        near_candle::<BlockQ4_1>(GgmlDType::Q4_1);
+        near_candle::<BlockQ5_1>(GgmlDType::Q5_1);
+        near_candle::<BlockQ4K>(GgmlDType::Q4K);
+        near_candle::<BlockQ5K>(GgmlDType::Q5K);
+        near_candle::<BlockQ6K>(GgmlDType::Q6K);
+        near_candle::<BlockQ3K>(GgmlDType::Q3K);
+        near_candle::<BlockQ2K>(GgmlDType::Q2K);
+    }
+
     /// Every path gives every row exactly the scalar reference's result, so a
     /// row's logits do not depend on how many rows were multiplied with it.
+    fn bit_for_bit<W: Weight>(dtype: GgmlDType) {
+        let dev = Device::Cpu;
+        for (k, n) in shapes(dtype) {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let blocks: Vec<W> = crate::gguf::blocks_from_bytes(&q.data().unwrap());
+            let (kb, nb) = (k / 32, k / W::BLCK_SIZE);
+            let x = Tensor::randn(0f32, 1.0, (9, k), &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut want = vec![0f32; 9 * n];
+            for r in 0..9 {
+                let mut xq: Vec<BlockQ8_0> = (0..kb).map(|_| BlockQ8_0::zeros()).collect();
+                BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut xq);
+                for c in 0..n {
+                    want[r * n + c] = super::dot_ref(&blocks[c * nb..(c + 1) * nb], &xq);
+                }
+            }
+            for isa in Isa::supported() {
+                for m in [1, 2, 3, 4, 5, 8, 9] {
+                    let mut got = vec![0f32; m * n];
+                    super::matmul_with::<W>(isa, m, k, n, &x[..m * k], &blocks, &mut got);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} {isa:?} m {m} k {k} n {n}: row {} column {}: {a} vs {b}", i / n, i % n);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_row_equals_the_scalar_reference_bit_for_bit_whatever_the_row_count() {
         if !super::AVAILABLE {
             return;
         }
-        fn check<W: super::Weight>(dtype: GgmlDType, vnni: bool) {
-            let dev = Device::Cpu;
-            for (k, n) in [(640, 262), (128, 9), (2048, 17), (64, 8), (96, 43)] {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let blocks: Vec<W> = crate::gguf::blocks_from_bytes(&q.data().unwrap());
-                let kb = k / 32;
-                let x = Tensor::randn(0f32, 1.0, (9, k), &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let mut want = vec![0f32; 9 * n];
-                for r in 0..9 {
-                    let mut xq: Vec<BlockQ8_0> = (0..kb).map(|_| BlockQ8_0::zeros()).collect();
-                    BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut xq);
-                    for c in 0..n {
-                        want[r * n + c] = super::dot_ref(&blocks[c * kb..(c + 1) * kb], &xq);
-                    }
-                }
-                for m in [1, 2, 3, 4, 5, 8, 9] {
-                    let mut got = vec![0f32; m * n];
-                    super::matmul_with::<W>(vnni, m, k, n, &x[..m * k], &blocks, &mut got);
-                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} vnni {vnni} m {m} k {k} n {n}: row {} column {}: {a} vs {b}", i / n, i % n);
-                    }
-                }
-            }
+        bit_for_bit::<BlockQ8_0>(GgmlDType::Q8_0);
+        bit_for_bit::<BlockQ5_0>(GgmlDType::Q5_0);
+        bit_for_bit::<BlockQ4_0>(GgmlDType::Q4_0);
+        bit_for_bit::<BlockQ4_1>(GgmlDType::Q4_1);
+        bit_for_bit::<BlockQ5_1>(GgmlDType::Q5_1);
+        bit_for_bit::<BlockQ4K>(GgmlDType::Q4K);
+        bit_for_bit::<BlockQ5K>(GgmlDType::Q5K);
+        bit_for_bit::<BlockQ6K>(GgmlDType::Q6K);
+        bit_for_bit::<BlockQ3K>(GgmlDType::Q3K);
+        bit_for_bit::<BlockQ2K>(GgmlDType::Q2K);
+    }
+
+    /// The op the model calls gives what `matmul` gives, for activations of
+    /// any leading shape, and refuses types it does not cover.
+    #[test]
+    fn the_candle_op_multiplies_batched_activations() {
+        if !super::AVAILABLE {
+            return;
         }
-        let tiles = if super::imp::Tile::vnni() { vec![false, true] } else { vec![false] };
-        for vnni in tiles {
-            check::<BlockQ8_0>(GgmlDType::Q8_0, vnni);
-            check::<BlockQ5_0>(GgmlDType::Q5_0, vnni);
-        }
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (24, 512), &dev).unwrap();
+        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 512), &dev).unwrap();
+        let y = x.apply_op1_no_bwd(&super::QuantMatmul(q.clone())).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 24]);
+        let blocks: Vec<BlockQ4K> = crate::gguf::blocks_from_bytes(&q.data().unwrap());
+        let mut want = vec![0f32; 6 * 24];
+        super::matmul(6, 512, 24, &x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &blocks, &mut want);
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        let f16 = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::F16).unwrap());
+        assert!(!super::covers(GgmlDType::F16));
+        let err = x.apply_op1_no_bwd(&super::QuantMatmul(f16)).unwrap_err().to_string();
+        assert!(err.contains("F16"), "{err}");
     }
 }

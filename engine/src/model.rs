@@ -553,12 +553,21 @@ struct Place {
 /// `w · xᵀ` for the rows of `x` (rows, k), each row's result the same
 /// whatever the row count.
 ///
-/// candle multiplies one row of a Q6_K weight with a compact kernel and
-/// several with repacked tiles (on x86), which round differently; a single
-/// row is therefore sent through the tiles too, paired with a copy of
-/// itself. Every other kernel the CPU uses computes a row alike for any
-/// row count (see `kernels::dot_ref`).
+/// rbee's kernels compute a row alike for any row count (see
+/// `kernels::dot_ref`). Where they are not built, candle may multiply one row
+/// of a Q6_K weight with a compact kernel and several with repacked tiles,
+/// which round differently; a single row is therefore sent through the
+/// multi-row path too, paired with a copy of itself.
 fn matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    // rbee's kernels, for the types they cover: they read the mapped file in
+    // place, where candle's repacked ones would keep a second copy.
+    if let QMatMul::QTensor(t) = w
+        && t.device().is_cpu()
+        && x.dtype() == DType::F32
+        && crate::kernels::covers(t.dtype())
+    {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::kernels::QuantMatmul(t.clone()))?);
+    }
     let single_q6k =
         matches!(w, QMatMul::QTensor(t) if t.device().is_cpu() && t.dtype() == GgmlDType::Q6K) && x.dims().iter().rev().skip(1).product::<usize>() == 1;
     if single_q6k {
