@@ -41,6 +41,18 @@ pub(crate) trait Weight: GgmlType + Sync {
     /// Scale and min of group `g` (values `32/GROUPS·g` on).
     fn scale_min(&self, g: usize) -> (f32, f32);
 
+    /// Every group's scale and min ([`Weight::scale_min`] for each, the
+    /// same values), at once: K-quants unpack their packed scales and
+    /// convert their f16 factors once per block rather than per group.
+    #[inline(always)]
+    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
+        let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
+        for g in 0..subs::<Self>() * Self::GROUPS {
+            (sc[g], mn[g]) = self.scale_min(g);
+        }
+        (sc, mn)
+    }
+
     /// The 32 values `q` of sub-block `s`, one by one (for [`dot_ref`]).
     fn values(&self, s: usize) -> [i8; 32];
 }
@@ -70,9 +82,35 @@ fn nibble(qs: &[u8], j: usize) -> u8 {
 /// and `dmin`, then twelve bytes of 6-bit scales and mins (ggml's
 /// `get_scale_min_k4`).
 fn k_scale_min(b: &[u8], s: usize) -> (f32, f32) {
-    let q = &b[4..16];
-    let (sc, m) = if s < 4 { (q[s] & 63, q[s + 4] & 63) } else { ((q[s + 4] & 0x0F) | ((q[s - 4] >> 6) << 4), (q[s + 4] >> 4) | ((q[s] >> 6) << 4)) };
+    let (sc, m) = k_scale_min_6bit(&b[4..16], s);
     (f16_at(b, 0) * f32::from(sc), -(f16_at(b, 2) * f32::from(m)))
+}
+
+/// The 6-bit scale and min of sub-block `s` from the twelve packed bytes.
+fn k_scale_min_6bit(q: &[u8], s: usize) -> (u8, u8) {
+    if s < 4 { (q[s] & 63, q[s + 4] & 63) } else { ((q[s + 4] & 0x0F) | ((q[s - 4] >> 6) << 4), (q[s + 4] >> 4) | ((q[s] >> 6) << 4)) }
+}
+
+/// [`Weight::scales_mins`] of a Q4_K or Q5_K superblock: the twelve bytes
+/// of 6-bit scales and mins unpacked four at a time in 32-bit words
+/// (the same values as [`k_scale_min_6bit`]).
+#[inline(always)]
+fn k_scales_mins(b: &[u8]) -> ([f32; 16], [f32; 16]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
+    let (w0, w1, w2) = (w(0), w(4), w(8));
+    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    // Scales 0..4 and mins 0..4 are the low six bits of bytes 0..8; scales
+    // and mins 4..8 take four bits from bytes 8..12 and their top two bits
+    // from the top of bytes 0..8.
+    let scales = [w0 & low6, (w2 & low4) | (((w0 >> 6) & top2) << 4)];
+    let mins = [w1 & low6, ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4)];
+    let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
+    for s in 0..8 {
+        let byte = |v: [u32; 2]| (v[s / 4] >> (8 * (s % 4))) as u8;
+        (sc[s], mn[s]) = (d * f32::from(byte(scales)), -(dmin * f32::from(byte(mins))));
+    }
+    (sc, mn)
 }
 
 /// Value l of sub-block `s` of a K-quant's 128 bytes of nibbles: 64-value
@@ -157,6 +195,10 @@ impl Weight for BlockQ4K {
     fn scale_min(&self, s: usize) -> (f32, f32) {
         k_scale_min(block_bytes(self), s)
     }
+    #[inline(always)]
+    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
+        k_scales_mins(block_bytes(self))
+    }
     /// Nibbles from byte 16 on.
     fn values(&self, s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -169,6 +211,10 @@ impl Weight for BlockQ5K {
     const UNSIGNED: bool = true;
     fn scale_min(&self, s: usize) -> (f32, f32) {
         k_scale_min(block_bytes(self), s)
+    }
+    #[inline(always)]
+    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
+        k_scales_mins(block_bytes(self))
     }
     /// 32 bytes of fifth bits from byte 16 (bit s of byte l: value l of
     /// sub-block s), nibbles from byte 48 on.
@@ -195,6 +241,17 @@ impl Weight for BlockQ6K {
         let d = f16_at(b, 208) * f32::from(b[192 + g] as i8);
         (d, -32.0 * d)
     }
+    #[inline(always)]
+    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
+        let b = block_bytes(self);
+        let d = f16_at(b, 208);
+        let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
+        for g in 0..16 {
+            sc[g] = d * f32::from(b[192 + g] as i8);
+            mn[g] = -32.0 * sc[g];
+        }
+        (sc, mn)
+    }
     /// Sub-block s: nibbles of 64-byte chunk s/4 (its second 32 bytes for
     /// odd s%4, high nibbles for s%4 ≥ 2), two high bits from 32-byte chunk
     /// s/4 of `qh`, bits 2·(s%4).
@@ -219,6 +276,19 @@ impl Weight for BlockQ3K {
         let d = f16_at(b, 108) * f32::from(i16::from(low | (high << 4)) - 32);
         (d, -4.0 * d)
     }
+    #[inline(always)]
+    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
+        let b = block_bytes(self);
+        let (sc, d) = (&b[96..108], f16_at(b, 108));
+        let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
+        for g in 0..16 {
+            let low = if g < 8 { sc[g] & 0x0F } else { sc[g - 8] >> 4 };
+            let high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+            scale[g] = d * f32::from(i16::from(low | (high << 4)) - 32);
+            min[g] = -4.0 * scale[g];
+        }
+        (scale, min)
+    }
     /// Two bits from the crumbs, the third is bit s of `hmask[l]`.
     fn values(&self, s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -235,6 +305,16 @@ impl Weight for BlockQ2K {
     fn scale_min(&self, g: usize) -> (f32, f32) {
         let b = block_bytes(self);
         (f16_at(b, 80) * f32::from(b[g] & 0x0F), -(f16_at(b, 82) * f32::from(b[g] >> 4)))
+    }
+    #[inline(always)]
+    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
+        let b = block_bytes(self);
+        let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+        let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
+        for g in 0..16 {
+            (sc[g], mn[g]) = (d * f32::from(b[g] & 0x0F), -(dmin * f32::from(b[g] >> 4)));
+        }
+        (sc, mn)
     }
     fn values(&self, s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -428,18 +508,18 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
     let xsum: Vec<[i32; 2]> = xq.iter().map(half_sums).collect();
     let xsum = &xsum;
     let dst_addr = dst.as_mut_ptr() as usize;
-    // A prompt (many activation rows) unpacks eight weight rows into a tile
+    // A prompt (many activation rows) unpacks eight weight rows (sixteen with AVX-512) into a tile
     // that every activation row then meets. Decoding (one row, or a batch of
     // a few sequences), where reading the weights is the cost, takes four
     // weight rows at a time straight from the file, each block unpacked once
     // for up to four activation rows. Weight rows left over go one by one.
-    let group = if m > DECODE_ROWS { 8 } else { 4 };
+    let group = if m > DECODE_ROWS { imp::Tile::rows(isa) } else { 4 };
     let groups = n / group;
     let per = groups.div_ceil(threads);
     let xq = &xq;
     pool.execute(|t| {
         let (g0, g1) = ((t * per).min(groups), ((t + 1) * per).min(groups));
-        let mut tile = if group == 8 && g1 > g0 { Some(imp::Tile::new(kb, isa)) } else { None };
+        let mut tile = if m > DECODE_ROWS && g1 > g0 { Some(imp::Tile::new(kb, isa)) } else { None };
         let dst = |r: usize, col: usize, out: &[f32]| {
             // SAFETY: each (row, column) of dst is written by exactly one
             // thread: threads own disjoint column ranges.
@@ -456,7 +536,7 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
             if let Some(tile) = &mut tile {
                 unsafe { tile.fill::<W>(w, nb) };
                 for r in 0..m {
-                    dst(r, col, &unsafe { tile.dot8(x(r), s(r)) });
+                    dst(r, col, &unsafe { tile.dot(x(r), s(r)) }[..group]);
                 }
                 continue;
             }
@@ -766,25 +846,27 @@ mod imp {
         }
     }
 
-    /// Eight weight rows of kb sub-blocks, unpacked so that one activation
-    /// block meets all eight rows with no unpacking and their eight sums
-    /// come out in one vector; with the scales and mins as f32
-    /// (`scale[b·8 + r]`).
+    /// Eight weight rows (sixteen with AVX512-VNNI) of kb sub-blocks,
+    /// unpacked so that one activation block meets all of them with no
+    /// unpacking and their sums come out in one vector; with the scales and
+    /// mins as f32 (`scale[(b·2 + g)·rows + r]`).
     ///
     /// Two layouts. With VNNI, `inter` holds per sub-block eight vectors,
     /// vector j carrying bytes 4j..4j+4 of row r in lane r, as unsigned
     /// bytes (signed values offset by 128): `vpdpbusd` with the activation's
     /// dword j broadcast then adds four products per row into that row's
-    /// lane, and no horizontal sums are needed. Otherwise `val` holds each
-    /// row's values (their absolute values when signed, with `sign` their
-    /// signs) for AVX2's `maddubs`/`madd` pairs, summed across lanes per
-    /// block.
+    /// lane, and no horizontal sums are needed; with AVX-512 a vector holds
+    /// sixteen rows, so each instruction does twice the work. Otherwise
+    /// `val` holds each row's values (their absolute values when signed,
+    /// with `sign` their signs) for AVX2's `maddubs`/`madd` pairs, summed
+    /// across lanes per block.
     pub(crate) struct Tile {
         kb: usize,
         isa: Isa,
+        rows: usize,
         unsigned: bool,
         groups: usize,
-        inter: Vec<__m256i>,
+        inter: Vec<u32>,
         val: Vec<__m256i>,
         sign: Vec<__m256i>,
         scale: Vec<f32>,
@@ -792,29 +874,37 @@ mod imp {
     }
 
     impl Tile {
+        /// The rows a tile holds with these instructions.
+        pub(super) fn rows(isa: Isa) -> usize {
+            if isa == Isa::Avx512Vnni { 16 } else { 8 }
+        }
+
         /// `isa` only one this CPU runs.
         pub(super) fn new(kb: usize, isa: Isa) -> Self {
             // SAFETY: AVX is enabled for this build.
             let zero = unsafe { _mm256_setzero_si256() };
+            let rows = Self::rows(isa);
             let (inter, val, sign) =
-                if isa.vnni() { (vec![zero; 8 * kb], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
-            Self { kb, isa, unsigned: false, groups: 1, inter, val, sign, scale: vec![0.0; 16 * kb], min: vec![0.0; 16 * kb] }
+                if isa.vnni() { (vec![0; 8 * kb * rows], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
+            Self { kb, isa, rows, unsigned: false, groups: 1, inter, val, sign, scale: vec![0.0; 2 * kb * rows], min: vec![0.0; 2 * kb * rows] }
         }
 
         /// # Safety
-        /// `w` points at 8 rows of `nb` blocks, nb·subs = the tile's kb.
+        /// `w` points at [`Tile::rows`] rows of `nb` blocks, nb·subs = the
+        /// tile's kb.
         pub(super) unsafe fn fill<W: Weight>(&mut self, w: *const W, nb: usize) {
-            let kb = self.kb;
+            let (kb, rows) = (self.kb, self.rows);
             let vnni = self.isa.vnni();
             self.unsigned = W::UNSIGNED;
             self.groups = W::GROUPS;
-            let inter = self.inter.as_mut_ptr() as *mut u32;
-            for r in 0..8 {
+            let inter = self.inter.as_mut_ptr();
+            let mut scm = ([0f32; 16], [0f32; 16]);
+            for r in 0..rows {
                 for b in 0..kb {
                     let i = b * 8 + r;
                     // SAFETY: block (r, b/subs) is in bounds per the
-                    // contract; `inter` holds 8·kb vectors of 8 dwords with
-                    // VNNI.
+                    // contract; `inter` holds 8·kb vectors of `rows` dwords
+                    // with VNNI.
                     unsafe {
                         let blk = w.add(r * nb + b / subs::<W>());
                         let s = b % subs::<W>();
@@ -824,7 +914,7 @@ mod imp {
                             let mut dw = [0u32; 8];
                             _mm256_storeu_si256(dw.as_mut_ptr() as *mut __m256i, v);
                             for (j, d) in dw.into_iter().enumerate() {
-                                *inter.add((b * 8 + j) * 8 + r) = d;
+                                *inter.add((b * 8 + j) * rows + r) = d;
                             }
                         } else if W::UNSIGNED {
                             self.val[i] = v;
@@ -832,28 +922,34 @@ mod imp {
                             self.val[i] = _mm256_sign_epi8(v, v);
                             self.sign[i] = v;
                         }
+                        if s == 0 {
+                            scm = (*blk).scales_mins();
+                        }
                         for g in 0..W::GROUPS {
-                            (self.scale[(b * 2 + g) * 8 + r], self.min[(b * 2 + g) * 8 + r]) = (*blk).scale_min(s * W::GROUPS + g);
+                            (self.scale[(b * 2 + g) * rows + r], self.min[(b * 2 + g) * rows + r]) = (scm.0[s * W::GROUPS + g], scm.1[s * W::GROUPS + g]);
                         }
                     }
                 }
             }
         }
 
-        /// The eight rows' dot products with the kb Q8_0 blocks at `x`,
-        /// whose sums of values are at `xsum`.
+        /// The tile's rows' dot products with the kb Q8_0 blocks at `x`,
+        /// whose sums of values are at `xsum` (the first [`Tile::rows`]
+        /// values).
         ///
         /// # Safety
         /// `x` points at kb blocks and `xsum` at kb sums.
-        pub(super) unsafe fn dot8(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+        pub(super) unsafe fn dot(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 16] {
+            let mut out = [0f32; 16];
             // SAFETY: `isa` runs on this CPU (Tile::new); forwarded contract.
             unsafe {
                 match self.isa {
-                    Isa::Avx2 => self.dot8_avx2(x, xsum),
-                    Isa::AvxVnni => self.dot8_avx_vnni(x, xsum),
-                    Isa::Avx512Vnni => self.dot8_avx512_vnni(x, xsum),
+                    Isa::Avx2 => out[..8].copy_from_slice(&self.dot8_avx2(x, xsum)),
+                    Isa::AvxVnni => out[..8].copy_from_slice(&self.dot8_avx_vnni(x, xsum)),
+                    Isa::Avx512Vnni => out = self.dot16_avx512_vnni(x, xsum),
                 }
             }
+            out
         }
 
         #[target_feature(enable = "avxvnni")]
@@ -862,10 +958,49 @@ mod imp {
             unsafe { self.dot8_vnni::<VexDp>(x, xsum) }
         }
 
-        #[target_feature(enable = "avx512vnni,avx512vl")]
-        unsafe fn dot8_avx512_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
-            // SAFETY: forwarded contract; the features are enabled here.
-            unsafe { self.dot8_vnni::<EvexDp>(x, xsum) }
+        /// [`Tile::dot8_vnni`] on 512-bit vectors: sixteen rows per
+        /// instruction.
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn dot16_avx512_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 16] {
+            let x = x as *const u8;
+            let xs = std::mem::size_of::<BlockQ8_0>();
+            // SAFETY: x holds kb blocks and xsum kb sums; the tile holds
+            // 8·kb vectors of 16 dwords and 32·kb scales and mins.
+            unsafe {
+                let mut acc = _mm512_setzero_ps();
+                let w = self.inter.as_ptr();
+                let offset = if self.unsigned { 0 } else { 128 };
+                for b in 0..self.kb {
+                    let xb = x.add(b * xs);
+                    let q = xb.add(2) as *const i32;
+                    let wv = |j: usize| _mm512_loadu_si512(w.add((b * 8 + j) * 16) as *const __m512i);
+                    let bx = |j: usize| _mm512_set1_epi32(std::ptr::read_unaligned(q.add(j)));
+                    let zero = _mm512_setzero_si512();
+                    let mut s0 = _mm512_dpbusd_epi32(zero, wv(0), bx(0));
+                    let mut s1 = _mm512_dpbusd_epi32(zero, wv(4), bx(4));
+                    for j in 1..4 {
+                        s0 = _mm512_dpbusd_epi32(s0, wv(j), bx(j));
+                        s1 = _mm512_dpbusd_epi32(s1, wv(j + 4), bx(j + 4));
+                    }
+                    let (dx, xsum) = (scale(xb), *xsum.add(b));
+                    let one = [_mm512_add_epi32(s0, s1)];
+                    let (halves, xone) = ([s0, s1], [xsum[0] + xsum[1]]);
+                    let (sums, xss) = if self.groups == 2 { (&halves[..], &xsum[..]) } else { (&one[..], &xone[..]) };
+                    for (g, (&sums, &xg)) in sums.iter().zip(xss).enumerate() {
+                        let i = (b * 2 + g) * 16;
+                        let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(offset * xg));
+                        let scales = _mm512_mul_ps(_mm512_loadu_ps(self.scale.as_ptr().add(i)), _mm512_set1_ps(dx));
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc);
+                        if self.unsigned {
+                            let mins = _mm512_mul_ps(_mm512_loadu_ps(self.min.as_ptr().add(i)), _mm512_set1_ps(dx));
+                            acc = _mm512_fmadd_ps(_mm512_set1_ps(xg as f32), mins, acc);
+                        }
+                    }
+                }
+                let mut out = [0f32; 16];
+                _mm512_storeu_ps(out.as_mut_ptr(), acc);
+                out
+            }
         }
 
         /// Sub-block b's integer sums of the eight rows, per half of 16
@@ -906,16 +1041,16 @@ mod imp {
                 for b in 0..self.kb {
                     let xb = x.add(b * xs);
                     let q = xb.add(2) as *const i32;
-                    let wb = w.add(b * 8);
+                    let wv = |j: usize| _mm256_loadu_si256(w.add((b * 8 + j) * 8) as *const __m256i);
                     let bx = |j: usize| _mm256_set1_epi32(std::ptr::read_unaligned(q.add(j)));
                     // Two chains, one per half of 16 values, so that each
                     // vpdpbusd need not wait for the one before.
                     let zero = _mm256_setzero_si256();
-                    let mut s0 = D::dp(zero, *wb, bx(0));
-                    let mut s1 = D::dp(zero, *wb.add(4), bx(4));
+                    let mut s0 = D::dp(zero, wv(0), bx(0));
+                    let mut s1 = D::dp(zero, wv(4), bx(4));
                     for j in 1..4 {
-                        s0 = D::dp(s0, *wb.add(j), bx(j));
-                        s1 = D::dp(s1, *wb.add(j + 4), bx(j + 4));
+                        s0 = D::dp(s0, wv(j), bx(j));
+                        s1 = D::dp(s1, wv(j + 4), bx(j + 4));
                     }
                     // Σ (w+128)·x = Σ w·x + 128·Σ x
                     acc = self.accumulate(acc, [s0, s1], b, scale(xb), *xsum.add(b), offset);
@@ -1078,9 +1213,16 @@ mod imp {
             // 60 % of its read bandwidth on the output head; asking for the
             // same block of the next four rows measured 20-30 % faster decoding.
             let ahead = 4 * nb * size;
+            let mut scm = [([0f32; 16], [0f32; 16]); 4];
             for b in 0..kb {
                 let s = b % subs::<W>();
                 let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + b / subs::<W>()));
+                if s == 0 {
+                    // (A loop: `array::from_fn` was left uninlined here.)
+                    for (r, scm) in scm.iter_mut().enumerate() {
+                        *scm = (*wb[r]).scales_mins();
+                    }
+                }
                 let wv: [__m256i; 4] = std::array::from_fn(|r| {
                     // A prefetch past the end of the matrix is harmless; a
                     // superblock's lines are asked for one by one.
@@ -1089,10 +1231,11 @@ mod imp {
                     if W::UNSIGNED || !D::OFFSET { v } else { _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)) }
                 });
                 let aw: [__m256i; 4] = std::array::from_fn(|r| if W::UNSIGNED || D::OFFSET { wv[r] } else { _mm256_sign_epi8(wv[r], wv[r]) });
-                let sm: [(f32, f32); 4] = std::array::from_fn(|r| (*wb[r]).scale_min(s * W::GROUPS));
-                let sm2: [(f32, f32); 4] = std::array::from_fn(|r| if W::GROUPS == 2 { (*wb[r]).scale_min(2 * s + 1) } else { (0.0, 0.0) });
-                let ws = [_mm_set_ps(sm[3].0, sm[2].0, sm[1].0, sm[0].0), _mm_set_ps(sm2[3].0, sm2[2].0, sm2[1].0, sm2[0].0)];
-                let wm = [_mm_set_ps(sm[3].1, sm[2].1, sm[1].1, sm[0].1), _mm_set_ps(sm2[3].1, sm2[2].1, sm2[1].1, sm2[0].1)];
+                let (g0, g1) = (s * W::GROUPS, (s * W::GROUPS + 1).min(15));
+                let ws =
+                    [_mm_set_ps(scm[3].0[g0], scm[2].0[g0], scm[1].0[g0], scm[0].0[g0]), _mm_set_ps(scm[3].0[g1], scm[2].0[g1], scm[1].0[g1], scm[0].0[g1])];
+                let wm =
+                    [_mm_set_ps(scm[3].1[g0], scm[2].1[g0], scm[1].1[g0], scm[0].1[g0]), _mm_set_ps(scm[3].1[g1], scm[2].1[g1], scm[1].1[g1], scm[0].1[g1])];
                 for ((a, &xr), &sr) in acc.iter_mut().zip(&x).zip(&xsum) {
                     let xb = (xr as *const u8).add(b * xs);
                     let xv = Q8::values(xb, 0);
@@ -1171,13 +1314,16 @@ mod imp {
     pub(crate) struct Tile;
 
     impl Tile {
+        pub(super) fn rows(_isa: Isa) -> usize {
+            8
+        }
         pub(super) fn new(_kb: usize, _isa: Isa) -> Self {
             unreachable!("matmul asserts AVAILABLE")
         }
         pub(super) unsafe fn fill<W: Weight>(&mut self, _w: *const W, _nb: usize) {
             unreachable!("matmul asserts AVAILABLE")
         }
-        pub(super) unsafe fn dot8(&self, _x: *const BlockQ8_0, _xsum: *const [i32; 2]) -> [f32; 8] {
+        pub(super) unsafe fn dot(&self, _x: *const BlockQ8_0, _xsum: *const [i32; 2]) -> [f32; 16] {
             unreachable!("matmul asserts AVAILABLE")
         }
     }
