@@ -5,22 +5,28 @@
 //! Every type is seen as sub-blocks of 32 values, each value `scale·q + min`
 //! with integer `q` and one scale and min per group of 32 (or of 16: Q2_K,
 //! Q3_K and Q6_K): K-quant superblocks of 256 are eight such sub-blocks with
-//! their own scales and mins. Activations are quantized to Q8_0 (blocks of
-//! 32, as candle does), so each sub-block meets one activation block: the
-//! integer dot products are exact, and each group adds
-//! `Σq·x · scale·dx + Σx · min·dx` to the row's sum.
+//! their own scales and mins. Blocks of 32 meet activations quantized to
+//! Q8_0 (blocks of 32, as candle does): the integer dot product is exact,
+//! and each block adds `Σq·x · scale·dx + Σx · min·dx` to the row's sum.
+//! K-quants meet activations quantized to Q8_K (one scale per 256, as
+//! llama.cpp does for them): their sub-block scales and mins are small
+//! integers, applied in integer arithmetic, so floats are touched once per
+//! superblock ([`KScales`]).
 //!
 //! Why not candle's: it multiplies Q8_0 rows one at a time with a single
 //! accumulator and has scalar code only for Q5_0, its repacked kernels need
 //! rows that are a multiple of 256 (Gemma 3 270M's are 640), and where they
-//! apply they hold a second, repacked copy of the weights in memory. Here
-//! four weight rows share each activation block and keep four independent
-//! accumulators (decoding), or eight weight rows are unpacked once into a
-//! tile that every activation row of a prompt meets; the instructions are
-//! picked at run time ([`Isa`]): `vpdpbusd` where the CPU has AVX-VNNI or
-//! AVX512-VNNI, AVX2's `maddubs` otherwise.
+//! apply they hold a second, repacked copy of the weights in memory and
+//! round one row differently from several. Here four weight rows share each
+//! activation block and keep independent accumulators (decoding), or eight
+//! (sixteen) weight rows are unpacked once into a tile that every activation
+//! row of a prompt meets; the instructions are picked at run time ([`Isa`]):
+//! `vpdpbusd`/`vpdpwssd` where the CPU has AVX-VNNI or AVX512-VNNI (with
+//! 512-bit vectors for the tile and the K-quant decode kernel there),
+//! AVX2's `maddubs` otherwise. Every path gives every row exactly
+//! [`dot_ref`]'s result.
 
-use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0};
+use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K};
 use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 
 /// Whether this build has the kernels (x86-64 with AVX2, which the release
@@ -55,6 +61,28 @@ pub(crate) trait Weight: GgmlType + Sync {
 
     /// The 32 values `q` of sub-block `s`, one by one (for [`dot_ref`]).
     fn values(&self, s: usize) -> [i8; 32];
+
+    /// A superblock of 256 whose sub-block scales are small integers (the
+    /// K-quants): it meets Q8_K activations (one scale per 256), the scales
+    /// are applied in integer arithmetic, and floats are touched once per
+    /// superblock ([`KScales`]).
+    const K: bool = false;
+
+    /// The block's scales as integers ([`Weight::K`] types).
+    fn int_scales(&self) -> KScales {
+        let (d, dm) = self.scale_min(0);
+        KScales { a: [1; 16], b: [1; 16], d, dm }
+    }
+}
+
+/// A block's scales as integers: value i of group g (16 values) is
+/// `d·a[g]·q_i + dm·b[g]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KScales {
+    pub(crate) a: [i16; 16],
+    pub(crate) b: [i16; 16],
+    pub(crate) d: f32,
+    pub(crate) dm: f32,
 }
 
 /// Sub-blocks of 32 values in one block of `W`.
@@ -97,20 +125,40 @@ fn k_scale_min_6bit(q: &[u8], s: usize) -> (u8, u8) {
 #[inline(always)]
 fn k_scales_mins(b: &[u8]) -> ([f32; 16], [f32; 16]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
-    let (w0, w1, w2) = (w(0), w(4), w(8));
-    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
-    // Scales 0..4 and mins 0..4 are the low six bits of bytes 0..8; scales
-    // and mins 4..8 take four bits from bytes 8..12 and their top two bits
-    // from the top of bytes 0..8.
-    let scales = [w0 & low6, (w2 & low4) | (((w0 >> 6) & top2) << 4)];
-    let mins = [w1 & low6, ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4)];
+    let (scales, mins) = k_scales_mins_6bit(b);
     let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
     for s in 0..8 {
         let byte = |v: [u32; 2]| (v[s / 4] >> (8 * (s % 4))) as u8;
         (sc[s], mn[s]) = (d * f32::from(byte(scales)), -(dmin * f32::from(byte(mins))));
     }
     (sc, mn)
+}
+
+/// [`Weight::int_scales`] of a Q4_K or Q5_K superblock: each 6-bit scale
+/// and min serves both halves of its sub-block of 32.
+#[inline(always)]
+fn k_int_scales(b: &[u8]) -> KScales {
+    let (scales, mins) = k_scales_mins_6bit(b);
+    let (mut a, mut m) = ([0i16; 16], [0i16; 16]);
+    for s in 0..8 {
+        let byte = |v: [u32; 2]| i16::from((v[s / 4] >> (8 * (s % 4))) as u8);
+        (a[2 * s], a[2 * s + 1], m[2 * s], m[2 * s + 1]) = (byte(scales), byte(scales), byte(mins), byte(mins));
+    }
+    KScales { a, b: m, d: f16_at(b, 0), dm: -f16_at(b, 2) }
+}
+
+/// The eight 6-bit scales and eight mins of a Q4_K or Q5_K superblock, a
+/// byte each in two pairs of words, unpacked four at a time (the same
+/// values as [`k_scale_min_6bit`]).
+#[inline(always)]
+fn k_scales_mins_6bit(b: &[u8]) -> ([u32; 2], [u32; 2]) {
+    let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
+    let (w0, w1, w2) = (w(0), w(4), w(8));
+    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    // Scales 0..4 and mins 0..4 are the low six bits of bytes 0..8; scales
+    // and mins 4..8 take four bits from bytes 8..12 and their top two bits
+    // from the top of bytes 0..8.
+    ([w0 & low6, (w2 & low4) | (((w0 >> 6) & top2) << 4)], [w1 & low6, ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4)])
 }
 
 /// Value l of sub-block `s` of a K-quant's 128 bytes of nibbles: 64-value
@@ -192,6 +240,11 @@ impl Weight for BlockQ5_1 {
 impl Weight for BlockQ4K {
     type Simd = imp::Q4K;
     const UNSIGNED: bool = true;
+    const K: bool = true;
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        k_int_scales(block_bytes(self))
+    }
     fn scale_min(&self, s: usize) -> (f32, f32) {
         k_scale_min(block_bytes(self), s)
     }
@@ -209,6 +262,11 @@ impl Weight for BlockQ4K {
 impl Weight for BlockQ5K {
     type Simd = imp::Q5K;
     const UNSIGNED: bool = true;
+    const K: bool = true;
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        k_int_scales(block_bytes(self))
+    }
     fn scale_min(&self, s: usize) -> (f32, f32) {
         k_scale_min(block_bytes(self), s)
     }
@@ -234,6 +292,17 @@ impl Weight for BlockQ6K {
     type Simd = imp::Q6K;
     const UNSIGNED: bool = true;
     const GROUPS: usize = 2;
+    const K: bool = true;
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        let b = block_bytes(self);
+        let mut a = [0i16; 16];
+        for (g, a) in a.iter_mut().enumerate() {
+            *a = i16::from(b[192 + g] as i8);
+        }
+        let d = f16_at(b, 208);
+        KScales { a, b: a, d, dm: -32.0 * d }
+    }
     /// 128 bytes of low nibbles, 64 of high crumbs, 16 signed 8-bit scales
     /// from byte 192, f16 `d` at 208; a value is `d·sc·(q - 32)`.
     fn scale_min(&self, g: usize) -> (f32, f32) {
@@ -266,6 +335,19 @@ impl Weight for BlockQ3K {
     type Simd = imp::Q3K;
     const UNSIGNED: bool = true;
     const GROUPS: usize = 2;
+    const K: bool = true;
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        let b = block_bytes(self);
+        let sc = &b[96..108];
+        let a: [i16; 16] = std::array::from_fn(|g| {
+            let low = if g < 8 { sc[g] & 0x0F } else { sc[g - 8] >> 4 };
+            let high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+            i16::from(low | (high << 4)) - 32
+        });
+        let d = f16_at(b, 108);
+        KScales { a, b: a, d, dm: -4.0 * d }
+    }
     /// 32 bytes of high bits, 64 of crumbs, twelve bytes of 6-bit scales
     /// from byte 96, f16 `d` at 108; a value is `d·(sc - 32)·(q - 4)`.
     fn scale_min(&self, g: usize) -> (f32, f32) {
@@ -300,6 +382,12 @@ impl Weight for BlockQ2K {
     type Simd = imp::Q2K;
     const UNSIGNED: bool = true;
     const GROUPS: usize = 2;
+    const K: bool = true;
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        let b = block_bytes(self);
+        KScales { a: std::array::from_fn(|g| i16::from(b[g] & 0x0F)), b: std::array::from_fn(|g| i16::from(b[g] >> 4)), d: f16_at(b, 80), dm: -f16_at(b, 82) }
+    }
     /// 16 bytes of 4-bit scale and min, 64 of crumbs, f16 `d` and `dmin`
     /// at 80; a value is `d·(sc & 15)·q - dmin·(sc >> 4)`.
     fn scale_min(&self, g: usize) -> (f32, f32) {
@@ -332,7 +420,30 @@ impl Weight for BlockQ2K {
 /// not, the leftover rows) computes this same sequence of roundings, a row's
 /// result does not depend on how many rows are multiplied together: a
 /// sequence decoded alone and one decoded in a batch get identical logits.
-pub(crate) fn dot_ref<W: Weight>(w: &[W], x: &[BlockQ8_0]) -> f32 {
+///
+/// [`Weight::K`] types instead meet Q8_K activations (here as Q8_0 blocks
+/// with the superblock's scale `dk` beside them) and per superblock add
+/// `Σ_g a_g·Σq·x · d·dx`, then `Σ_g b_g·Σx · dm·dx` (exact integer sums).
+pub(crate) fn dot_ref<W: Weight>(w: &[W], x: &[BlockQ8_0], dk: &[f32]) -> f32 {
+    if W::K {
+        let mut acc = 0f32;
+        for (blk, wb) in w.iter().enumerate() {
+            let sc = wb.int_scales();
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for s in 0..8 {
+                let wv = wb.values(s);
+                let xr = block_bytes(&x[blk * 8 + s]);
+                for l in 0..32 {
+                    let xv = i32::from(xr[2 + l] as i8);
+                    isum += i32::from(sc.a[2 * s + l / 16]) * i32::from(wv[l]) * xv;
+                    msum += i32::from(sc.b[2 * s + l / 16]) * xv;
+                }
+            }
+            acc = (isum as f32).mul_add(sc.d * dk[blk], acc);
+            acc = (msum as f32).mul_add(sc.dm * dk[blk], acc);
+        }
+        return acc;
+    }
     let mut acc = 0f32;
     let len = 32 / W::GROUPS;
     for (b, xb) in x.iter().enumerate() {
@@ -486,22 +597,36 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
     let pool = candle_core::utils::barrier_pool();
     let threads = pool.n_workers() + 1;
     let mut xq: Vec<BlockQ8_0> = (0..m * kb).map(|_| BlockQ8_0::zeros()).collect();
+    // K-quants: each superblock's Q8_K scale (the blocks in xq then carry
+    // its values, 32 at a time).
+    let mut dk = vec![0f32; if W::K { m * nb } else { 0 }];
+    let quantize = |r: usize, row: &mut [BlockQ8_0], dk: &mut [f32]| {
+        if W::K {
+            quantize_q8k(&lhs[r * k..(r + 1) * k], row, dk);
+        } else {
+            BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], row);
+        }
+    };
     if m < threads {
         for r in 0..m {
-            BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], &mut xq[r * kb..(r + 1) * kb]);
+            let dk = if W::K { &mut dk[r * nb..(r + 1) * nb] } else { &mut [][..] };
+            quantize(r, &mut xq[r * kb..(r + 1) * kb], dk);
         }
     } else {
         // A prompt's activation rows are quantized on every thread.
         let per = m.div_ceil(threads);
-        let xq_addr = xq.as_mut_ptr() as usize;
+        let (xq_addr, dk_addr) = (xq.as_mut_ptr() as usize, dk.as_mut_ptr() as usize);
         pool.execute(|t| {
             for r in (t * per).min(m)..((t + 1) * per).min(m) {
-                // SAFETY: row r's kb blocks are written by this thread only.
+                // SAFETY: row r's kb blocks and nb scales are written by this
+                // thread only.
                 let row = unsafe { std::slice::from_raw_parts_mut((xq_addr as *mut BlockQ8_0).add(r * kb), kb) };
-                BlockQ8_0::from_float(&lhs[r * k..(r + 1) * k], row);
+                let dk = if W::K { unsafe { std::slice::from_raw_parts_mut((dk_addr as *mut f32).add(r * nb), nb) } } else { &mut [][..] };
+                quantize(r, row, dk);
             }
         });
     }
+    let dk = &dk;
     // The sums of each activation block's two halves of 16 values: they
     // carry the mins of unsigned types, and undo the VNNI kernels' offset of
     // signed ones.
@@ -527,6 +652,7 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
         };
         let x = |r: usize| xq[r * kb..(r + 1) * kb].as_ptr();
         let s = |r: usize| xsum[r * kb..(r + 1) * kb].as_ptr();
+        let d = |r: usize| if W::K { dk[r * nb..].as_ptr() } else { std::ptr::null() };
         for g in g0..g1 {
             let col = g * group;
             let w = rhs[col * nb..].as_ptr();
@@ -536,26 +662,36 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
             if let Some(tile) = &mut tile {
                 unsafe { tile.fill::<W>(w, nb) };
                 for r in 0..m {
-                    dst(r, col, &unsafe { tile.dot(x(r), s(r)) }[..group]);
+                    dst(r, col, &unsafe { tile.dot(x(r), s(r), d(r)) }[..group]);
                 }
                 continue;
             }
             let mut r = 0;
             while r < m {
                 match m - r {
-                    1 => unsafe { imp::dot4::<W, 1>(isa, w, nb, kb, [x(r)], [s(r)]) }.iter().for_each(|o| dst(r, col, o)),
-                    2 => unsafe { imp::dot4::<W, 2>(isa, w, nb, kb, [x(r), x(r + 1)], [s(r), s(r + 1)]) }
+                    1 => unsafe { imp::dot4::<W, 1>(isa, w, nb, kb, [x(r)], [s(r)], [d(r)]) }.iter().for_each(|o| dst(r, col, o)),
+                    2 => unsafe { imp::dot4::<W, 2>(isa, w, nb, kb, [x(r), x(r + 1)], [s(r), s(r + 1)], [d(r), d(r + 1)]) }
                         .iter()
                         .enumerate()
                         .for_each(|(i, o)| dst(r + i, col, o)),
-                    3 => unsafe { imp::dot4::<W, 3>(isa, w, nb, kb, [x(r), x(r + 1), x(r + 2)], [s(r), s(r + 1), s(r + 2)]) }
+                    3 => unsafe { imp::dot4::<W, 3>(isa, w, nb, kb, [x(r), x(r + 1), x(r + 2)], [s(r), s(r + 1), s(r + 2)], [d(r), d(r + 1), d(r + 2)]) }
                         .iter()
                         .enumerate()
                         .for_each(|(i, o)| dst(r + i, col, o)),
-                    _ => unsafe { imp::dot4::<W, 4>(isa, w, nb, kb, [x(r), x(r + 1), x(r + 2), x(r + 3)], [s(r), s(r + 1), s(r + 2), s(r + 3)]) }
-                        .iter()
-                        .enumerate()
-                        .for_each(|(i, o)| dst(r + i, col, o)),
+                    _ => unsafe {
+                        imp::dot4::<W, 4>(
+                            isa,
+                            w,
+                            nb,
+                            kb,
+                            [x(r), x(r + 1), x(r + 2), x(r + 3)],
+                            [s(r), s(r + 1), s(r + 2), s(r + 3)],
+                            [d(r), d(r + 1), d(r + 2), d(r + 3)],
+                        )
+                    }
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, o)| dst(r + i, col, o)),
                 }
                 r += 4;
             }
@@ -564,13 +700,31 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
         if t == threads - 1 {
             for c in groups * group..n {
                 for r in 0..m {
-                    let v = dot_ref(&rhs[c * nb..(c + 1) * nb], &xq[r * kb..(r + 1) * kb]);
+                    let v = dot_ref(&rhs[c * nb..(c + 1) * nb], &xq[r * kb..(r + 1) * kb], if W::K { &dk[r * nb..(r + 1) * nb] } else { &[] });
                     // SAFETY: as above; no other thread owns these columns.
                     unsafe { *(dst_addr as *mut f32).add(r * n + c) = v };
                 }
             }
         }
     });
+}
+
+/// One activation row as Q8_K (candle's rounding: one scale per 256
+/// values), written as eight Q8_0 blocks of values per superblock (their own
+/// scales unused) and the superblocks' scales.
+fn quantize_q8k(row: &[f32], xq: &mut [BlockQ8_0], dk: &mut [f32]) {
+    let mut sb = [BlockQ8K::zeros()];
+    for (blk, d) in dk.iter_mut().enumerate() {
+        BlockQ8K::from_float(&row[blk * 256..(blk + 1) * 256], &mut sb);
+        // Q8_K: f32 d, then 256 values.
+        let bytes = block_bytes(&sb[0]);
+        *d = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        for (s, b) in xq[blk * 8..(blk + 1) * 8].iter_mut().enumerate() {
+            // SAFETY: a Q8_0 block is an f16 and 32 bytes, plain old data.
+            let out = unsafe { std::slice::from_raw_parts_mut(b as *mut BlockQ8_0 as *mut u8, std::mem::size_of::<BlockQ8_0>()) };
+            out[2..].copy_from_slice(&bytes[4 + 32 * s..4 + 32 * (s + 1)]);
+        }
+    }
 }
 
 /// The sums of a Q8_0 block's values 0..16 and 16..32.
@@ -797,7 +951,7 @@ mod imp {
 
     /// Whether the CPU has AVX512-VNNI on 256-bit vectors.
     pub(super) fn has_avx512_vnni() -> bool {
-        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw")
     }
 
     /// A sum of four-byte products per dword: `vpdpbusd` in one of its two
@@ -813,6 +967,13 @@ mod imp {
         /// # Safety
         /// The instruction's feature is enabled in the caller.
         unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+
+        /// Each dword of `acc` plus the two products of its pair of 16-bit
+        /// values in `a` and `b` (`vpdpwssd`, or `madd` and an add).
+        ///
+        /// # Safety
+        /// As [`Dp::dp`].
+        unsafe fn dpw(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
     }
 
     pub(super) struct VexDp;
@@ -826,6 +987,11 @@ mod imp {
             // SAFETY: the caller enables avxvnni.
             unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
         }
+        #[inline(always)]
+        unsafe fn dpw(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+            // SAFETY: the caller enables avxvnni.
+            unsafe { _mm256_dpwssd_avx_epi32(acc, a, b) }
+        }
     }
 
     impl Dp for EvexDp {
@@ -835,6 +1001,11 @@ mod imp {
             // SAFETY: the caller enables avx512vnni and avx512vl.
             unsafe { _mm256_dpbusd_epi32(acc, u, s) }
         }
+        #[inline(always)]
+        unsafe fn dpw(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+            // SAFETY: the caller enables avx512vnni and avx512vl.
+            unsafe { _mm256_dpwssd_epi32(acc, a, b) }
+        }
     }
 
     impl Dp for Avx2Dp {
@@ -843,6 +1014,11 @@ mod imp {
         unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             // SAFETY: AVX2 is enabled for this build.
             unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))) }
+        }
+        #[inline(always)]
+        unsafe fn dpw(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+            // SAFETY: AVX2 is enabled for this build.
+            unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)) }
         }
     }
 
@@ -871,6 +1047,14 @@ mod imp {
         sign: Vec<__m256i>,
         scale: Vec<f32>,
         min: Vec<f32>,
+        /// K-quants ([`Weight::K`]): integer scales per half sub-block and
+        /// mins per group of 16 (`[(b·2 + h)·rows + r]`), and per superblock
+        /// the float factors (`[blk·rows + r]`).
+        k: bool,
+        ia: Vec<i32>,
+        ib: Vec<i32>,
+        kd: Vec<f32>,
+        kdm: Vec<f32>,
     }
 
     impl Tile {
@@ -886,7 +1070,9 @@ mod imp {
             let rows = Self::rows(isa);
             let (inter, val, sign) =
                 if isa.vnni() { (vec![0; 8 * kb * rows], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
-            Self { kb, isa, rows, unsigned: false, groups: 1, inter, val, sign, scale: vec![0.0; 2 * kb * rows], min: vec![0.0; 2 * kb * rows] }
+            let (scale, min) = (vec![0.0; 2 * kb * rows], vec![0.0; 2 * kb * rows]);
+            let (ia, ib, kd, kdm) = (vec![0; 2 * kb * rows], vec![0; 2 * kb * rows], vec![0.0; kb.div_ceil(8) * rows], vec![0.0; kb.div_ceil(8) * rows]);
+            Self { kb, isa, rows, unsigned: false, groups: 1, inter, val, sign, scale, min, k: false, ia, ib, kd, kdm }
         }
 
         /// # Safety
@@ -897,8 +1083,10 @@ mod imp {
             let vnni = self.isa.vnni();
             self.unsigned = W::UNSIGNED;
             self.groups = W::GROUPS;
+            self.k = W::K;
             let inter = self.inter.as_mut_ptr();
             let mut scm = ([0f32; 16], [0f32; 16]);
+            let mut ka = [0i16; 16];
             for r in 0..rows {
                 for b in 0..kb {
                     let i = b * 8 + r;
@@ -922,6 +1110,21 @@ mod imp {
                             self.val[i] = _mm256_sign_epi8(v, v);
                             self.sign[i] = v;
                         }
+                        if W::K {
+                            if s == 0 {
+                                let ks = (*blk).int_scales();
+                                let sb = b / 8;
+                                (self.kd[sb * rows + r], self.kdm[sb * rows + r]) = (ks.d, ks.dm);
+                                for g in 0..16 {
+                                    self.ib[(sb * 16 + g) * rows + r] = ks.b[g].into();
+                                }
+                                ka = ks.a;
+                            }
+                            for h in 0..2 {
+                                self.ia[(b * 2 + h) * rows + r] = ka[2 * s + h].into();
+                            }
+                            continue;
+                        }
                         if s == 0 {
                             scm = (*blk).scales_mins();
                         }
@@ -939,35 +1142,36 @@ mod imp {
         ///
         /// # Safety
         /// `x` points at kb blocks and `xsum` at kb sums.
-        pub(super) unsafe fn dot(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 16] {
+        pub(super) unsafe fn dot(&self, x: *const BlockQ8_0, xsum: *const [i32; 2], dk: *const f32) -> [f32; 16] {
             let mut out = [0f32; 16];
             // SAFETY: `isa` runs on this CPU (Tile::new); forwarded contract.
             unsafe {
                 match self.isa {
-                    Isa::Avx2 => out[..8].copy_from_slice(&self.dot8_avx2(x, xsum)),
-                    Isa::AvxVnni => out[..8].copy_from_slice(&self.dot8_avx_vnni(x, xsum)),
-                    Isa::Avx512Vnni => out = self.dot16_avx512_vnni(x, xsum),
+                    Isa::Avx2 => out[..8].copy_from_slice(&self.dot8_avx2(x, xsum, dk)),
+                    Isa::AvxVnni => out[..8].copy_from_slice(&self.dot8_avx_vnni(x, xsum, dk)),
+                    Isa::Avx512Vnni => out = self.dot16_avx512_vnni(x, xsum, dk),
                 }
             }
             out
         }
 
         #[target_feature(enable = "avxvnni")]
-        unsafe fn dot8_avx_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+        unsafe fn dot8_avx_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2], dk: *const f32) -> [f32; 8] {
             // SAFETY: forwarded contract; the feature is enabled here.
-            unsafe { self.dot8_vnni::<VexDp>(x, xsum) }
+            unsafe { self.dot8_vnni::<VexDp>(x, xsum, dk) }
         }
 
         /// [`Tile::dot8_vnni`] on 512-bit vectors: sixteen rows per
         /// instruction.
         #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn dot16_avx512_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 16] {
+        unsafe fn dot16_avx512_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2], dk: *const f32) -> [f32; 16] {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
             // SAFETY: x holds kb blocks and xsum kb sums; the tile holds
             // 8·kb vectors of 16 dwords and 32·kb scales and mins.
             unsafe {
                 let mut acc = _mm512_setzero_ps();
+                let mut iacc = _mm512_setzero_si512();
                 let w = self.inter.as_ptr();
                 let offset = if self.unsigned { 0 } else { 128 };
                 for b in 0..self.kb {
@@ -981,6 +1185,28 @@ mod imp {
                     for j in 1..4 {
                         s0 = _mm512_dpbusd_epi32(s0, wv(j), bx(j));
                         s1 = _mm512_dpbusd_epi32(s1, wv(j + 4), bx(j + 4));
+                    }
+                    if self.k {
+                        let at = |v: &Vec<i32>, i: usize| _mm512_loadu_si512(v.as_ptr().add(i * 16) as *const __m512i);
+                        iacc = _mm512_add_epi32(
+                            iacc,
+                            _mm512_add_epi32(_mm512_mullo_epi32(s0, at(&self.ia, b * 2)), _mm512_mullo_epi32(s1, at(&self.ia, b * 2 + 1))),
+                        );
+                        if b % 8 == 7 {
+                            let sb = b / 8;
+                            let mut msum = _mm512_setzero_si512();
+                            for g in 0..16 {
+                                msum = _mm512_add_epi32(
+                                    msum,
+                                    _mm512_mullo_epi32(at(&self.ib, sb * 16 + g), _mm512_set1_epi32((*xsum.add(sb * 8 + g / 2))[g % 2])),
+                                );
+                            }
+                            let dx = _mm512_set1_ps(*dk.add(sb));
+                            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc), _mm512_mul_ps(_mm512_loadu_ps(self.kd.as_ptr().add(sb * 16)), dx), acc);
+                            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(_mm512_loadu_ps(self.kdm.as_ptr().add(sb * 16)), dx), acc);
+                            iacc = _mm512_setzero_si512();
+                        }
+                        continue;
                     }
                     let (dx, xsum) = (scale(xb), *xsum.add(b));
                     let one = [_mm512_add_epi32(s0, s1)];
@@ -1028,14 +1254,53 @@ mod imp {
             }
         }
 
+        /// [`Tile::accumulate`] of a K-quant: sub-block b's per-half sums
+        /// times the rows' integer scales into the superblock's integer sums
+        /// `iacc`; at the superblock's end the mins (each group's activation
+        /// sum times the rows' integer mins) and the two fused multiply-adds
+        /// of `dot_ref`.
         #[inline(always)]
-        unsafe fn dot8_vnni<D: Dp>(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+        unsafe fn accumulate_k(
+            &self,
+            mut acc: __m256,
+            iacc: __m256i,
+            halves: [__m256i; 2],
+            b: usize,
+            xsum: *const [i32; 2],
+            dk: *const f32,
+        ) -> (__m256, __m256i) {
+            // SAFETY: the tile holds 2·kb scales and mins per row and kb/8
+            // factors; xsum holds kb pairs and dk kb/8 scales.
+            unsafe {
+                let at = |v: &Vec<i32>, i: usize| _mm256_loadu_si256(v.as_ptr().add(i * 8) as *const __m256i);
+                let iacc = _mm256_add_epi32(
+                    iacc,
+                    _mm256_add_epi32(_mm256_mullo_epi32(halves[0], at(&self.ia, b * 2)), _mm256_mullo_epi32(halves[1], at(&self.ia, b * 2 + 1))),
+                );
+                if b % 8 != 7 {
+                    return (acc, iacc);
+                }
+                let sb = b / 8;
+                let mut msum = _mm256_setzero_si256();
+                for g in 0..16 {
+                    msum = _mm256_add_epi32(msum, _mm256_mullo_epi32(at(&self.ib, sb * 16 + g), _mm256_set1_epi32((*xsum.add(sb * 8 + g / 2))[g % 2])));
+                }
+                let dx = _mm256_set1_ps(*dk.add(sb));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_mul_ps(_mm256_loadu_ps(self.kd.as_ptr().add(sb * 8)), dx), acc);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(_mm256_loadu_ps(self.kdm.as_ptr().add(sb * 8)), dx), acc);
+                (acc, _mm256_setzero_si256())
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn dot8_vnni<D: Dp>(&self, x: *const BlockQ8_0, xsum: *const [i32; 2], dk: *const f32) -> [f32; 8] {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
             // SAFETY: x holds kb blocks and xsum kb sums; the tile holds 8·kb
             // vectors; the caller enables D's instruction.
             unsafe {
                 let mut acc = _mm256_setzero_ps();
+                let mut iacc = _mm256_setzero_si256();
                 let w = self.inter.as_ptr();
                 let offset = if self.unsigned { 0 } else { 128 };
                 for b in 0..self.kb {
@@ -1053,7 +1318,11 @@ mod imp {
                         s1 = D::dp(s1, wv(j + 4), bx(j + 4));
                     }
                     // Σ (w+128)·x = Σ w·x + 128·Σ x
-                    acc = self.accumulate(acc, [s0, s1], b, scale(xb), *xsum.add(b), offset);
+                    if self.k {
+                        (acc, iacc) = self.accumulate_k(acc, iacc, [s0, s1], b, xsum, dk);
+                    } else {
+                        acc = self.accumulate(acc, [s0, s1], b, scale(xb), *xsum.add(b), offset);
+                    }
                 }
                 let mut out = [0f32; 8];
                 _mm256_storeu_ps(out.as_mut_ptr(), acc);
@@ -1061,13 +1330,14 @@ mod imp {
             }
         }
 
-        unsafe fn dot8_avx2(&self, x: *const BlockQ8_0, xsum: *const [i32; 2]) -> [f32; 8] {
+        unsafe fn dot8_avx2(&self, x: *const BlockQ8_0, xsum: *const [i32; 2], dk: *const f32) -> [f32; 8] {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
             // SAFETY: x holds kb blocks and xsum kb sums; the tile's vectors
             // hold 8·kb entries.
             unsafe {
                 let mut acc = _mm256_setzero_ps();
+                let mut iacc = _mm256_setzero_si256();
                 for b in 0..self.kb {
                     let xb = x.add(b * xs);
                     let xv = Q8::values(xb, 0);
@@ -1086,7 +1356,11 @@ mod imp {
                     // Lanes 0..4 of each hold rows' sums over values 0..16,
                     // lanes 4..8 over 16..32.
                     let halves = [_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31)];
-                    acc = self.accumulate(acc, halves, b, scale(xb), *xsum.add(b), 0);
+                    if self.k {
+                        (acc, iacc) = self.accumulate_k(acc, iacc, halves, b, xsum, dk);
+                    } else {
+                        acc = self.accumulate(acc, halves, b, scale(xb), *xsum.add(b), 0);
+                    }
                 }
                 let mut out = [0f32; 8];
                 _mm256_storeu_ps(out.as_mut_ptr(), acc);
@@ -1153,13 +1427,15 @@ mod imp {
         kb: usize,
         x: [*const BlockQ8_0; R],
         xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
     ) -> [[f32; 4]; R] {
         // SAFETY: forwarded contract.
         unsafe {
             match isa {
-                Isa::Avx2 => dot4_with::<Avx2Dp, W, R>(w, nb, kb, x, xsum),
-                Isa::AvxVnni => dot4_avx_vnni::<W, R>(w, nb, kb, x, xsum),
-                Isa::Avx512Vnni => dot4_avx512_vnni::<W, R>(w, nb, kb, x, xsum),
+                Isa::Avx2 => dot4_with::<Avx2Dp, W, R>(w, nb, kb, x, xsum, dk),
+                Isa::AvxVnni => dot4_avx_vnni::<W, R>(w, nb, kb, x, xsum, dk),
+                Isa::Avx512Vnni if W::K => dot4k_avx512::<W, R>(w, nb, x, xsum, dk),
+                Isa::Avx512Vnni => dot4_avx512_vnni::<W, R>(w, nb, kb, x, xsum, dk),
             }
         }
     }
@@ -1171,9 +1447,10 @@ mod imp {
         kb: usize,
         x: [*const BlockQ8_0; R],
         xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
     ) -> [[f32; 4]; R] {
         // SAFETY: forwarded contract; the feature is enabled here.
-        unsafe { dot4_with::<VexDp, W, R>(w, nb, kb, x, xsum) }
+        unsafe { dot4_with::<VexDp, W, R>(w, nb, kb, x, xsum, dk) }
     }
 
     #[target_feature(enable = "avx512vnni,avx512vl")]
@@ -1183,9 +1460,10 @@ mod imp {
         kb: usize,
         x: [*const BlockQ8_0; R],
         xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
     ) -> [[f32; 4]; R] {
         // SAFETY: forwarded contract; the features are enabled here.
-        unsafe { dot4_with::<EvexDp, W, R>(w, nb, kb, x, xsum) }
+        unsafe { dot4_with::<EvexDp, W, R>(w, nb, kb, x, xsum, dk) }
     }
 
     /// [`dot4`] with D's instruction. Signed weights meet `vpdpbusd` offset
@@ -1203,7 +1481,12 @@ mod imp {
         kb: usize,
         x: [*const BlockQ8_0; R],
         xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
     ) -> [[f32; 4]; R] {
+        if W::K {
+            // SAFETY: forwarded contract.
+            return unsafe { dot4k_with::<D, W, R>(w, nb, x, xsum, dk) };
+        }
         let xs = std::mem::size_of::<BlockQ8_0>();
         let size = std::mem::size_of::<W>();
         // SAFETY: pointers valid per the contract.
@@ -1258,6 +1541,175 @@ mod imp {
                             *a = _mm_fmadd_ps(_mm_set1_ps(xg as f32), _mm_mul_ps(wm[g], dx), *a);
                         }
                     }
+                }
+            }
+            acc.map(|a| {
+                let mut out = [0f32; 4];
+                _mm_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
+        }
+    }
+    /// [`dot4k_with`] on 512-bit vectors: two sub-blocks of each row per
+    /// `maddubs` and `vpdpwssd`, their four scales put in place by one
+    /// `vpermw`; the same integer sums, so the same results.
+    ///
+    /// # Safety
+    /// As [`dot4k_with`]; the CPU has AVX512-VNNI and AVX512-BW.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl")]
+    unsafe fn dot4k_avx512<W: Weight, const R: usize>(
+        w: *const W,
+        nb: usize,
+        x: [*const BlockQ8_0; R],
+        xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
+    ) -> [[f32; 4]; R] {
+        let xs = std::mem::size_of::<BlockQ8_0>();
+        let size = std::mem::size_of::<W>();
+        // SAFETY: pointers valid per the contract; features enabled here.
+        unsafe {
+            let mut acc = [_mm_setzero_ps(); R];
+            let ahead = 4 * nb * size;
+            // 16-bit lane l of pair t takes scale 4t + l/8.
+            let idx: [__m512i; 4] = std::array::from_fn(|t| {
+                let lanes: [i16; 32] = std::array::from_fn(|l| (4 * t + l / 8) as i16);
+                _mm512_loadu_si512(lanes.as_ptr() as *const __m512i)
+            });
+            for blk in 0..nb {
+                let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + blk));
+                let mut ks = [(*wb[0]).int_scales(); 4];
+                for (r, k) in ks.iter_mut().enumerate().skip(1) {
+                    *k = (*wb[r]).int_scales();
+                }
+                let a: [__m512i; 4] = std::array::from_fn(|r| _mm512_castsi256_si512(_mm256_loadu_si256(ks[r].a.as_ptr() as *const __m256i)));
+                let mut iacc = [[_mm512_setzero_si512(); 4]; R];
+                for (t, idx) in idx.iter().enumerate() {
+                    let mut v = [_mm512_setzero_si512(); 4];
+                    let mut sc = [_mm512_setzero_si512(); 4];
+                    for r in 0..4 {
+                        // The next rows' superblock: a line per pair, and
+                        // its last byte (a block of up to 256 bytes spans at
+                        // most five lines).
+                        let next = (wb[r] as *const i8).wrapping_add(ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * t));
+                        if t == 0 {
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(size - 1));
+                        }
+                        let p = wb[r] as *const u8;
+                        v[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(W::Simd::values(p, 2 * t)), W::Simd::values(p, 2 * t + 1));
+                        sc[r] = _mm512_permutexvar_epi16(*idx, a[r]);
+                    }
+                    for (i, &xr) in x.iter().enumerate() {
+                        let xb = (xr as *const u8).add((blk * 8 + 2 * t) * xs + 2);
+                        let xv = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(_mm256_loadu_si256(xb as *const __m256i)),
+                            _mm256_loadu_si256(xb.add(xs) as *const __m256i),
+                        );
+                        for r in 0..4 {
+                            iacc[i][r] = _mm512_dpwssd_epi32(iacc[i][r], _mm512_maddubs_epi16(v[r], xv), sc[r]);
+                        }
+                    }
+                }
+                let d = _mm_set_ps(ks[3].d, ks[2].d, ks[1].d, ks[0].d);
+                let dm = _mm_set_ps(ks[3].dm, ks[2].dm, ks[1].dm, ks[0].dm);
+                let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(_mm256_loadu_si256(ks[r].b.as_ptr() as *const __m256i)));
+                for i in 0..R {
+                    let sums = xsum[i].add(blk * 8) as *const __m256i;
+                    let bsums = _mm256_packs_epi32(_mm256_loadu_si256(sums), _mm256_loadu_si256(sums.add(1)));
+                    let half = |v: __m512i| _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+                    let isum = hsum4(std::array::from_fn(|r| half(iacc[i][r])));
+                    let msum = hsum4(std::array::from_fn(|r| _mm256_madd_epi16(bsums, mins[r])));
+                    let dx = _mm_set1_ps(*dk[i].add(blk));
+                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, dx), acc[i]);
+                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_mul_ps(dm, dx), acc[i]);
+                }
+            }
+            acc.map(|a| {
+                let mut out = [0f32; 4];
+                _mm_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
+        }
+    }
+
+    /// The sums of four rows' eight dword lanes each, exact: lane r of
+    /// the result is row r's.
+    #[inline(always)]
+    unsafe fn hsum4(v: [__m256i; 4]) -> __m128i {
+        // SAFETY: register-only AVX2.
+        unsafe {
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+        }
+    }
+
+    /// [`dot4`] of a K-quant ([`Weight::K`]): per superblock and row, each
+    /// sub-block's unsigned values meet the activations in `maddubs`
+    /// (16-bit pair sums, no saturation: 63·127·2 < 2¹⁵) and the sub-block's
+    /// integer scales in `vpdpwssd` / `madd` (16 bits each half), into one
+    /// integer accumulator; the mins are the activations' sums per 16
+    /// (`xsum`) against the integer mins. Floats are touched once per
+    /// superblock, as in [`super::dot_ref`].
+    ///
+    /// # Safety
+    /// As [`dot4`], with `dk` at nb superblock scales per activation row.
+    #[inline(always)]
+    unsafe fn dot4k_with<D: Dp, W: Weight, const R: usize>(
+        w: *const W,
+        nb: usize,
+        x: [*const BlockQ8_0; R],
+        xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
+    ) -> [[f32; 4]; R] {
+        let xs = std::mem::size_of::<BlockQ8_0>();
+        let size = std::mem::size_of::<W>();
+        // SAFETY: pointers valid per the contract.
+        unsafe {
+            let mut acc = [_mm_setzero_ps(); R];
+            let ahead = 4 * nb * size;
+            for blk in 0..nb {
+                let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + blk));
+                let mut ks = [(*wb[0]).int_scales(); 4];
+                for (r, k) in ks.iter_mut().enumerate().skip(1) {
+                    *k = (*wb[r]).int_scales();
+                }
+                let mut iacc = [[_mm256_setzero_si256(); 4]; R];
+                for s in 0..8 {
+                    let mut v = [_mm256_setzero_si256(); 4];
+                    let mut sc = [_mm256_setzero_si256(); 4];
+                    for r in 0..4 {
+                        // The next rows' superblock: its lines, then its
+                        // last byte.
+                        let next = (wb[r] as *const i8).wrapping_add(ahead);
+                        if s < 4 {
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * s));
+                        } else if s == 4 {
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(size - 1));
+                        }
+                        v[r] = W::Simd::values(wb[r] as *const u8, s);
+                        // Values 0..16 take scale 2s, 16..32 scale 2s+1.
+                        sc[r] = _mm256_set_m128i(_mm_set1_epi16(ks[r].a[2 * s + 1]), _mm_set1_epi16(ks[r].a[2 * s]));
+                    }
+                    for (i, &xr) in x.iter().enumerate() {
+                        let xv = Q8::values((xr as *const u8).add((blk * 8 + s) * xs), 0);
+                        for r in 0..4 {
+                            iacc[i][r] = D::dpw(iacc[i][r], _mm256_maddubs_epi16(v[r], xv), sc[r]);
+                        }
+                    }
+                }
+                let d = _mm_set_ps(ks[3].d, ks[2].d, ks[1].d, ks[0].d);
+                let dm = _mm_set_ps(ks[3].dm, ks[2].dm, ks[1].dm, ks[0].dm);
+                // Each row's mins in the order that `packs` leaves the
+                // activations' sums in (groups 0-3, 8-11, 4-7, 12-15).
+                let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(_mm256_loadu_si256(ks[r].b.as_ptr() as *const __m256i)));
+                for i in 0..R {
+                    let sums = xsum[i].add(blk * 8) as *const __m256i;
+                    let bsums = _mm256_packs_epi32(_mm256_loadu_si256(sums), _mm256_loadu_si256(sums.add(1)));
+                    let isum = hsum4(iacc[i]);
+                    let msum = hsum4(std::array::from_fn(|r| _mm256_madd_epi16(bsums, mins[r])));
+                    let dx = _mm_set1_ps(*dk[i].add(blk));
+                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, dx), acc[i]);
+                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_mul_ps(dm, dx), acc[i]);
                 }
             }
             acc.map(|a| {
@@ -1323,7 +1775,7 @@ mod imp {
         pub(super) unsafe fn fill<W: Weight>(&mut self, _w: *const W, _nb: usize) {
             unreachable!("matmul asserts AVAILABLE")
         }
-        pub(super) unsafe fn dot(&self, _x: *const BlockQ8_0, _xsum: *const [i32; 2]) -> [f32; 16] {
+        pub(super) unsafe fn dot(&self, _x: *const BlockQ8_0, _xsum: *const [i32; 2], _dk: *const f32) -> [f32; 16] {
             unreachable!("matmul asserts AVAILABLE")
         }
     }
@@ -1336,6 +1788,7 @@ mod imp {
         _kb: usize,
         _x: [*const BlockQ8_0; R],
         _xsum: [*const [i32; 2]; R],
+        _dk: [*const f32; R],
     ) -> [[f32; 4]; R] {
         unreachable!("matmul asserts AVAILABLE")
     }
@@ -1377,10 +1830,15 @@ mod tests {
         for (i, want) in want.chunks(32).enumerate() {
             let (b, s) = (&blocks[i / super::subs::<W>()], i % super::subs::<W>());
             let v = b.values(s);
+            let k = b.int_scales();
             for (j, &want) in want.iter().enumerate() {
                 let (scale, min) = b.scale_min(s * W::GROUPS + j / (32 / W::GROUPS));
                 let got = scale * f32::from(v[j]) + min;
                 assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{dtype:?} sub-block {i} value {j}: {got} vs {want}");
+                // The integer form of the scales gives the same values.
+                let g = if W::K { 2 * s + j / 16 } else { 0 };
+                let got = k.d * f32::from(k.a[g]) * f32::from(v[j]) + k.dm * f32::from(k.b[g]);
+                assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype:?} sub-block {i} value {j} from integer scales: {got} vs {want}");
             }
         }
     }
@@ -1458,9 +1916,14 @@ mod tests {
             let mut want = vec![0f32; 9 * n];
             for r in 0..9 {
                 let mut xq: Vec<BlockQ8_0> = (0..kb).map(|_| BlockQ8_0::zeros()).collect();
-                BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut xq);
+                let mut dk = vec![0f32; if W::K { nb } else { 0 }];
+                if W::K {
+                    super::quantize_q8k(&x[r * k..(r + 1) * k], &mut xq, &mut dk);
+                } else {
+                    BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut xq);
+                }
                 for c in 0..n {
-                    want[r * n + c] = super::dot_ref(&blocks[c * nb..(c + 1) * nb], &xq);
+                    want[r * n + c] = super::dot_ref(&blocks[c * nb..(c + 1) * nb], &xq, &dk);
                 }
             }
             for isa in Isa::supported() {
