@@ -40,25 +40,6 @@ pub(crate) trait Weight: GgmlType + Sync {
     /// Values are unsigned (0..=31) with a min per sub-block; otherwise
     /// signed (-128..=127) with none.
     const UNSIGNED: bool;
-    /// Scale groups per sub-block: 1 (a scale and min per 32 values) or 2
-    /// (per 16).
-    const GROUPS: usize = 1;
-
-    /// Scale and min of group `g` (values `32/GROUPS·g` on).
-    fn scale_min(&self, g: usize) -> (f32, f32);
-
-    /// Every group's scale and min ([`Weight::scale_min`] for each, the
-    /// same values), at once: K-quants unpack their packed scales and
-    /// convert their f16 factors once per block rather than per group.
-    #[inline(always)]
-    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
-        let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
-        for g in 0..subs::<Self>() * Self::GROUPS {
-            (sc[g], mn[g]) = self.scale_min(g);
-        }
-        (sc, mn)
-    }
-
     /// The 32 values `q` of sub-block `s`, one by one (for [`dot_ref`]).
     fn values(&self, s: usize) -> [i8; 32];
 
@@ -68,11 +49,9 @@ pub(crate) trait Weight: GgmlType + Sync {
     /// superblock ([`KScales`]).
     const K: bool = false;
 
-    /// The block's scales as integers ([`Weight::K`] types).
-    fn int_scales(&self) -> KScales {
-        let (d, dm) = self.scale_min(0);
-        KScales { a: [1; 16], b: [1; 16], d, dm }
-    }
+    /// The block's scales: for [`Weight::K`] types as integers, for
+    /// blocks of 32 just `d` and `dm` (`a` and `b` all 1).
+    fn int_scales(&self) -> KScales;
 }
 
 /// A block's scales as integers: value i of group g (16 values) is
@@ -83,6 +62,12 @@ pub(crate) struct KScales {
     pub(crate) b: [i16; 16],
     pub(crate) d: f32,
     pub(crate) dm: f32,
+}
+
+/// The scales of a block of 32: value `d·q + dm`.
+#[inline(always)]
+fn flat(d: f32, dm: f32) -> KScales {
+    KScales { a: [1; 16], b: [1; 16], d, dm }
 }
 
 /// Sub-blocks of 32 values in one block of `W`.
@@ -106,34 +91,6 @@ fn nibble(qs: &[u8], j: usize) -> u8 {
     if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 }
 }
 
-/// Scale and min of sub-block `s` of a Q4_K or Q5_K superblock: f16 `d`
-/// and `dmin`, then twelve bytes of 6-bit scales and mins (ggml's
-/// `get_scale_min_k4`).
-fn k_scale_min(b: &[u8], s: usize) -> (f32, f32) {
-    let (sc, m) = k_scale_min_6bit(&b[4..16], s);
-    (f16_at(b, 0) * f32::from(sc), -(f16_at(b, 2) * f32::from(m)))
-}
-
-/// The 6-bit scale and min of sub-block `s` from the twelve packed bytes.
-fn k_scale_min_6bit(q: &[u8], s: usize) -> (u8, u8) {
-    if s < 4 { (q[s] & 63, q[s + 4] & 63) } else { ((q[s + 4] & 0x0F) | ((q[s - 4] >> 6) << 4), (q[s + 4] >> 4) | ((q[s] >> 6) << 4)) }
-}
-
-/// [`Weight::scales_mins`] of a Q4_K or Q5_K superblock: the twelve bytes
-/// of 6-bit scales and mins unpacked four at a time in 32-bit words
-/// (the same values as [`k_scale_min_6bit`]).
-#[inline(always)]
-fn k_scales_mins(b: &[u8]) -> ([f32; 16], [f32; 16]) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let (scales, mins) = k_scales_mins_6bit(b);
-    let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
-    for s in 0..8 {
-        let byte = |v: [u32; 2]| (v[s / 4] >> (8 * (s % 4))) as u8;
-        (sc[s], mn[s]) = (d * f32::from(byte(scales)), -(dmin * f32::from(byte(mins))));
-    }
-    (sc, mn)
-}
-
 /// [`Weight::int_scales`] of a Q4_K or Q5_K superblock: each 6-bit scale
 /// and min serves both halves of its sub-block of 32.
 #[inline(always)]
@@ -148,8 +105,8 @@ fn k_int_scales(b: &[u8]) -> KScales {
 }
 
 /// The eight 6-bit scales and eight mins of a Q4_K or Q5_K superblock, a
-/// byte each in two pairs of words, unpacked four at a time (the same
-/// values as [`k_scale_min_6bit`]).
+/// byte each in two pairs of words, unpacked four at a time from the twelve
+/// packed bytes (ggml's `get_scale_min_k4` layout).
 #[inline(always)]
 fn k_scales_mins_6bit(b: &[u8]) -> ([u32; 2], [u32; 2]) {
     let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
@@ -170,8 +127,9 @@ fn k_nibble(qs: &[u8], s: usize, l: usize) -> u8 {
 impl Weight for BlockQ8_0 {
     type Simd = imp::Q8;
     const UNSIGNED: bool = false;
-    fn scale_min(&self, _s: usize) -> (f32, f32) {
-        (f16_at(block_bytes(self), 0), 0.0)
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        flat(f16_at(block_bytes(self), 0), 0.0)
     }
     fn values(&self, _s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -182,8 +140,9 @@ impl Weight for BlockQ8_0 {
 impl Weight for BlockQ5_0 {
     type Simd = imp::Q5;
     const UNSIGNED: bool = false;
-    fn scale_min(&self, _s: usize) -> (f32, f32) {
-        (f16_at(block_bytes(self), 0), 0.0)
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
+        flat(f16_at(block_bytes(self), 0), 0.0)
     }
     /// f16 scale, u32 `qh` (bit j: fifth bit of value j), 16 bytes of
     /// nibbles; a value is the five bits minus 16.
@@ -198,9 +157,10 @@ impl Weight for BlockQ4_0 {
     type Simd = imp::Q40;
     const UNSIGNED: bool = true;
     /// f16 scale, 16 bytes of nibbles; a value is `d·(q - 8)`.
-    fn scale_min(&self, _s: usize) -> (f32, f32) {
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
         let d = f16_at(block_bytes(self), 0);
-        (d, -8.0 * d)
+        flat(d, -8.0 * d)
     }
     fn values(&self, _s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -212,9 +172,10 @@ impl Weight for BlockQ4_1 {
     type Simd = imp::Q41;
     const UNSIGNED: bool = true;
     /// f16 scale and min, 16 bytes of nibbles.
-    fn scale_min(&self, _s: usize) -> (f32, f32) {
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
         let b = block_bytes(self);
-        (f16_at(b, 0), f16_at(b, 2))
+        flat(f16_at(b, 0), f16_at(b, 2))
     }
     fn values(&self, _s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -226,9 +187,10 @@ impl Weight for BlockQ5_1 {
     type Simd = imp::Q51;
     const UNSIGNED: bool = true;
     /// f16 scale and min, u32 of fifth bits, 16 bytes of nibbles.
-    fn scale_min(&self, _s: usize) -> (f32, f32) {
+    #[inline(always)]
+    fn int_scales(&self) -> KScales {
         let b = block_bytes(self);
-        (f16_at(b, 0), f16_at(b, 2))
+        flat(f16_at(b, 0), f16_at(b, 2))
     }
     fn values(&self, _s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -245,13 +207,6 @@ impl Weight for BlockQ4K {
     fn int_scales(&self) -> KScales {
         k_int_scales(block_bytes(self))
     }
-    fn scale_min(&self, s: usize) -> (f32, f32) {
-        k_scale_min(block_bytes(self), s)
-    }
-    #[inline(always)]
-    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
-        k_scales_mins(block_bytes(self))
-    }
     /// Nibbles from byte 16 on.
     fn values(&self, s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -266,13 +221,6 @@ impl Weight for BlockQ5K {
     #[inline(always)]
     fn int_scales(&self) -> KScales {
         k_int_scales(block_bytes(self))
-    }
-    fn scale_min(&self, s: usize) -> (f32, f32) {
-        k_scale_min(block_bytes(self), s)
-    }
-    #[inline(always)]
-    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
-        k_scales_mins(block_bytes(self))
     }
     /// 32 bytes of fifth bits from byte 16 (bit s of byte l: value l of
     /// sub-block s), nibbles from byte 48 on.
@@ -291,8 +239,9 @@ fn k_crumb(qs: &[u8], s: usize, l: usize) -> u8 {
 impl Weight for BlockQ6K {
     type Simd = imp::Q6K;
     const UNSIGNED: bool = true;
-    const GROUPS: usize = 2;
     const K: bool = true;
+    /// 128 bytes of low nibbles, 64 of high crumbs, 16 signed 8-bit scales
+    /// from byte 192, f16 `d` at 208; a value is `d·sc·(q - 32)`.
     #[inline(always)]
     fn int_scales(&self) -> KScales {
         let b = block_bytes(self);
@@ -302,24 +251,6 @@ impl Weight for BlockQ6K {
         }
         let d = f16_at(b, 208);
         KScales { a, b: a, d, dm: -32.0 * d }
-    }
-    /// 128 bytes of low nibbles, 64 of high crumbs, 16 signed 8-bit scales
-    /// from byte 192, f16 `d` at 208; a value is `d·sc·(q - 32)`.
-    fn scale_min(&self, g: usize) -> (f32, f32) {
-        let b = block_bytes(self);
-        let d = f16_at(b, 208) * f32::from(b[192 + g] as i8);
-        (d, -32.0 * d)
-    }
-    #[inline(always)]
-    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
-        let b = block_bytes(self);
-        let d = f16_at(b, 208);
-        let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
-        for g in 0..16 {
-            sc[g] = d * f32::from(b[192 + g] as i8);
-            mn[g] = -32.0 * sc[g];
-        }
-        (sc, mn)
     }
     /// Sub-block s: nibbles of 64-byte chunk s/4 (its second 32 bytes for
     /// odd s%4, high nibbles for s%4 ≥ 2), two high bits from 32-byte chunk
@@ -334,8 +265,9 @@ impl Weight for BlockQ6K {
 impl Weight for BlockQ3K {
     type Simd = imp::Q3K;
     const UNSIGNED: bool = true;
-    const GROUPS: usize = 2;
     const K: bool = true;
+    /// 32 bytes of high bits, 64 of crumbs, twelve bytes of 6-bit scales
+    /// from byte 96, f16 `d` at 108; a value is `d·(sc - 32)·(q - 4)`.
     #[inline(always)]
     fn int_scales(&self) -> KScales {
         let b = block_bytes(self);
@@ -348,29 +280,6 @@ impl Weight for BlockQ3K {
         let d = f16_at(b, 108);
         KScales { a, b: a, d, dm: -4.0 * d }
     }
-    /// 32 bytes of high bits, 64 of crumbs, twelve bytes of 6-bit scales
-    /// from byte 96, f16 `d` at 108; a value is `d·(sc - 32)·(q - 4)`.
-    fn scale_min(&self, g: usize) -> (f32, f32) {
-        let b = block_bytes(self);
-        let sc = &b[96..108];
-        let low = if g < 8 { sc[g] & 0x0F } else { sc[g - 8] >> 4 };
-        let high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
-        let d = f16_at(b, 108) * f32::from(i16::from(low | (high << 4)) - 32);
-        (d, -4.0 * d)
-    }
-    #[inline(always)]
-    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
-        let b = block_bytes(self);
-        let (sc, d) = (&b[96..108], f16_at(b, 108));
-        let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
-        for g in 0..16 {
-            let low = if g < 8 { sc[g] & 0x0F } else { sc[g - 8] >> 4 };
-            let high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
-            scale[g] = d * f32::from(i16::from(low | (high << 4)) - 32);
-            min[g] = -4.0 * scale[g];
-        }
-        (scale, min)
-    }
     /// Two bits from the crumbs, the third is bit s of `hmask[l]`.
     fn values(&self, s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -381,28 +290,13 @@ impl Weight for BlockQ3K {
 impl Weight for BlockQ2K {
     type Simd = imp::Q2K;
     const UNSIGNED: bool = true;
-    const GROUPS: usize = 2;
     const K: bool = true;
+    /// 16 bytes of 4-bit scale and min, 64 of crumbs, f16 `d` and `dmin`
+    /// at 80; a value is `d·(sc & 15)·q - dmin·(sc >> 4)`.
     #[inline(always)]
     fn int_scales(&self) -> KScales {
         let b = block_bytes(self);
         KScales { a: std::array::from_fn(|g| i16::from(b[g] & 0x0F)), b: std::array::from_fn(|g| i16::from(b[g] >> 4)), d: f16_at(b, 80), dm: -f16_at(b, 82) }
-    }
-    /// 16 bytes of 4-bit scale and min, 64 of crumbs, f16 `d` and `dmin`
-    /// at 80; a value is `d·(sc & 15)·q - dmin·(sc >> 4)`.
-    fn scale_min(&self, g: usize) -> (f32, f32) {
-        let b = block_bytes(self);
-        (f16_at(b, 80) * f32::from(b[g] & 0x0F), -(f16_at(b, 82) * f32::from(b[g] >> 4)))
-    }
-    #[inline(always)]
-    fn scales_mins(&self) -> ([f32; 16], [f32; 16]) {
-        let b = block_bytes(self);
-        let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
-        let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
-        for g in 0..16 {
-            (sc[g], mn[g]) = (d * f32::from(b[g] & 0x0F), -(dmin * f32::from(b[g] >> 4)));
-        }
-        (sc, mn)
     }
     fn values(&self, s: usize) -> [i8; 32] {
         let b = block_bytes(self);
@@ -410,11 +304,11 @@ impl Weight for BlockQ2K {
     }
 }
 
-/// The arithmetic every kernel here reproduces exactly: per scale group of
-/// each sub-block, in order, the integer dot product of its values (exact),
-/// then one fused multiply-add of it times the product of the two scales
-/// into one f32 sum; for unsigned types then one more of the activation
-/// values' sum over the group times min·scale.
+/// The arithmetic every kernel here reproduces exactly: for blocks of 32,
+/// per block, the integer dot product of its values (exact), then one fused
+/// multiply-add of it times the product of the two scales into one f32 sum;
+/// for unsigned types then one more of the activation block's sum times
+/// min·scale.
 ///
 /// Because every path (four rows from the file, eight-row tiles, VNNI or
 /// not, the leftover rows) computes this same sequence of roundings, a row's
@@ -445,21 +339,15 @@ pub(crate) fn dot_ref<W: Weight>(w: &[W], x: &[BlockQ8_0], dk: &[f32]) -> f32 {
         return acc;
     }
     let mut acc = 0f32;
-    let len = 32 / W::GROUPS;
-    for (b, xb) in x.iter().enumerate() {
-        let (wb, s) = (&w[b / subs::<W>()], b % subs::<W>());
-        let wv = wb.values(s);
+    for (wb, xb) in w.iter().zip(x) {
+        let (sc, wv) = (wb.int_scales(), wb.values(0));
         let xr = block_bytes(xb);
         let (xv, xs): ([i8; 32], f32) = (std::array::from_fn(|j| xr[2 + j] as i8), f16_at(xr, 0));
-        for g in 0..W::GROUPS {
-            let (ws, wm) = wb.scale_min(s * W::GROUPS + g);
-            let (wv, xv) = (&wv[g * len..(g + 1) * len], &xv[g * len..(g + 1) * len]);
-            let isum: i32 = wv.iter().zip(xv).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
-            acc = (isum as f32).mul_add(ws * xs, acc);
-            if W::UNSIGNED {
-                let xsum: i32 = xv.iter().map(|&v| i32::from(v)).sum();
-                acc = (xsum as f32).mul_add(wm * xs, acc);
-            }
+        let isum: i32 = wv.iter().zip(&xv).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+        acc = (isum as f32).mul_add(sc.d * xs, acc);
+        if W::UNSIGNED {
+            let xsum: i32 = xv.iter().map(|&v| i32::from(v)).sum();
+            acc = (xsum as f32).mul_add(sc.dm * xs, acc);
         }
     }
     acc
@@ -1025,7 +913,7 @@ mod imp {
     /// Eight weight rows (sixteen with AVX512-VNNI) of kb sub-blocks,
     /// unpacked so that one activation block meets all of them with no
     /// unpacking and their sums come out in one vector; with the scales and
-    /// mins as f32 (`scale[(b·2 + g)·rows + r]`).
+    /// mins as f32 (`scale[b·rows + r]`).
     ///
     /// Two layouts. With VNNI, `inter` holds per sub-block eight vectors,
     /// vector j carrying bytes 4j..4j+4 of row r in lane r, as unsigned
@@ -1041,7 +929,6 @@ mod imp {
         isa: Isa,
         rows: usize,
         unsigned: bool,
-        groups: usize,
         inter: Vec<u32>,
         val: Vec<__m256i>,
         sign: Vec<__m256i>,
@@ -1070,9 +957,9 @@ mod imp {
             let rows = Self::rows(isa);
             let (inter, val, sign) =
                 if isa.vnni() { (vec![0; 8 * kb * rows], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
-            let (scale, min) = (vec![0.0; 2 * kb * rows], vec![0.0; 2 * kb * rows]);
+            let (scale, min) = (vec![0.0; kb * rows], vec![0.0; kb * rows]);
             let (ia, ib, kd, kdm) = (vec![0; 2 * kb * rows], vec![0; 2 * kb * rows], vec![0.0; kb.div_ceil(8) * rows], vec![0.0; kb.div_ceil(8) * rows]);
-            Self { kb, isa, rows, unsigned: false, groups: 1, inter, val, sign, scale, min, k: false, ia, ib, kd, kdm }
+            Self { kb, isa, rows, unsigned: false, inter, val, sign, scale, min, k: false, ia, ib, kd, kdm }
         }
 
         /// # Safety
@@ -1082,10 +969,8 @@ mod imp {
             let (kb, rows) = (self.kb, self.rows);
             let vnni = self.isa.vnni();
             self.unsigned = W::UNSIGNED;
-            self.groups = W::GROUPS;
             self.k = W::K;
             let inter = self.inter.as_mut_ptr();
-            let mut scm = ([0f32; 16], [0f32; 16]);
             let mut ka = [0i16; 16];
             for r in 0..rows {
                 for b in 0..kb {
@@ -1125,12 +1010,8 @@ mod imp {
                             }
                             continue;
                         }
-                        if s == 0 {
-                            scm = (*blk).scales_mins();
-                        }
-                        for g in 0..W::GROUPS {
-                            (self.scale[(b * 2 + g) * rows + r], self.min[(b * 2 + g) * rows + r]) = (scm.0[s * W::GROUPS + g], scm.1[s * W::GROUPS + g]);
-                        }
+                        let ks = (*blk).int_scales();
+                        (self.scale[b * rows + r], self.min[b * rows + r]) = (ks.d, ks.dm);
                     }
                 }
             }
@@ -1168,7 +1049,7 @@ mod imp {
             let x = x as *const u8;
             let xs = std::mem::size_of::<BlockQ8_0>();
             // SAFETY: x holds kb blocks and xsum kb sums; the tile holds
-            // 8·kb vectors of 16 dwords and 32·kb scales and mins.
+            // 8·kb vectors of 16 dwords and 16·kb scales and mins.
             unsafe {
                 let mut acc = _mm512_setzero_ps();
                 let mut iacc = _mm512_setzero_si512();
@@ -1209,18 +1090,13 @@ mod imp {
                         continue;
                     }
                     let (dx, xsum) = (scale(xb), *xsum.add(b));
-                    let one = [_mm512_add_epi32(s0, s1)];
-                    let (halves, xone) = ([s0, s1], [xsum[0] + xsum[1]]);
-                    let (sums, xss) = if self.groups == 2 { (&halves[..], &xsum[..]) } else { (&one[..], &xone[..]) };
-                    for (g, (&sums, &xg)) in sums.iter().zip(xss).enumerate() {
-                        let i = (b * 2 + g) * 16;
-                        let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(offset * xg));
-                        let scales = _mm512_mul_ps(_mm512_loadu_ps(self.scale.as_ptr().add(i)), _mm512_set1_ps(dx));
-                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc);
-                        if self.unsigned {
-                            let mins = _mm512_mul_ps(_mm512_loadu_ps(self.min.as_ptr().add(i)), _mm512_set1_ps(dx));
-                            acc = _mm512_fmadd_ps(_mm512_set1_ps(xg as f32), mins, acc);
-                        }
+                    let xs = xsum[0] + xsum[1];
+                    let sums = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(offset * xs));
+                    let scales = _mm512_mul_ps(_mm512_loadu_ps(self.scale.as_ptr().add(b * 16)), _mm512_set1_ps(dx));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc);
+                    if self.unsigned {
+                        let mins = _mm512_mul_ps(_mm512_loadu_ps(self.min.as_ptr().add(b * 16)), _mm512_set1_ps(dx));
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(xs as f32), mins, acc);
                     }
                 }
                 let mut out = [0f32; 16];
@@ -1229,26 +1105,21 @@ mod imp {
             }
         }
 
-        /// Sub-block b's integer sums of the eight rows, per half of 16
-        /// values (`halves`), into the eight row sums: per scale group,
-        /// `Σq·x · scale·dx`, then (unsigned) `Σx · min·dx`; signed values'
-        /// offset of 128 (`offset`) taken off first.
+        /// Block b's integer sums of the eight rows, in two halves of 16
+        /// values (`halves`), into the eight row sums: `Σq·x · scale·dx`,
+        /// then (unsigned) `Σx · min·dx`; signed values' offset of 128
+        /// (`offset`) taken off first.
         #[inline(always)]
         unsafe fn accumulate(&self, mut acc: __m256, halves: [__m256i; 2], b: usize, dx: f32, xsum: [i32; 2], offset: i32) -> __m256 {
-            // SAFETY: the tile holds 16·kb scales and mins; b < kb.
+            // SAFETY: the tile holds 8·kb scales and mins; b < kb.
             unsafe {
-                let one = [_mm256_add_epi32(halves[0], halves[1])];
-                let xone = [xsum[0] + xsum[1]];
-                let (sums, xs) = if self.groups == 2 { (&halves[..], &xsum[..]) } else { (&one[..], &xone[..]) };
-                for (g, (&sums, &xs)) in sums.iter().zip(xs).enumerate() {
-                    let i = (b * 2 + g) * 8;
-                    let sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(offset * xs));
-                    let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(i)), _mm256_set1_ps(dx));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
-                    if self.unsigned {
-                        let mins = _mm256_mul_ps(_mm256_loadu_ps(self.min.as_ptr().add(i)), _mm256_set1_ps(dx));
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(xs as f32), mins, acc);
-                    }
+                let xs = xsum[0] + xsum[1];
+                let sums = _mm256_sub_epi32(_mm256_add_epi32(halves[0], halves[1]), _mm256_set1_epi32(offset * xs));
+                let scales = _mm256_mul_ps(_mm256_loadu_ps(self.scale.as_ptr().add(b * 8)), _mm256_set1_ps(dx));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+                if self.unsigned {
+                    let mins = _mm256_mul_ps(_mm256_loadu_ps(self.min.as_ptr().add(b * 8)), _mm256_set1_ps(dx));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(xs as f32), mins, acc);
                 }
                 acc
             }
@@ -1496,50 +1367,42 @@ mod imp {
             // 60 % of its read bandwidth on the output head; asking for the
             // same block of the next four rows measured 20-30 % faster decoding.
             let ahead = prefetch_distance(nb * size);
-            let mut scm = [([0f32; 16], [0f32; 16]); 4];
+            // Blocks of 32 here (K-quants went to `dot4k_with`): kb = nb.
             for b in 0..kb {
-                let s = b % subs::<W>();
-                let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + b / subs::<W>()));
-                if s == 0 {
-                    // (A loop: `array::from_fn` was left uninlined here.)
-                    for (r, scm) in scm.iter_mut().enumerate() {
-                        *scm = (*wb[r]).scales_mins();
-                    }
-                }
+                let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + b));
                 let wv: [__m256i; 4] = std::array::from_fn(|r| {
-                    // A prefetch past the end of the matrix is harmless; a
-                    // superblock's lines are asked for one by one.
-                    _mm_prefetch::<_MM_HINT_T0>((wb[r] as *const i8).wrapping_add(ahead + s * size / subs::<W>()));
-                    let v = W::Simd::values(wb[r] as *const u8, s);
+                    // A prefetch past the end of the matrix is harmless.
+                    _mm_prefetch::<_MM_HINT_T0>((wb[r] as *const i8).wrapping_add(ahead));
+                    let v = W::Simd::values(wb[r] as *const u8, 0);
                     if W::UNSIGNED || !D::OFFSET { v } else { _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)) }
                 });
                 let aw: [__m256i; 4] = std::array::from_fn(|r| if W::UNSIGNED || D::OFFSET { wv[r] } else { _mm256_sign_epi8(wv[r], wv[r]) });
-                let (g0, g1) = (s * W::GROUPS, (s * W::GROUPS + 1).min(15));
-                let ws =
-                    [_mm_set_ps(scm[3].0[g0], scm[2].0[g0], scm[1].0[g0], scm[0].0[g0]), _mm_set_ps(scm[3].0[g1], scm[2].0[g1], scm[1].0[g1], scm[0].0[g1])];
-                let wm =
-                    [_mm_set_ps(scm[3].1[g0], scm[2].1[g0], scm[1].1[g0], scm[0].1[g0]), _mm_set_ps(scm[3].1[g1], scm[2].1[g1], scm[1].1[g1], scm[0].1[g1])];
+                // Only d and dm, so that the unused integer scales of a
+                // block of 32 are never built.
+                let (mut d, mut dm) = ([0f32; 4], [0f32; 4]);
+                for r in 0..4 {
+                    let k = (*wb[r]).int_scales();
+                    (d[r], dm[r]) = (k.d, k.dm);
+                }
+                let ws = _mm_loadu_ps(d.as_ptr());
+                let wm = _mm_loadu_ps(dm.as_ptr());
                 for ((a, &xr), &sr) in acc.iter_mut().zip(&x).zip(&xsum) {
                     let xb = (xr as *const u8).add(b * xs);
                     let xv = Q8::values(xb, 0);
                     let xsb = *sr.add(b);
                     let zero = _mm256_setzero_si256();
                     let p = |r: usize| if W::UNSIGNED || D::OFFSET { D::dp(zero, aw[r], xv) } else { D::dp(zero, aw[r], _mm256_sign_epi8(xv, wv[r])) };
-                    // Each weight row's exact integer sums for the two
-                    // halves of the sub-block (the low and high 128 bits),
-                    // then the fused multiply-adds of `dot_ref` per group.
-                    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p(0), p(1)), _mm256_hadd_epi32(p(2), p(3)));
-                    let (lo, hi) = (_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                    // Each weight row's exact integer sum for the block, then
+                    // the fused multiply-adds of `dot_ref`.
+                    let mut sums = hsum4([p(0), p(1), p(2), p(3)]);
+                    let xg = xsb[0] + xsb[1];
+                    if D::OFFSET && !W::UNSIGNED {
+                        sums = _mm_sub_epi32(sums, _mm_set1_epi32(128 * xg));
+                    }
                     let dx = _mm_set1_ps(scale(xb));
-                    for g in 0..W::GROUPS {
-                        let (mut sums, xg) = if W::GROUPS == 2 { ([lo, hi][g], xsb[g]) } else { (_mm_add_epi32(lo, hi), xsb[0] + xsb[1]) };
-                        if D::OFFSET && !W::UNSIGNED {
-                            sums = _mm_sub_epi32(sums, _mm_set1_epi32(128 * xg));
-                        }
-                        *a = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(ws[g], dx), *a);
-                        if W::UNSIGNED {
-                            *a = _mm_fmadd_ps(_mm_set1_ps(xg as f32), _mm_mul_ps(wm[g], dx), *a);
-                        }
+                    *a = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(ws, dx), *a);
+                    if W::UNSIGNED {
+                        *a = _mm_fmadd_ps(_mm_set1_ps(xg as f32), _mm_mul_ps(wm, dx), *a);
                     }
                 }
             }
@@ -1844,13 +1707,9 @@ mod tests {
             let v = b.values(s);
             let k = b.int_scales();
             for (j, &want) in want.iter().enumerate() {
-                let (scale, min) = b.scale_min(s * W::GROUPS + j / (32 / W::GROUPS));
-                let got = scale * f32::from(v[j]) + min;
-                assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{dtype:?} sub-block {i} value {j}: {got} vs {want}");
-                // The integer form of the scales gives the same values.
                 let g = if W::K { 2 * s + j / 16 } else { 0 };
                 let got = k.d * f32::from(k.a[g]) * f32::from(v[j]) + k.dm * f32::from(k.b[g]);
-                assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype:?} sub-block {i} value {j} from integer scales: {got} vs {want}");
+                assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype:?} sub-block {i} value {j}: {got} vs {want}");
             }
         }
     }
