@@ -549,7 +549,16 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
             // and kb sums of each activation row; `isa` runs here.
             if let Some(tile) = &mut tile {
                 unsafe { tile.fill::<W>(w, nb) };
-                for r in 0..m {
+                let mut r = 0;
+                while r + 4 <= m {
+                    let rows = [r, r + 1, r + 2, r + 3];
+                    let out = unsafe { tile.dot4(rows.map(x), rows.map(s), rows.map(d)) };
+                    for (i, out) in out.iter().enumerate() {
+                        dst(r + i, col, &out[..group]);
+                    }
+                    r += 4;
+                }
+                for r in r..m {
                     dst(r, col, &unsafe { tile.dot(x(r), s(r), d(r)) }[..group]);
                 }
                 continue;
@@ -1030,10 +1039,25 @@ mod imp {
                 match self.isa {
                     Isa::Avx2 => out[..8].copy_from_slice(&self.dot8_avx2(x, xsum, dk)),
                     Isa::AvxVnni => out[..8].copy_from_slice(&self.dot8_avx_vnni(x, xsum, dk)),
-                    Isa::Avx512Vnni => out = self.dot16_avx512_vnni(x, xsum, dk),
+                    Isa::Avx512Vnni => [out] = self.dot16_avx512_vnni::<1>([x], [xsum], [dk]),
                 }
             }
             out
+        }
+
+        /// [`Tile::dot`] of four activation rows; with AVX512-VNNI in one
+        /// pass over the tile.
+        ///
+        /// # Safety
+        /// As [`Tile::dot`], for each row.
+        pub(super) unsafe fn dot4(&self, x: [*const BlockQ8_0; 4], xsum: [*const [i32; 2]; 4], dk: [*const f32; 4]) -> [[f32; 16]; 4] {
+            // SAFETY: `isa` runs on this CPU (Tile::new); forwarded contract.
+            unsafe {
+                if self.isa == Isa::Avx512Vnni {
+                    return self.dot16_avx512_vnni::<4>(x, xsum, dk);
+                }
+                [self.dot(x[0], xsum[0], dk[0]), self.dot(x[1], xsum[1], dk[1]), self.dot(x[2], xsum[2], dk[2]), self.dot(x[3], xsum[3], dk[3])]
+            }
         }
 
         #[target_feature(enable = "avxvnni")]
@@ -1042,66 +1066,74 @@ mod imp {
             unsafe { self.dot8_vnni::<VexDp>(x, xsum, dk) }
         }
 
-        /// [`Tile::dot8_vnni`] on 512-bit vectors: sixteen rows per
-        /// instruction.
+        /// [`Tile::dot8_vnni`] on 512-bit vectors, sixteen rows per
+        /// instruction, for A activation rows at once: each sub-block's
+        /// eight weight vectors are loaded once for all of them, and their
+        /// chains are independent.
         #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn dot16_avx512_vnni(&self, x: *const BlockQ8_0, xsum: *const [i32; 2], dk: *const f32) -> [f32; 16] {
-            let x = x as *const u8;
-            let xs = std::mem::size_of::<BlockQ8_0>();
-            // SAFETY: x holds kb blocks and xsum kb sums; the tile holds
-            // 8·kb vectors of 16 dwords and 16·kb scales and mins.
+        unsafe fn dot16_avx512_vnni<const A: usize>(&self, x: [*const BlockQ8_0; A], xsum: [*const [i32; 2]; A], dk: [*const f32; A]) -> [[f32; 16]; A] {
+            let bs = std::mem::size_of::<BlockQ8_0>();
+            // SAFETY: each x holds kb blocks, each xsum kb sums and each dk
+            // kb/8 scales; the tile holds 8·kb vectors of 16 dwords, 16·kb
+            // scales and mins, and its K-quant scales.
             unsafe {
-                let mut acc = _mm512_setzero_ps();
-                let mut iacc = _mm512_setzero_si512();
+                let mut acc = [_mm512_setzero_ps(); A];
+                let mut iacc = [_mm512_setzero_si512(); A];
                 let w = self.inter.as_ptr();
                 let offset = if self.unsigned { 0 } else { 128 };
+                let at = |v: &Vec<i32>, i: usize| _mm512_loadu_si512(v.as_ptr().add(i * 16) as *const __m512i);
+                let mut wv = [_mm512_setzero_si512(); 8];
                 for b in 0..self.kb {
-                    let xb = x.add(b * xs);
-                    let q = xb.add(2) as *const i32;
-                    let wv = |j: usize| _mm512_loadu_si512(w.add((b * 8 + j) * 16) as *const __m512i);
-                    let bx = |j: usize| _mm512_set1_epi32(std::ptr::read_unaligned(q.add(j)));
-                    let zero = _mm512_setzero_si512();
-                    let mut s0 = _mm512_dpbusd_epi32(zero, wv(0), bx(0));
-                    let mut s1 = _mm512_dpbusd_epi32(zero, wv(4), bx(4));
-                    for j in 1..4 {
-                        s0 = _mm512_dpbusd_epi32(s0, wv(j), bx(j));
-                        s1 = _mm512_dpbusd_epi32(s1, wv(j + 4), bx(j + 4));
+                    for (j, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_si512(w.add((b * 8 + j) * 16) as *const __m512i);
                     }
-                    if self.k {
-                        let at = |v: &Vec<i32>, i: usize| _mm512_loadu_si512(v.as_ptr().add(i * 16) as *const __m512i);
-                        iacc = _mm512_add_epi32(
-                            iacc,
-                            _mm512_add_epi32(_mm512_mullo_epi32(s0, at(&self.ia, b * 2)), _mm512_mullo_epi32(s1, at(&self.ia, b * 2 + 1))),
-                        );
-                        if b % 8 == 7 {
-                            let sb = b / 8;
-                            let mut msum = _mm512_setzero_si512();
-                            for g in 0..16 {
-                                msum = _mm512_add_epi32(
-                                    msum,
-                                    _mm512_mullo_epi32(at(&self.ib, sb * 16 + g), _mm512_set1_epi32((*xsum.add(sb * 8 + g / 2))[g % 2])),
-                                );
-                            }
-                            let dx = _mm512_set1_ps(*dk.add(sb));
-                            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc), _mm512_mul_ps(_mm512_loadu_ps(self.kd.as_ptr().add(sb * 16)), dx), acc);
-                            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(_mm512_loadu_ps(self.kdm.as_ptr().add(sb * 16)), dx), acc);
-                            iacc = _mm512_setzero_si512();
+                    for a in 0..A {
+                        let xb = (x[a] as *const u8).add(b * bs);
+                        let q = xb.add(2) as *const i32;
+                        let bx = |j: usize| _mm512_set1_epi32(std::ptr::read_unaligned(q.add(j)));
+                        let zero = _mm512_setzero_si512();
+                        let mut s0 = _mm512_dpbusd_epi32(zero, wv[0], bx(0));
+                        let mut s1 = _mm512_dpbusd_epi32(zero, wv[4], bx(4));
+                        for j in 1..4 {
+                            s0 = _mm512_dpbusd_epi32(s0, wv[j], bx(j));
+                            s1 = _mm512_dpbusd_epi32(s1, wv[j + 4], bx(j + 4));
                         }
-                        continue;
-                    }
-                    let (dx, xsum) = (scale(xb), *xsum.add(b));
-                    let xs = xsum[0] + xsum[1];
-                    let sums = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(offset * xs));
-                    let scales = _mm512_mul_ps(_mm512_loadu_ps(self.scale.as_ptr().add(b * 16)), _mm512_set1_ps(dx));
-                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc);
-                    if self.unsigned {
-                        let mins = _mm512_mul_ps(_mm512_loadu_ps(self.min.as_ptr().add(b * 16)), _mm512_set1_ps(dx));
-                        acc = _mm512_fmadd_ps(_mm512_set1_ps(xs as f32), mins, acc);
+                        if self.k {
+                            iacc[a] = _mm512_add_epi32(
+                                iacc[a],
+                                _mm512_add_epi32(_mm512_mullo_epi32(s0, at(&self.ia, b * 2)), _mm512_mullo_epi32(s1, at(&self.ia, b * 2 + 1))),
+                            );
+                            if b % 8 == 7 {
+                                let sb = b / 8;
+                                let mut msum = _mm512_setzero_si512();
+                                for g in 0..16 {
+                                    let xg = (*xsum[a].add(sb * 8 + g / 2))[g % 2];
+                                    msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(at(&self.ib, sb * 16 + g), _mm512_set1_epi32(xg)));
+                                }
+                                let dx = _mm512_set1_ps(*dk[a].add(sb));
+                                acc[a] =
+                                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[a]), _mm512_mul_ps(_mm512_loadu_ps(self.kd.as_ptr().add(sb * 16)), dx), acc[a]);
+                                acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(_mm512_loadu_ps(self.kdm.as_ptr().add(sb * 16)), dx), acc[a]);
+                                iacc[a] = _mm512_setzero_si512();
+                            }
+                            continue;
+                        }
+                        let (dx, half) = (scale(xb), *xsum[a].add(b));
+                        let xsb = half[0] + half[1];
+                        let sums = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(offset * xsb));
+                        let scales = _mm512_mul_ps(_mm512_loadu_ps(self.scale.as_ptr().add(b * 16)), _mm512_set1_ps(dx));
+                        acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc[a]);
+                        if self.unsigned {
+                            let mins = _mm512_mul_ps(_mm512_loadu_ps(self.min.as_ptr().add(b * 16)), _mm512_set1_ps(dx));
+                            acc[a] = _mm512_fmadd_ps(_mm512_set1_ps(xsb as f32), mins, acc[a]);
+                        }
                     }
                 }
-                let mut out = [0f32; 16];
-                _mm512_storeu_ps(out.as_mut_ptr(), acc);
-                out
+                acc.map(|acc| {
+                    let mut out = [0f32; 16];
+                    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+                    out
+                })
             }
         }
 
@@ -1651,6 +1683,9 @@ mod imp {
             unreachable!("matmul asserts AVAILABLE")
         }
         pub(super) unsafe fn dot(&self, _x: *const BlockQ8_0, _xsum: *const [i32; 2], _dk: *const f32) -> [f32; 16] {
+            unreachable!("matmul asserts AVAILABLE")
+        }
+        pub(super) unsafe fn dot4(&self, _x: [*const BlockQ8_0; 4], _xsum: [*const [i32; 2]; 4], _dk: [*const f32; 4]) -> [[f32; 16]; 4] {
             unreachable!("matmul asserts AVAILABLE")
         }
     }
