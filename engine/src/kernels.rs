@@ -676,7 +676,7 @@ mod imp {
 
     use candle_core::quantized::k_quants::BlockQ8_0;
 
-    use super::{Isa, Weight, subs};
+    use super::{Isa, KScales, Weight, subs};
 
     /// How sub-block `s` of a block becomes 32 bytes in a vector: signed
     /// values, or unsigned ones for [`Weight::UNSIGNED`] types.
@@ -1505,19 +1505,9 @@ mod imp {
                         }
                     }
                 }
-                let d = _mm_set_ps(ks[3].d, ks[2].d, ks[1].d, ks[0].d);
-                let dm = _mm_set_ps(ks[3].dm, ks[2].dm, ks[1].dm, ks[0].dm);
-                let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(_mm256_loadu_si256(ks[r].b.as_ptr() as *const __m256i)));
-                for i in 0..R {
-                    let sums = xsum[i].add(blk * 8) as *const __m256i;
-                    let bsums = _mm256_packs_epi32(_mm256_loadu_si256(sums), _mm256_loadu_si256(sums.add(1)));
-                    let half = |v: __m512i| _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
-                    let isum = hsum4(std::array::from_fn(|r| half(iacc[i][r])));
-                    let msum = hsum4(std::array::from_fn(|r| _mm256_madd_epi16(bsums, mins[r])));
-                    let dx = _mm_set1_ps(*dk[i].add(blk));
-                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, dx), acc[i]);
-                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_mul_ps(dm, dx), acc[i]);
-                }
+                let half = |v: __m512i| _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+                let isum: [__m128i; R] = std::array::from_fn(|i| hsum4(std::array::from_fn(|r| half(iacc[i][r]))));
+                superblock_end(&mut acc, isum, &ks, xsum, dk, blk);
             }
             acc.map(|a| {
                 let mut out = [0f32; 4];
@@ -1537,6 +1527,42 @@ mod imp {
     fn prefetch_distance(row_bytes: usize) -> usize {
         let four = 4 * row_bytes;
         four * (8192 / four).max(1)
+    }
+
+    /// The end of superblock `blk` in the K-quant decode kernels: for each
+    /// activation row i, the four weight rows' integer sums `isum[i]`, then
+    /// their mins (the activations' sums per 16 against each row's integer
+    /// mins), into the row sums with the two fused multiply-adds of
+    /// `dot_ref`.
+    ///
+    /// # Safety
+    /// `xsum[i]` holds the row's pairs of sums and `dk[i]` its superblock
+    /// scales, past `blk`.
+    #[inline(always)]
+    unsafe fn superblock_end<const R: usize>(
+        acc: &mut [__m128; R],
+        isum: [__m128i; R],
+        ks: &[KScales; 4],
+        xsum: [*const [i32; 2]; R],
+        dk: [*const f32; R],
+        blk: usize,
+    ) {
+        // SAFETY: forwarded contract; AVX2 is enabled for this build.
+        unsafe {
+            let d = _mm_set_ps(ks[3].d, ks[2].d, ks[1].d, ks[0].d);
+            let dm = _mm_set_ps(ks[3].dm, ks[2].dm, ks[1].dm, ks[0].dm);
+            // Each row's mins in the order that `packs` leaves the
+            // activations' sums in (groups 0-3, 8-11, 4-7, 12-15).
+            let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(_mm256_loadu_si256(ks[r].b.as_ptr() as *const __m256i)));
+            for i in 0..R {
+                let sums = xsum[i].add(blk * 8) as *const __m256i;
+                let bsums = _mm256_packs_epi32(_mm256_loadu_si256(sums), _mm256_loadu_si256(sums.add(1)));
+                let msum = hsum4(std::array::from_fn(|r| _mm256_madd_epi16(bsums, mins[r])));
+                let dx = _mm_set1_ps(*dk[i].add(blk));
+                acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(isum[i]), _mm_mul_ps(d, dx), acc[i]);
+                acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_mul_ps(dm, dx), acc[i]);
+            }
+        }
     }
 
     /// The sums of four rows' eight dword lanes each, exact: lane r of
@@ -1604,20 +1630,7 @@ mod imp {
                         }
                     }
                 }
-                let d = _mm_set_ps(ks[3].d, ks[2].d, ks[1].d, ks[0].d);
-                let dm = _mm_set_ps(ks[3].dm, ks[2].dm, ks[1].dm, ks[0].dm);
-                // Each row's mins in the order that `packs` leaves the
-                // activations' sums in (groups 0-3, 8-11, 4-7, 12-15).
-                let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(_mm256_loadu_si256(ks[r].b.as_ptr() as *const __m256i)));
-                for i in 0..R {
-                    let sums = xsum[i].add(blk * 8) as *const __m256i;
-                    let bsums = _mm256_packs_epi32(_mm256_loadu_si256(sums), _mm256_loadu_si256(sums.add(1)));
-                    let isum = hsum4(iacc[i]);
-                    let msum = hsum4(std::array::from_fn(|r| _mm256_madd_epi16(bsums, mins[r])));
-                    let dx = _mm_set1_ps(*dk[i].add(blk));
-                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, dx), acc[i]);
-                    acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_mul_ps(dm, dx), acc[i]);
-                }
+                superblock_end(&mut acc, iacc.map(|v| hsum4(v)), &ks, xsum, dk, blk);
             }
             acc.map(|a| {
                 let mut out = [0f32; 4];
