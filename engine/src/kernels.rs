@@ -70,7 +70,8 @@ fn flat(d: f32, dm: f32) -> KScales {
     KScales { a: [1; 16], b: [1; 16], d, dm }
 }
 
-/// Sub-blocks of 32 values in one block of `W`.
+/// Sub-blocks of 32 values in one block of `W` (used by the x86 kernels).
+#[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")), allow(dead_code))]
 const fn subs<W: Weight>() -> usize {
     W::BLCK_SIZE / 32
 }
@@ -361,9 +362,11 @@ pub(crate) enum Isa {
     Avx2,
     /// `vpdpbusd` in its VEX form (Intel since Alder Lake and Sapphire Rapids).
     AvxVnni,
-    /// `vpdpbusd` in its EVEX form on 256-bit vectors (AVX512-VNNI with
-    /// AVX512-VL: Intel since Ice Lake and Cascade Lake, AMD since Zen 4,
-    /// which has no AVX-VNNI).
+    /// `vpdpbusd` and `vpdpwssd` in their EVEX forms, on 512-bit vectors
+    /// where that pays (the prompt tile, the K-quant decode kernel) and
+    /// 256-bit ones elsewhere (AVX512-VNNI with AVX512-VL and -BW: Intel
+    /// since Ice Lake and Cascade Lake, AMD since Zen 4, which has no
+    /// AVX-VNNI).
     Avx512Vnni,
 }
 
@@ -385,10 +388,6 @@ impl Isa {
             isas.push(Isa::Avx512Vnni);
         }
         isas
-    }
-
-    fn vnni(self) -> bool {
-        self != Isa::Avx2
     }
 }
 
@@ -846,7 +845,8 @@ mod imp {
         is_x86_feature_detected!("avxvnni")
     }
 
-    /// Whether the CPU has AVX512-VNNI on 256-bit vectors.
+    /// Whether the CPU has AVX512-VNNI, with the VL and BW extensions the
+    /// kernels use beside it.
     pub(super) fn has_avx512_vnni() -> bool {
         is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw")
     }
@@ -965,7 +965,7 @@ mod imp {
             let zero = unsafe { _mm256_setzero_si256() };
             let rows = Self::rows(isa);
             let (inter, val, sign) =
-                if isa.vnni() { (vec![0; 8 * kb * rows], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
+                if isa != Isa::Avx2 { (vec![0; 8 * kb * rows], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
             let (scale, min) = (vec![0.0; kb * rows], vec![0.0; kb * rows]);
             let (ia, ib, kd, kdm) = (vec![0; 2 * kb * rows], vec![0; 2 * kb * rows], vec![0.0; kb.div_ceil(8) * rows], vec![0.0; kb.div_ceil(8) * rows]);
             Self { kb, isa, rows, unsigned: false, inter, val, sign, scale, min, k: false, ia, ib, kd, kdm }
@@ -976,7 +976,7 @@ mod imp {
         /// tile's kb.
         pub(super) unsafe fn fill<W: Weight>(&mut self, w: *const W, nb: usize) {
             let (kb, rows) = (self.kb, self.rows);
-            let vnni = self.isa.vnni();
+            let vnni = self.isa != Isa::Avx2;
             self.unsigned = W::UNSIGNED;
             self.k = W::K;
             let inter = self.inter.as_mut_ptr();
