@@ -33,11 +33,12 @@ use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 /// baseline x86-64-v3 guarantees).
 pub(crate) const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"));
 
-/// A weight block type the kernels multiply against Q8_0 activations.
+/// A weight block type the kernels multiply against 8-bit activations
+/// (Q8_0, or Q8_K for [`Weight::K`] types).
 pub(crate) trait Weight: GgmlType + Sync {
     /// How the SIMD kernels unpack a sub-block's values.
     type Simd: imp::Unpack;
-    /// Values are unsigned (0..=31) with a min per sub-block; otherwise
+    /// Values are unsigned (0..=63) with a min per block or group; otherwise
     /// signed (-128..=127) with none.
     const UNSIGNED: bool;
     /// The 32 values `q` of sub-block `s`, one by one (for [`dot_ref`]).
