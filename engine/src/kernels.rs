@@ -1446,6 +1446,23 @@ mod imp {
             })
         }
     }
+    /// Where the `vpermw` of [`dot4k_avx512`] takes each 16-bit lane's
+    /// scale from: lane l of sub-block pair t takes scale 4t + l/8 (built
+    /// once, at compile time, not per call).
+    const PAIR_SCALES: [[i16; 32]; 4] = {
+        let mut a = [[0i16; 32]; 4];
+        let mut t = 0;
+        while t < 4 {
+            let mut l = 0;
+            while l < 32 {
+                a[t][l] = (4 * t + l / 8) as i16;
+                l += 1;
+            }
+            t += 1;
+        }
+        a
+    };
+
     /// [`dot4k_with`] on 512-bit vectors: two sub-blocks of each row per
     /// `maddubs` and `vpdpwssd`, their four scales put in place by one
     /// `vpermw`; the same integer sums, so the same results.
@@ -1466,11 +1483,7 @@ mod imp {
         unsafe {
             let mut acc = [_mm_setzero_ps(); R];
             let ahead = 4 * nb * size;
-            // 16-bit lane l of pair t takes scale 4t + l/8.
-            let idx: [__m512i; 4] = std::array::from_fn(|t| {
-                let lanes: [i16; 32] = std::array::from_fn(|l| (4 * t + l / 8) as i16);
-                _mm512_loadu_si512(lanes.as_ptr() as *const __m512i)
-            });
+            let idx: [__m512i; 4] = std::array::from_fn(|t| _mm512_loadu_si512(PAIR_SCALES[t].as_ptr() as *const __m512i));
             for blk in 0..nb {
                 let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + blk));
                 let mut ks = [(*wb[0]).int_scales(); 4];
