@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import shutil
 import statistics
@@ -28,6 +29,10 @@ GEN_TOKENS = 128
 
 def llama_worker(model, threads, prompt_ids, out):
     """Runs inside a child process: load, prefill, greedy decode; timings from llama.cpp's own counters."""
+    if os.environ.get("RBEE_BENCH_NO_AMX"):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import noamx
+        noamx.refuse()
     import llama_cpp
     from llama_cpp import Llama
     t0 = time.perf_counter()
@@ -50,12 +55,18 @@ def llama_worker(model, threads, prompt_ids, out):
     }, open(out, "w"))
 
 
+class Crashed(Exception):
+    """The command was killed by a signal."""
+
+
 def peak_rss_mib(cmd, env=None):
     """Runs cmd to completion; returns (stdout, stderr, peak RSS MiB) using wait4."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = p.stdout.read()
     err = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
+    if os.WIFSIGNALED(status):
+        raise Crashed(signal.Signals(os.WTERMSIG(status)).name, err.decode()[-2000:])
     if status != 0:
         sys.exit(f"{' '.join(cmd[:3])} failed:\n{err.decode()}")
     return out, err, ru.ru_maxrss / 1024
@@ -105,12 +116,29 @@ def main():
     def median(runs):
         return {k: statistics.median(run[k] for run in runs) for k in runs[0]}
 
+    # llama.cpp as built; only if it crashes, again with its AMX path refused
+    # (the one thing switched off, and the output says so).
+    llama_env = dict(os.environ)
+    crash_note = None
+
+    def llama_run(threads, out):
+        nonlocal crash_note
+        cmd = [sys.executable, __file__, "--model", a.model, "--rbee", a.rbee, "--worker", str(threads), json.dumps(ids), out]
+        try:
+            return peak_rss_mib(cmd, env=llama_env)
+        except Crashed as crash:
+            if crash_note is not None or "amx_int8" not in open("/proc/cpuinfo").read():
+                sys.exit(f"llama.cpp crashed ({crash.args[0]}):\n{crash.args[1]}")
+            crash_note = crash.args[0]
+            llama_env["RBEE_BENCH_NO_AMX"] = "1"
+            return peak_rss_mib(cmd, env=llama_env)
+
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
         l_runs, r_runs, l_rsss, r_rsss = [], [], [], []
         for _ in range(a.repeat):
             out = os.path.join(data, f"llama-{threads}.json")
-            _, _, l_rss = peak_rss_mib([sys.executable, __file__, "--model", a.model, "--rbee", a.rbee, "--worker", str(threads), json.dumps(ids), out])
+            _, _, l_rss = llama_run(threads, out)
             l_runs.append(json.load(open(out)))
             l_rsss.append(l_rss)
             env = dict(os.environ, CANDLE_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
@@ -134,6 +162,9 @@ def main():
     import llama_cpp
     print(f"llama.cpp: llama-cpp-python {llama_cpp.__version__}, built by pip with its defaults (native to this CPU); "
           f"its system info: {llama_cpp.llama_print_system_info().decode().strip()}")
+    if crash_note:
+        print(f"llama.cpp CRASHED as built ({crash_note} on the 128-token prompt; it runs once AMX is refused, so it is its AMX "
+              "path); its figures below are with AMX refused at run time (e2e/bench/noamx.py), everything else as built")
     print(f"{'threads':>7} | {'engine':<9} | {'prompt tok/s':>12} | {'decode tok/s':>12} | {'peak RSS MiB':>12} | {'load s':>6}")
     print("-" * 75)
     for threads, l, l_rss_net, l_rss, r, r_rss in rows:

@@ -26,7 +26,7 @@
 //! AVX2's `maddubs` otherwise. Every path gives every row exactly
 //! [`dot_ref`]'s result.
 
-use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K};
+use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0};
 use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
 
 /// Whether this build has the kernels (x86-64 with AVX2, which the release
@@ -606,10 +606,21 @@ fn matmul_with<W: Weight>(isa: Isa, m: usize, k: usize, n: usize, lhs: &[f32], r
     });
 }
 
-/// One activation row as Q8_K (candle's rounding: one scale per 256
+/// One activation row as Q8_K (candle's arithmetic: one scale per 256
 /// values), written as eight Q8_0 blocks of values per superblock (their own
 /// scales unused) and the superblocks' scales.
 fn quantize_q8k(row: &[f32], xq: &mut [BlockQ8_0], dk: &mut [f32]) {
+    for (blk, d) in dk.iter_mut().enumerate() {
+        // SAFETY: AVX2 runs here (matmul asserts AVAILABLE).
+        *d = unsafe { imp::quantize_q8k(&row[blk * 256..(blk + 1) * 256], &mut xq[blk * 8..(blk + 1) * 8]) };
+    }
+}
+
+/// [`quantize_q8k`] through candle's scalar `BlockQ8K::from_float`, which
+/// the vectorized one reproduces exactly (the tests compare them).
+#[cfg(test)]
+fn quantize_q8k_ref(row: &[f32], xq: &mut [BlockQ8_0], dk: &mut [f32]) {
+    use candle_core::quantized::k_quants::BlockQ8K;
     let mut sb = [BlockQ8K::zeros()];
     for (blk, d) in dk.iter_mut().enumerate() {
         BlockQ8K::from_float(&row[blk * 256..(blk + 1) * 256], &mut sb);
@@ -676,7 +687,9 @@ mod imp {
 
     use candle_core::quantized::k_quants::BlockQ8_0;
 
-    use super::{Isa, KScales, Weight, subs};
+    use candle_core::quantized::GgmlDType;
+
+    use super::{Isa, Weight, k_scales_mins_6bit, subs};
 
     /// How sub-block `s` of a block becomes 32 bytes in a vector: signed
     /// values, or unsigned ones for [`Weight::UNSIGNED`] types.
@@ -838,6 +851,65 @@ mod imp {
         unsafe fn values(p: *const u8, s: usize) -> __m256i {
             // SAFETY: 84 bytes: 16 of scales, 64 of crumbs, d, dmin.
             unsafe { crumbs(p.add(16 + 32 * (s / 4)), s) }
+        }
+    }
+
+    /// 256 activations as Q8_K, exactly as candle's `BlockQ8K::from_float`
+    /// (the scale from the value of largest magnitude, the first on ties;
+    /// products rounded half away from zero; NaN to 0), eight at a time:
+    /// the values into the eight Q8_0 blocks `out`, the scale returned.
+    ///
+    /// # Safety
+    /// AVX2 is enabled (this module is compiled only then).
+    pub(super) unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8_0]) -> f32 {
+        assert!(x.len() == 256 && out.len() == 8);
+        // SAFETY: the loads read x's 256 values, the stores 32 bytes after
+        // each block's 2-byte scale.
+        unsafe {
+            let p = x.as_ptr();
+            let sign = _mm256_set1_ps(-0.0);
+            let abs = |i: usize| _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i)));
+            // NaN is passed over (max_ps returns its second operand).
+            let mut m = abs(0);
+            for i in 1..32 {
+                m = _mm256_max_ps(abs(i), m);
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+            if amax == 0.0 {
+                for b in out.iter_mut() {
+                    std::ptr::write_bytes((b as *mut BlockQ8_0 as *mut u8).add(2), 0, 32);
+                }
+                return 0.0;
+            }
+            let target = _mm256_set1_ps(amax);
+            let first = (0..32)
+                .find_map(|i| {
+                    let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(abs(i), target));
+                    (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
+                })
+                .expect("amax is one of the magnitudes");
+            let iscale = -127.0 / x[first];
+            let scale = _mm256_set1_ps(iscale);
+            let (half, one, lo, hi) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0), _mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+            let q = |i: usize| {
+                let v = _mm256_mul_ps(scale, _mm256_loadu_ps(p.add(8 * i)));
+                // Half away from zero: truncate, then one step outwards
+                // where the part cut off was at least a half (exact).
+                let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+                let up = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), half);
+                let r = _mm256_add_ps(t, _mm256_and_ps(up, _mm256_or_ps(_mm256_and_ps(v, sign), one)));
+                let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+                _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            };
+            for (b, blk) in out.iter_mut().enumerate() {
+                let i = 4 * b;
+                let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q(i), q(i + 1)), _mm256_packs_epi32(q(i + 2), q(i + 3)));
+                let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256((blk as *mut BlockQ8_0 as *mut u8).add(2) as *mut __m256i, bytes);
+            }
+            1.0 / iscale
         }
     }
 
@@ -1446,6 +1518,91 @@ mod imp {
             })
         }
     }
+    /// A K-quant superblock's [`super::KScales`] in registers: the integer
+    /// scales `a` and mins `b`, sixteen 16-bit lanes each, and `d`, `dm`.
+    #[derive(Clone, Copy)]
+    struct KVec {
+        a: __m256i,
+        b: __m256i,
+        d: f32,
+        dm: f32,
+    }
+
+    /// [`Weight::int_scales`] of the superblock at `blk` as a [`KVec`]:
+    /// Q4_K and Q5_K (the common K-quants, whose 6-bit scales took scalar
+    /// shifts and sixteen stores per row and superblock) and Q6_K straight
+    /// into vectors, the others through their `int_scales`.
+    ///
+    /// # Safety
+    /// `blk` points at a block of `W`, a [`Weight::K`] type.
+    #[inline(always)]
+    unsafe fn k_scales<W: Weight>(blk: *const W) -> KVec {
+        // SAFETY: the block's bytes are in bounds; AVX2 is enabled for this
+        // build.
+        unsafe {
+            let p = blk as *const u8;
+            let f16 = |at: usize| half::f16::from_bits(std::ptr::read_unaligned(p.add(at) as *const u16)).to_f32();
+            match W::DTYPE {
+                GgmlDType::Q4K | GgmlDType::Q5K => {
+                    let (sc, mn) = k_scales_mins_6bit(std::slice::from_raw_parts(p, 16));
+                    // Bytes 0..8 the scales, 8..16 the mins; each serves
+                    // both groups of 16 of its sub-block.
+                    let v = _mm_set_epi32(mn[1] as i32, mn[0] as i32, sc[1] as i32, sc[0] as i32);
+                    KVec { a: _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v)), b: _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v)), d: f16(0), dm: -f16(2) }
+                }
+                GgmlDType::Q6K => {
+                    // Sixteen signed 8-bit scales from byte 192, d at 208.
+                    let a = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+                    let d = f16(208);
+                    KVec { a, b: a, d, dm: -32.0 * d }
+                }
+                _ => {
+                    let k = (*blk).int_scales();
+                    KVec { a: _mm256_loadu_si256(k.a.as_ptr() as *const __m256i), b: _mm256_loadu_si256(k.b.as_ptr() as *const __m256i), d: k.d, dm: k.dm }
+                }
+            }
+        }
+    }
+
+    /// Sub-blocks 2t and 2t+1 of the block at `p` in one 512-bit vector
+    /// (2t in the low half). Q4_K and Q6_K keep such a pair side by side, so
+    /// it is unpacked from one load of each part instead of two (about half
+    /// the instructions); the others take two [`Unpack::values`].
+    ///
+    /// # Safety
+    /// `p` points at a block of `W` with sub-blocks 2t and 2t+1; the CPU
+    /// has AVX512-BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn pair512<W: Weight>(p: *const u8, t: usize) -> __m512i {
+        // SAFETY: the loads lie in the block (144 or 210 bytes); features
+        // enabled here.
+        unsafe {
+            match W::DTYPE {
+                GgmlDType::Q4K => {
+                    // The 32 bytes at 16 + 32t: low nibbles sub-block 2t,
+                    // high nibbles 2t+1.
+                    let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16 + 32 * t) as *const __m256i));
+                    _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q, 0xFFFF_0000, q), _mm512_set1_epi8(0x0F))
+                }
+                GgmlDType::Q6K => {
+                    // Low four bits: the 64 bytes at 64·(t/2), their low
+                    // nibbles for even t, high for odd. Top two: the 32
+                    // bytes at 128 + 32·(t/2), bits 4·(t%2) for 2t and two
+                    // above for 2t+1.
+                    let shift = _mm_cvtsi32_si128(4 * (t % 2) as i32);
+                    let lo = _mm512_srl_epi16(_mm512_loadu_si512(p.add(64 * (t / 2)) as *const __m512i), shift);
+                    let hi = _mm512_srl_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * (t / 2)) as *const __m256i)), shift);
+                    let hi = _mm512_mask_srli_epi16::<2>(hi, 0xFFFF_0000, hi);
+                    let hi = _mm512_slli_epi16::<4>(_mm512_and_si512(hi, _mm512_set1_epi8(3)));
+                    // (lo & 0x0F) | hi
+                    _mm512_ternarylogic_epi32::<0xEA>(lo, _mm512_set1_epi8(0x0F), hi)
+                }
+                _ => _mm512_inserti64x4::<1>(_mm512_castsi256_si512(W::Simd::values(p, 2 * t)), W::Simd::values(p, 2 * t + 1)),
+            }
+        }
+    }
+
     /// Where the `vpermw` of [`dot4k_avx512`] takes each 16-bit lane's
     /// scale from: lane l of sub-block pair t takes scale 4t + l/8 (built
     /// once, at compile time, not per call).
@@ -1486,11 +1643,8 @@ mod imp {
             let idx: [__m512i; 4] = std::array::from_fn(|t| _mm512_loadu_si512(PAIR_SCALES[t].as_ptr() as *const __m512i));
             for blk in 0..nb {
                 let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + blk));
-                let mut ks = [(*wb[0]).int_scales(); 4];
-                for (r, k) in ks.iter_mut().enumerate().skip(1) {
-                    *k = (*wb[r]).int_scales();
-                }
-                let a: [__m512i; 4] = std::array::from_fn(|r| _mm512_castsi256_si512(_mm256_loadu_si256(ks[r].a.as_ptr() as *const __m256i)));
+                let ks: [KVec; 4] = std::array::from_fn(|r| k_scales(wb[r]));
+                let a: [__m512i; 4] = std::array::from_fn(|r| _mm512_castsi256_si512(ks[r].a));
                 let mut iacc = [[_mm512_setzero_si512(); 4]; R];
                 for (t, idx) in idx.iter().enumerate() {
                     let mut v = [_mm512_setzero_si512(); 4];
@@ -1504,8 +1658,7 @@ mod imp {
                         if t == 0 {
                             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(size - 1));
                         }
-                        let p = wb[r] as *const u8;
-                        v[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(W::Simd::values(p, 2 * t)), W::Simd::values(p, 2 * t + 1));
+                        v[r] = pair512::<W>(wb[r] as *const u8, t);
                         sc[r] = _mm512_permutexvar_epi16(*idx, a[r]);
                     }
                     for (i, &xr) in x.iter().enumerate() {
@@ -1556,7 +1709,7 @@ mod imp {
     unsafe fn superblock_end<const R: usize>(
         acc: &mut [__m128; R],
         isum: [__m128i; R],
-        ks: &[KScales; 4],
+        ks: &[KVec; 4],
         xsum: [*const [i32; 2]; R],
         dk: [*const f32; R],
         blk: usize,
@@ -1567,7 +1720,7 @@ mod imp {
             let dm = _mm_set_ps(ks[3].dm, ks[2].dm, ks[1].dm, ks[0].dm);
             // Each row's mins in the order that `packs` leaves the
             // activations' sums in (groups 0-3, 8-11, 4-7, 12-15).
-            let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(_mm256_loadu_si256(ks[r].b.as_ptr() as *const __m256i)));
+            let mins: [__m256i; 4] = std::array::from_fn(|r| _mm256_permute4x64_epi64::<0xD8>(ks[r].b));
             for i in 0..R {
                 let sums = xsum[i].add(blk * 8) as *const __m256i;
                 let bsums = _mm256_packs_epi32(_mm256_loadu_si256(sums), _mm256_loadu_si256(sums.add(1)));
@@ -1616,9 +1769,11 @@ mod imp {
             let ahead = 4 * nb * size;
             for blk in 0..nb {
                 let wb: [*const W; 4] = std::array::from_fn(|r| w.add(r * nb + blk));
-                let mut ks = [(*wb[0]).int_scales(); 4];
-                for (r, k) in ks.iter_mut().enumerate().skip(1) {
-                    *k = (*wb[r]).int_scales();
+                let ks: [KVec; 4] = std::array::from_fn(|r| k_scales(wb[r]));
+                // The scales one by one, to broadcast.
+                let mut a = [[0i16; 16]; 4];
+                for (a, k) in a.iter_mut().zip(&ks) {
+                    _mm256_storeu_si256(a.as_mut_ptr() as *mut __m256i, k.a);
                 }
                 let mut iacc = [[_mm256_setzero_si256(); 4]; R];
                 for s in 0..8 {
@@ -1635,7 +1790,7 @@ mod imp {
                         }
                         v[r] = W::Simd::values(wb[r] as *const u8, s);
                         // Values 0..16 take scale 2s, 16..32 scale 2s+1.
-                        sc[r] = _mm256_set_m128i(_mm_set1_epi16(ks[r].a[2 * s + 1]), _mm_set1_epi16(ks[r].a[2 * s]));
+                        sc[r] = _mm256_set_m128i(_mm_set1_epi16(a[r][2 * s + 1]), _mm_set1_epi16(a[r][2 * s]));
                     }
                     for (i, &xr) in x.iter().enumerate() {
                         let xv = Q8::values((xr as *const u8).add((blk * 8 + s) * xs), 0);
@@ -1689,6 +1844,11 @@ mod imp {
 
     pub(super) fn has_avx512_vnni() -> bool {
         false
+    }
+
+    /// Never called: `AVAILABLE` is false in this build.
+    pub(super) unsafe fn quantize_q8k(_x: &[f32], _out: &mut [BlockQ8_0]) -> f32 {
+        unreachable!("matmul asserts AVAILABLE")
     }
 
     /// Called only with an empty slice: `AVAILABLE` is false in this build.
@@ -1851,7 +2011,7 @@ mod tests {
                 let mut xq: Vec<BlockQ8_0> = (0..kb).map(|_| BlockQ8_0::zeros()).collect();
                 let mut dk = vec![0f32; if W::K { nb } else { 0 }];
                 if W::K {
-                    super::quantize_q8k(&x[r * k..(r + 1) * k], &mut xq, &mut dk);
+                    super::quantize_q8k_ref(&x[r * k..(r + 1) * k], &mut xq, &mut dk);
                 } else {
                     BlockQ8_0::from_float(&x[r * k..(r + 1) * k], &mut xq);
                 }
@@ -1886,6 +2046,54 @@ mod tests {
         bit_for_bit::<BlockQ6K>(GgmlDType::Q6K);
         bit_for_bit::<BlockQ3K>(GgmlDType::Q3K);
         bit_for_bit::<BlockQ2K>(GgmlDType::Q2K);
+    }
+
+    /// The vectorized Q8_K quantizer writes candle's bytes and scale: random
+    /// rows, rows whose products land exactly on halves, ties for the
+    /// largest magnitude, zeros, a NaN and infinities.
+    #[test]
+    fn activations_quantize_to_q8k_as_candle_does() {
+        if !super::AVAILABLE {
+            return;
+        }
+        let mut rows: Vec<Vec<f32>> = (0..6).map(|i| Tensor::randn(0f32, 1.0 + 10.0 * i as f32, 256, &Device::Cpu).unwrap().to_vec1().unwrap()).collect();
+        // The largest magnitude -127 makes the scale 1: products are the
+        // values themselves, halves included.
+        rows.push((0..256).map(|i| if i == 7 { -127.0 } else { (i as f32 - 128.0) * 0.5 }).collect());
+        // +a before -a and -a before +a.
+        rows.push(
+            (0..256)
+                .map(|i| match i {
+                    3 => 9.0,
+                    200 => -9.0,
+                    _ => (i % 17) as f32 * 0.25 - 2.0,
+                })
+                .collect(),
+        );
+        rows.push(
+            (0..256)
+                .map(|i| match i {
+                    3 => -9.0,
+                    200 => 9.0,
+                    _ => (i % 13) as f32 * -0.3,
+                })
+                .collect(),
+        );
+        rows.push(vec![0.0; 256]);
+        rows.push((0..256).map(|i| if i == 5 { f32::NAN } else { i as f32 * 0.01 }).collect());
+        rows.push((0..256).map(|i| if i == 9 { f32::INFINITY } else { i as f32 }).collect());
+        rows.push((0..256).map(|i| if i == 0 { 1e-42 } else { 0.0 }).collect());
+        for (n, row) in rows.iter().enumerate() {
+            let row: Vec<f32> = row.iter().chain(rows[0].iter()).copied().collect();
+            let (mut got, mut want) = ((0..16).map(|_| BlockQ8_0::zeros()).collect::<Vec<_>>(), (0..16).map(|_| BlockQ8_0::zeros()).collect::<Vec<_>>());
+            let (mut dg, mut dw) = ([0f32; 2], [0f32; 2]);
+            super::quantize_q8k(&row, &mut got, &mut dg);
+            super::quantize_q8k_ref(&row, &mut want, &mut dw);
+            assert_eq!(dg.map(f32::to_bits), dw.map(f32::to_bits), "row {n}: scales {dg:?} vs {dw:?}");
+            for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(&super::block_bytes(g)[2..], &super::block_bytes(w)[2..], "row {n}, block {b}");
+            }
+        }
     }
 
     /// The op the model calls gives what `matmul` gives, for activations of
