@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -166,12 +167,30 @@ def main():
             return Server("rbee", [a.rbee, "--data-dir", data, "serve", "--listen", f"127.0.0.1:{port}", "--slots", str(SLOTS),
                                    "--max-context", str(ctx), "--no-mdns"], port, model_id, env)
 
+        no_amx = False
+
         def llama():
             port = free_port()
             # -np 4 slots of `ctx` tokens each; continuous batching is on by default.
-            return Server("llama-server", [a.llama_server, "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(SLOTS),
-                                           "-c", str(SLOTS * ctx), "-t", str(a.threads), "-tb", str(a.threads), "--alias", model_id,
-                                           "--no-webui"], port, model_id)
+            cmd = [a.llama_server, "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(SLOTS),
+                   "-c", str(SLOTS * ctx), "-t", str(a.threads), "-tb", str(a.threads), "--alias", model_id, "--no-webui"]
+            if no_amx:
+                cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "noamx.py")] + cmd
+            return Server("llama-server", cmd, port, model_id)
+
+        # llama-server as built; only if a long prompt crashes it, with its
+        # AMX path refused (as bench.py does), and the output says so.
+        crash_note = None
+        s = llama()
+        try:
+            s.conversation()
+        except (OSError, http.client.HTTPException):
+            code = s.proc.wait(10)
+            if code >= 0 or "amx_int8" not in open("/proc/cpuinfo").read():
+                raise
+            crash_note, no_amx = signal.Signals(-code).name, True
+        finally:
+            s.stop()
 
         results = {}
         for _ in range(a.repeat):
@@ -191,6 +210,9 @@ def main():
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"serving: {cpu}, {a.threads} threads per server, {SLOTS} slots each; model {os.path.basename(a.model)}; "
           f"{GEN_TOKENS} tokens per request (greedy, ignore_eos), each client sends 2 requests; median of {a.repeat} runs")
+    if crash_note:
+        print(f"llama-server CRASHED as built ({crash_note} on the conversation's first prompt); its figures are with AMX refused "
+              "at run time (e2e/bench/noamx.py), everything else as built")
     print(f"{'server':<13} | " + " | ".join(f"{c} client{'s' if c > 1 else ' '} tok/s" for c in clients)
           + " | " + " | ".join(f"turn {i + 1} TTFT ms" for i in range(len(TURNS))))
     med = {n: ({c: statistics.median(v) for c, v in r["tps"].items()}, [statistics.median(t) * 1000 for t in r["ttft"]]) for n, r in results.items()}

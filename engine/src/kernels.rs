@@ -1016,9 +1016,11 @@ mod imp {
         sign: Vec<__m256i>,
         scale: Vec<f32>,
         min: Vec<f32>,
-        /// K-quants ([`Weight::K`]): integer scales per half sub-block and
-        /// mins per group of 16 (`[(b·2 + h)·rows + r]`), and per superblock
-        /// the float factors (`[blk·rows + r]`).
+        /// K-quants ([`Weight::K`]): integer scales per half sub-block
+        /// (`ia[(b·2 + h)·rows + r]`), mins per pair of groups of 16 as two
+        /// 16-bit halves of a dword (`ib[(blk·8 + p)·rows + r]`, for
+        /// `vpdpwssd` against the pair's activation sums), and per
+        /// superblock the float factors (`[blk·rows + r]`).
         k: bool,
         ia: Vec<i32>,
         ib: Vec<i32>,
@@ -1040,7 +1042,7 @@ mod imp {
             let (inter, val, sign) =
                 if isa != Isa::Avx2 { (vec![0; 8 * kb * rows], Vec::new(), Vec::new()) } else { (Vec::new(), vec![zero; 8 * kb], vec![zero; 8 * kb]) };
             let (scale, min) = (vec![0.0; kb * rows], vec![0.0; kb * rows]);
-            let (ia, ib, kd, kdm) = (vec![0; 2 * kb * rows], vec![0; 2 * kb * rows], vec![0.0; kb.div_ceil(8) * rows], vec![0.0; kb.div_ceil(8) * rows]);
+            let (ia, ib, kd, kdm) = (vec![0; 2 * kb * rows], vec![0; kb * rows], vec![0.0; kb.div_ceil(8) * rows], vec![0.0; kb.div_ceil(8) * rows]);
             Self { kb, isa, rows, unsigned: false, inter, val, sign, scale, min, k: false, ia, ib, kd, kdm }
         }
 
@@ -1053,47 +1055,57 @@ mod imp {
             self.unsigned = W::UNSIGNED;
             self.k = W::K;
             let inter = self.inter.as_mut_ptr();
-            let mut ka = [0i16; 16];
-            for r in 0..rows {
+            // K-quants: each row's integer scales of its current superblock.
+            let mut ka = [[0i16; 16]; 16];
+            let mut kb16 = [0i16; 16];
+            // SAFETY: block (r, b/subs) is in bounds per the contract;
+            // `inter` holds 8·kb vectors of `rows` dwords with VNNI, `val`
+            // and `sign` 8·kb vectors, the scale vectors their sizes (new).
+            unsafe {
+                let blk = |r: usize, b: usize| w.add(r * nb + b / subs::<W>());
+                let values = |r: usize, b: usize| W::Simd::values(blk(r, b) as *const u8, b % subs::<W>());
+                let flip = if W::UNSIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi8(0x80u8 as i8) };
                 for b in 0..kb {
-                    let i = b * 8 + r;
-                    // SAFETY: block (r, b/subs) is in bounds per the
-                    // contract; `inter` holds 8·kb vectors of `rows` dwords
-                    // with VNNI.
-                    unsafe {
-                        let blk = w.add(r * nb + b / subs::<W>());
-                        let s = b % subs::<W>();
-                        let v = W::Simd::values(blk as *const u8, s);
-                        if vnni {
-                            let v = if W::UNSIGNED { v } else { _mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)) };
-                            let mut dw = [0u32; 8];
-                            _mm256_storeu_si256(dw.as_mut_ptr() as *mut __m256i, v);
-                            for (j, d) in dw.into_iter().enumerate() {
-                                *inter.add((b * 8 + j) * rows + r) = d;
+                    if vnni {
+                        // Eight rows at a time, their eight dwords
+                        // transposed so that vector j holds dword j of each.
+                        for g in 0..rows / 8 {
+                            let t = transpose8(std::array::from_fn(|i| _mm256_xor_si256(values(8 * g + i, b), flip)));
+                            for (j, t) in t.into_iter().enumerate() {
+                                _mm256_storeu_si256(inter.add((b * 8 + j) * rows + 8 * g) as *mut __m256i, t);
                             }
-                        } else if W::UNSIGNED {
-                            self.val[i] = v;
-                        } else {
-                            self.val[i] = _mm256_sign_epi8(v, v);
-                            self.sign[i] = v;
                         }
-                        if W::K {
-                            if s == 0 {
-                                let ks = (*blk).int_scales();
-                                let sb = b / 8;
-                                (self.kd[sb * rows + r], self.kdm[sb * rows + r]) = (ks.d, ks.dm);
-                                for g in 0..16 {
-                                    self.ib[(sb * 16 + g) * rows + r] = ks.b[g].into();
-                                }
-                                ka = ks.a;
+                    } else {
+                        for r in 0..rows {
+                            let (i, v) = (b * 8 + r, values(r, b));
+                            if W::UNSIGNED {
+                                self.val[i] = v;
+                            } else {
+                                self.val[i] = _mm256_sign_epi8(v, v);
+                                self.sign[i] = v;
                             }
-                            for h in 0..2 {
-                                self.ia[(b * 2 + h) * rows + r] = ka[2 * s + h].into();
-                            }
+                        }
+                    }
+                    let s = b % subs::<W>();
+                    for (r, ka) in ka.iter_mut().enumerate().take(rows) {
+                        if !W::K {
+                            let ks = (*blk(r, b)).int_scales();
+                            (self.scale[b * rows + r], self.min[b * rows + r]) = (ks.d, ks.dm);
                             continue;
                         }
-                        let ks = (*blk).int_scales();
-                        (self.scale[b * rows + r], self.min[b * rows + r]) = (ks.d, ks.dm);
+                        if s == 0 {
+                            let ks = k_scales(blk(r, b));
+                            let sb = b / 8;
+                            (self.kd[sb * rows + r], self.kdm[sb * rows + r]) = (ks.d, ks.dm);
+                            _mm256_storeu_si256(ka.as_mut_ptr() as *mut __m256i, ks.a);
+                            _mm256_storeu_si256(kb16.as_mut_ptr() as *mut __m256i, ks.b);
+                            for (p, m) in kb16.chunks_exact(2).enumerate() {
+                                self.ib[(sb * 8 + p) * rows + r] = i32::from(m[0] as u16) | (i32::from(m[1]) << 16);
+                            }
+                        }
+                        for h in 0..2 {
+                            self.ia[(b * 2 + h) * rows + r] = ka[2 * s + h].into();
+                        }
                     }
                 }
             }
@@ -1179,9 +1191,8 @@ mod imp {
                             if b % 8 == 7 {
                                 let sb = b / 8;
                                 let mut msum = _mm512_setzero_si512();
-                                for g in 0..16 {
-                                    let xg = (*xsum[a].add(sb * 8 + g / 2))[g % 2];
-                                    msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(at(&self.ib, sb * 16 + g), _mm512_set1_epi32(xg)));
+                                for p in 0..8 {
+                                    msum = _mm512_dpwssd_epi32(msum, at(&self.ib, sb * 8 + p), _mm512_set1_epi32(pair16(*xsum[a].add(sb * 8 + p))));
                                 }
                                 let dx = _mm512_set1_ps(*dk[a].add(sb));
                                 acc[a] =
@@ -1236,7 +1247,7 @@ mod imp {
         /// sum times the rows' integer mins) and the two fused multiply-adds
         /// of `dot_ref`.
         #[inline(always)]
-        unsafe fn accumulate_k(
+        unsafe fn accumulate_k<D: Dp>(
             &self,
             mut acc: __m256,
             iacc: __m256i,
@@ -1258,8 +1269,8 @@ mod imp {
                 }
                 let sb = b / 8;
                 let mut msum = _mm256_setzero_si256();
-                for g in 0..16 {
-                    msum = _mm256_add_epi32(msum, _mm256_mullo_epi32(at(&self.ib, sb * 16 + g), _mm256_set1_epi32((*xsum.add(sb * 8 + g / 2))[g % 2])));
+                for p in 0..8 {
+                    msum = D::dpw(msum, at(&self.ib, sb * 8 + p), _mm256_set1_epi32(pair16(*xsum.add(sb * 8 + p))));
                 }
                 let dx = _mm256_set1_ps(*dk.add(sb));
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_mul_ps(_mm256_loadu_ps(self.kd.as_ptr().add(sb * 8)), dx), acc);
@@ -1295,7 +1306,7 @@ mod imp {
                     }
                     // Σ (w+128)·x = Σ w·x + 128·Σ x
                     if self.k {
-                        (acc, iacc) = self.accumulate_k(acc, iacc, [s0, s1], b, xsum, dk);
+                        (acc, iacc) = self.accumulate_k::<D>(acc, iacc, [s0, s1], b, xsum, dk);
                     } else {
                         acc = self.accumulate(acc, [s0, s1], b, scale(xb), *xsum.add(b), offset);
                     }
@@ -1333,7 +1344,7 @@ mod imp {
                     // lanes 4..8 over 16..32.
                     let halves = [_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31)];
                     if self.k {
-                        (acc, iacc) = self.accumulate_k(acc, iacc, halves, b, xsum, dk);
+                        (acc, iacc) = self.accumulate_k::<Avx2Dp>(acc, iacc, halves, b, xsum, dk);
                     } else {
                         acc = self.accumulate(acc, halves, b, scale(xb), *xsum.add(b), 0);
                     }
@@ -1342,6 +1353,43 @@ mod imp {
                 _mm256_storeu_ps(out.as_mut_ptr(), acc);
                 out
             }
+        }
+    }
+
+    /// A block's two sums of 16 activations (each |sum| ≤ 16·128) as the
+    /// two 16-bit halves of a dword, for `vpdpwssd`/`madd`.
+    #[inline(always)]
+    fn pair16(x: [i32; 2]) -> i32 {
+        i32::from(x[0] as u16) | (x[1] << 16)
+    }
+
+    /// The 8×8 transpose of eight vectors of eight dwords: dword j of
+    /// vector i becomes dword i of vector j.
+    #[inline(always)]
+    fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+        // SAFETY: register-only AVX2, enabled for this build.
+        unsafe {
+            // Pairs of rows interleaved by dword, then by quadword: each
+            // 128-bit lane then holds one dword of four rows.
+            let lo = |a, b| _mm256_unpacklo_epi32(a, b);
+            let hi = |a, b| _mm256_unpackhi_epi32(a, b);
+            let s = [lo(v[0], v[1]), hi(v[0], v[1]), lo(v[2], v[3]), hi(v[2], v[3]), lo(v[4], v[5]), hi(v[4], v[5]), lo(v[6], v[7]), hi(v[6], v[7])];
+            let u = [
+                _mm256_unpacklo_epi64(s[0], s[2]),
+                _mm256_unpackhi_epi64(s[0], s[2]),
+                _mm256_unpacklo_epi64(s[1], s[3]),
+                _mm256_unpackhi_epi64(s[1], s[3]),
+                _mm256_unpacklo_epi64(s[4], s[6]),
+                _mm256_unpackhi_epi64(s[4], s[6]),
+                _mm256_unpacklo_epi64(s[5], s[7]),
+                _mm256_unpackhi_epi64(s[5], s[7]),
+            ];
+            // u[j] holds dwords j (low lane) and j + 4 (high lane) of rows
+            // 0..4, u[4 + j] of rows 4..8.
+            std::array::from_fn(|j| {
+                let (a, b) = (u[j % 4], u[4 + j % 4]);
+                if j < 4 { _mm256_permute2x128_si256::<0x20>(a, b) } else { _mm256_permute2x128_si256::<0x31>(a, b) }
+            })
         }
     }
 
