@@ -72,6 +72,10 @@ def post(port, path, body, stream=False):
     return "".join(text), first, time.perf_counter() - start
 
 
+class Crashed(Exception):
+    """The server was killed by a signal (args: its name, the log's tail)."""
+
+
 class Server:
     def __init__(self, name, cmd, port, model_id, env=None):
         self.name, self.port, self.model_id = name, port, model_id
@@ -81,7 +85,10 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 self.log.seek(0)
-                sys.exit(f"{name} exited:\n{self.log.read()[-3000:].decode(errors='replace')}")
+                log = self.log.read()[-3000:].decode(errors="replace")
+                if self.proc.returncode < 0:
+                    raise Crashed(signal.Signals(-self.proc.returncode).name, log)
+                sys.exit(f"{name} exited:\n{log}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/v1/models")
@@ -181,16 +188,21 @@ def main():
         # llama-server as built; only if a long prompt crashes it, with its
         # AMX path refused (as bench.py does), and the output says so.
         crash_note = None
-        s = llama()
         try:
-            s.conversation()
-        except (OSError, http.client.HTTPException):
-            code = s.proc.wait(10)
-            if code >= 0 or "amx_int8" not in open("/proc/cpuinfo").read():
-                raise
-            crash_note, no_amx = signal.Signals(-code).name, True
-        finally:
-            s.stop()
+            s = llama()
+            try:
+                s.conversation()
+            except (OSError, http.client.HTTPException):
+                code = s.proc.wait(10)
+                if code >= 0:
+                    raise
+                raise Crashed(signal.Signals(-code).name, "") from None
+            finally:
+                s.stop()
+        except Crashed as crash:
+            if "amx_int8" not in open("/proc/cpuinfo").read():
+                sys.exit(f"llama-server crashed ({crash.args[0]}):\n{crash.args[1]}")
+            crash_note, no_amx = crash.args[0], True
 
         results = {}
         for _ in range(a.repeat):
@@ -211,7 +223,7 @@ def main():
     print(f"serving: {cpu}, {a.threads} threads per server, {SLOTS} slots each; model {os.path.basename(a.model)}; "
           f"{GEN_TOKENS} tokens per request (greedy, ignore_eos), each client sends 2 requests; median of {a.repeat} runs")
     if crash_note:
-        print(f"llama-server CRASHED as built ({crash_note} on the conversation's first prompt); its figures are with AMX refused "
+        print(f"llama-server CRASHED as built ({crash_note} at its start-up warm-up or first long prompt); its figures are with AMX refused "
               "at run time (e2e/bench/noamx.py), everything else as built")
     print(f"{'server':<13} | " + " | ".join(f"{c} client{'s' if c > 1 else ' '} tok/s" for c in clients)
           + " | " + " | ".join(f"turn {i + 1} TTFT ms" for i in range(len(TURNS))))
