@@ -3,7 +3,9 @@
 # the engine (bench.py) and serving concurrent clients (serve.py).
 # Needs llama-cpp-python; installs it into a venv in the cache if missing
 # (a source build: several minutes the first time). llama.cpp is built as
-# its users get it: the default build, native to the CPU it runs on.
+# its users get it: the default build, native to the CPU it runs on; only
+# if it crashes (its AMX path does on Sapphire Rapids-class Xeons) do
+# bench.py and serve.py rerun it with AMX refused (noamx.py), and say so.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/rbee"
