@@ -1066,6 +1066,19 @@ mod imp {
                 let values = |r: usize, b: usize| W::Simd::values(blk(r, b) as *const u8, b % subs::<W>());
                 let flip = if W::UNSIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi8(0x80u8 as i8) };
                 for b in 0..kb {
+                    if b % subs::<W>() == 0 {
+                        // Sixteen rows are sixteen streams, more than the
+                        // hardware prefetcher follows well: with few
+                        // activation rows (a chat's next turn) filling the
+                        // tile waited on these loads. Each row's lines a
+                        // few blocks ahead.
+                        for r in 0..rows {
+                            let p = blk(r, b) as *const i8;
+                            for l in 0..std::mem::size_of::<W>().div_ceil(64) {
+                                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(FILL_AHEAD + 64 * l));
+                            }
+                        }
+                    }
                     if vnni {
                         // Eight rows at a time, their eight dwords
                         // transposed so that vector j holds dword j of each.
@@ -1362,6 +1375,9 @@ mod imp {
     fn pair16(x: [i32; 2]) -> i32 {
         i32::from(x[0] as u16) | (x[1] << 16)
     }
+
+    /// How far ahead in each row [`Tile::fill`] prefetches, in bytes.
+    const FILL_AHEAD: usize = 1024;
 
     /// The 8×8 transpose of eight vectors of eight dwords: dword j of
     /// vector i becomes dword i of vector j.
