@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+import noamx  # beside this file
+
 PROMPT_TOKENS = 128
 GEN_TOKENS = 128
 
@@ -30,8 +32,6 @@ GEN_TOKENS = 128
 def llama_worker(model, threads, prompt_ids, out):
     """Runs inside a child process: load, prefill, greedy decode; timings from llama.cpp's own counters."""
     if os.environ.get("RBEE_BENCH_NO_AMX"):
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import noamx
         noamx.refuse()
     import llama_cpp
     from llama_cpp import Llama
@@ -127,7 +127,7 @@ def main():
         try:
             return peak_rss_mib(cmd, env=llama_env)
         except Crashed as crash:
-            if crash_note is not None or "amx_int8" not in open("/proc/cpuinfo").read():
+            if crash_note is not None or not noamx.has_amx():
                 sys.exit(f"llama.cpp crashed ({crash.args[0]}):\n{crash.args[1]}")
             crash_note = crash.args[0]
             llama_env["RBEE_BENCH_NO_AMX"] = "1"

@@ -9,8 +9,10 @@ answers that request with EPERM makes ggml's `ggml_amx_init` fail, so the
 same binary runs with everything else it has (its repacked AVX-512 and VNNI
 kernels). Nothing but that one request is affected.
 
-Use: `import noamx; noamx.refuse()` before llama.cpp loads, or
-`python3 noamx.py PROGRAM ARGS...` to run a program under the filter.
+Use: `noamx.refuse()` before llama.cpp loads, or `noamx.command(cmd)` (the
+same as `python3 noamx.py PROGRAM ARGS...`) to run a program under the
+filter. The benches try llama.cpp as built first and use this only when it
+dies by a signal on a CPU that `has_amx()`.
 """
 import ctypes
 import os
@@ -28,6 +30,16 @@ NR_ARCH_PRCTL = 158
 ARCH_REQ_XCOMP_PERM = 0x1023
 # Classic BPF: load a word of seccomp_data, compare, return.
 LD_W_ABS, JEQ_K, RET_K = 0x20, 0x15, 0x06
+
+
+def has_amx():
+    """Whether this CPU has AMX-INT8 (the path that crashes)."""
+    return "amx_int8" in open("/proc/cpuinfo").read()
+
+
+def command(cmd):
+    """`cmd` run under the filter."""
+    return [sys.executable, os.path.abspath(__file__)] + list(cmd)
 
 
 def refuse():

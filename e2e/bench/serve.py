@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 
+import noamx  # beside this file
+
 GEN_TOKENS = 64
 PROMPT = ("The history of the honey bee begins long before people kept hives. Wild colonies nested in hollow trees "
           "and rock crevices, and the first beekeepers")
@@ -182,7 +184,7 @@ def main():
             cmd = [a.llama_server, "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(SLOTS),
                    "-c", str(SLOTS * ctx), "-t", str(a.threads), "-tb", str(a.threads), "--alias", model_id, "--no-webui"]
             if no_amx:
-                cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "noamx.py")] + cmd
+                cmd = noamx.command(cmd)
             return Server("llama-server", cmd, port, model_id)
 
         # llama-server as built; only if a long prompt crashes it, with its
@@ -200,7 +202,7 @@ def main():
             finally:
                 s.stop()
         except Crashed as crash:
-            if "amx_int8" not in open("/proc/cpuinfo").read():
+            if not noamx.has_amx():
                 sys.exit(f"llama-server crashed ({crash.args[0]}):\n{crash.args[1]}")
             crash_note, no_amx = crash.args[0], True
 

@@ -689,7 +689,7 @@ mod imp {
 
     use candle_core::quantized::GgmlDType;
 
-    use super::{Isa, Weight, k_scales_mins_6bit, subs};
+    use super::{Isa, Weight, f16_at, k_scales_mins_6bit, subs};
 
     /// How sub-block `s` of a block becomes 32 bytes in a vector: signed
     /// values, or unsigned ones for [`Weight::UNSIGNED`] types.
@@ -1113,7 +1113,7 @@ mod imp {
                             _mm256_storeu_si256(ka.as_mut_ptr() as *mut __m256i, ks.a);
                             _mm256_storeu_si256(kb16.as_mut_ptr() as *mut __m256i, ks.b);
                             for (p, m) in kb16.chunks_exact(2).enumerate() {
-                                self.ib[(sb * 8 + p) * rows + r] = i32::from(m[0] as u16) | (i32::from(m[1]) << 16);
+                                self.ib[(sb * 8 + p) * rows + r] = pair16([m[0].into(), m[1].into()]);
                             }
                         }
                         for h in 0..2 {
@@ -1369,8 +1369,9 @@ mod imp {
         }
     }
 
-    /// A block's two sums of 16 activations (each |sum| ≤ 16·128) as the
-    /// two 16-bit halves of a dword, for `vpdpwssd`/`madd`.
+    /// Two 16-bit values (a block's two sums of 16 activations, each
+    /// |sum| ≤ 16·128, or two K-quant mins) as the halves of a dword, for
+    /// `vpdpwssd`/`madd`.
     #[inline(always)]
     fn pair16(x: [i32; 2]) -> i32 {
         i32::from(x[0] as u16) | (x[1] << 16)
@@ -1605,10 +1606,11 @@ mod imp {
         // build.
         unsafe {
             let p = blk as *const u8;
-            let f16 = |at: usize| half::f16::from_bits(std::ptr::read_unaligned(p.add(at) as *const u16)).to_f32();
+            let bytes = std::slice::from_raw_parts(p, std::mem::size_of::<W>());
+            let f16 = |at: usize| f16_at(bytes, at);
             match W::DTYPE {
                 GgmlDType::Q4K | GgmlDType::Q5K => {
-                    let (sc, mn) = k_scales_mins_6bit(std::slice::from_raw_parts(p, 16));
+                    let (sc, mn) = k_scales_mins_6bit(bytes);
                     // Bytes 0..8 the scales, 8..16 the mins; each serves
                     // both groups of 16 of its sub-block.
                     let v = _mm_set_epi32(mn[1] as i32, mn[0] as i32, sc[1] as i32, sc[0] as i32);
