@@ -11,6 +11,8 @@
 //! chunking and batching, which is what lets a cache be reused to the token
 //! and a batched request give the text it gives alone.
 
+use half::f16;
+
 /// Shape of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
@@ -31,7 +33,7 @@ pub(crate) struct Shape {
 /// rotated and scaled, over the caches `k`, `v (n_head_kv, cap, head_dim)`
 /// holding positions `0..pos + n`. Query `j` sees keys
 /// `max(0, pos + j + 1 - window) ..= pos + j`.
-pub(crate) fn attend(s: Shape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+pub(crate) fn attend<T: KvElem>(s: Shape, q: &[f32], k: &[T], v: &[T], out: &mut [f32]) {
     let hd = s.head_dim;
     assert!(q.len() == s.n_head * s.n * hd && k.len() >= s.n_head_kv * s.cap * hd && v.len() == k.len() && out.len() == s.n * s.n_head * hd);
     assert!(s.pos + s.n <= s.cap && s.n_head.is_multiple_of(s.n_head_kv));
@@ -52,7 +54,7 @@ pub(crate) fn attend(s: Shape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32])
             let keys = &k[(kv * s.cap + first) * hd..(kv * s.cap + p + 1) * hd];
             let values = &v[(kv * s.cap + first) * hd..(kv * s.cap + p + 1) * hd];
             scores.clear();
-            scores.extend(keys.chunks_exact(hd).map(|kr| dot(qr, kr)));
+            scores.extend(keys.chunks_exact(hd).map(|kr| T::dot(qr, kr)));
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for e in scores.iter_mut() {
@@ -64,14 +66,88 @@ pub(crate) fn attend(s: Shape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32])
             let o = unsafe { std::slice::from_raw_parts_mut((out_addr as *mut f32).add((j * s.n_head + h) * hd), hd) };
             o.fill(0.0);
             for (e, vr) in scores.iter().zip(values.chunks_exact(hd)) {
-                let w = e / sum;
-                for (a, b) in o.iter_mut().zip(vr) {
-                    *a += w * b;
-                }
+                T::add_scaled(o, e / sum, vr);
             }
         }
     };
     if rows < 2 * threads { (0..threads).for_each(work) } else { pool.execute(work) }
+}
+
+/// What a KV cache holds: f32, or f16 as llama.cpp keeps it by default (half
+/// the memory and half the bytes read per decoded token; the f16 → f32
+/// conversion is exact, so both element types round their sums alike).
+pub(crate) trait KvElem: Copy + Send + Sync {
+    /// `q · k`, rounded as [`dot`].
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+    /// `o += w · v`, element by element (a multiply, then an add).
+    fn add_scaled(o: &mut [f32], w: f32, v: &[Self]);
+}
+
+impl KvElem for f32 {
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+
+    fn add_scaled(o: &mut [f32], w: f32, v: &[f32]) {
+        for (a, b) in o.iter_mut().zip(v) {
+            *a += w * b;
+        }
+    }
+}
+
+impl KvElem for f16 {
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        let mut acc = [0f32; 8];
+        let (cq, ck) = (q.chunks_exact(8), k.chunks_exact(8));
+        let tail: f32 = cq.remainder().iter().zip(ck.remainder()).map(|(x, y)| x * y.to_f32()).sum();
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "f16c"))]
+        // SAFETY: AVX2 and F16C are enabled for this build; each chunk holds
+        // 8 values (16 bytes of halves).
+        unsafe {
+            use std::arch::x86_64::*;
+            let mut v = _mm256_setzero_ps();
+            for (x, y) in cq.zip(ck) {
+                let y = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().cast()));
+                v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr()), y));
+            }
+            _mm256_storeu_ps(acc.as_mut_ptr(), v);
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "f16c")))]
+        for (x, y) in cq.zip(ck) {
+            for i in 0..8 {
+                acc[i] += x[i] * y[i].to_f32();
+            }
+        }
+        combine(&acc) + tail
+    }
+
+    fn add_scaled(o: &mut [f32], w: f32, v: &[f16]) {
+        assert_eq!(o.len(), v.len());
+        let whole = v.len() / 8 * 8;
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "f16c"))]
+        // SAFETY: as in `dot`; `i + 8 <= whole <= len` for both slices.
+        unsafe {
+            use std::arch::x86_64::*;
+            let wv = _mm256_set1_ps(w);
+            for i in (0..whole).step_by(8) {
+                let b = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                let a = o.as_mut_ptr().add(i);
+                _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(wv, b)));
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "f16c")))]
+        for (a, b) in o[..whole].iter_mut().zip(&v[..whole]) {
+            *a += w * b.to_f32();
+        }
+        for (a, b) in o[whole..].iter_mut().zip(&v[whole..]) {
+            *a += w * b.to_f32();
+        }
+    }
+}
+
+/// The fixed order in which [`dot`]'s eight running sums are combined.
+fn combine(acc: &[f32; 8]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// `a · b` with eight running sums combined in a fixed order, so that the
@@ -100,12 +176,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    combine(&acc) + tail
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Shape, attend, dot};
+    use super::{Shape, attend, dot, f16};
 
     /// The vector dot product rounds exactly as the portable loop (eight
     /// running sums, multiply then add, combined pairwise), on head sizes
@@ -183,6 +259,24 @@ mod tests {
                     assert_eq!(part, all[start * w..(start + n) * w], "rows {start}..{} in chunks of {step}", start + n);
                 }
             }
+        }
+    }
+    /// Keys and values held as f16 give exactly what the same values give
+    /// as f32 (the conversion is exact and the sums run in the same order),
+    /// with and without a remainder past the last eight dimensions.
+    #[test]
+    fn an_f16_cache_attends_as_the_same_values_in_f32() {
+        for (n_head, n_head_kv, head_dim) in [(4, 2, 64), (3, 1, 20), (2, 2, 131)] {
+            let (len, cap) = (19, 24);
+            let q = random(n_head * len * head_dim, 4);
+            let halves = |seed| random(n_head_kv * cap * head_dim, seed).into_iter().map(f16::from_f32).collect::<Vec<_>>();
+            let (k16, v16) = (halves(5), halves(6));
+            let widen = |h: &[f16]| h.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            let s = Shape { n_head, n_head_kv, head_dim, n: len, pos: 0, cap, window: usize::MAX };
+            let (mut from16, mut from32) = (vec![0f32; len * n_head * head_dim], vec![0f32; len * n_head * head_dim]);
+            attend(s, &q, &k16, &v16, &mut from16);
+            attend(s, &q, &widen(&k16), &widen(&v16), &mut from32);
+            assert_eq!(from16.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), from32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "head size {head_dim}");
         }
     }
 }

@@ -130,9 +130,10 @@ impl Config {
         }
     }
 
-    /// Bytes of KV cache one token needs (f32 keys and values, every layer).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layer * self.n_head_kv * self.head_dim * std::mem::size_of::<f32>()
+    /// Bytes of KV cache one token needs on `device` (keys and values of
+    /// every layer, in the element type the cache holds there).
+    pub fn kv_bytes_per_token(&self, device: &Device) -> usize {
+        2 * self.n_layer * self.n_head_kv * self.head_dim * kv_dtype(device, Precision::Quantized).size_in_bytes()
     }
 }
 
@@ -219,6 +220,15 @@ pub struct Weights {
     device: Device,
     /// Per-dimension divisors of the rotary frequencies (Llama 3.1 `rope_freqs`).
     rope_factors: Option<Vec<f32>>,
+    /// What the KV cache holds ([`kv_dtype`]).
+    kv_dtype: DType,
+}
+
+/// The KV cache's element type: f16 on the CPU (as llama.cpp; half the
+/// memory and reads), f32 for [`Precision::Exact`] and on GPUs, where
+/// attention runs as candle's f32 matrix products.
+fn kv_dtype(device: &Device, precision: Precision) -> DType {
+    if device.is_cpu() && precision == Precision::Quantized { DType::F16 } else { DType::F32 }
 }
 
 fn optional(g: &Gguf, name: &str, dev: &Device) -> Result<Option<Tensor>> {
@@ -286,7 +296,8 @@ impl Weights {
             });
         }
         let rope_factors = if g.has_tensor("rope_freqs.weight") { Some(g.tensor("rope_freqs.weight", &Device::Cpu)?.to_vec1::<f32>()?) } else { None };
-        Ok(Self { output_norm: g.tensor("output_norm.weight", device)?, cfg, embed, layers, output, device: device.clone(), rope_factors })
+        let kv_dtype = kv_dtype(device, precision);
+        Ok(Self { output_norm: g.tensor("output_norm.weight", device)?, cfg, embed, layers, output, device: device.clone(), rope_factors, kv_dtype })
     }
 
     pub fn device(&self) -> &Device {
@@ -295,7 +306,7 @@ impl Weights {
 
     /// A fresh, empty KV cache for one sequence.
     pub fn new_cache(&self) -> Cache {
-        Cache { layers: (0..self.cfg.n_layer).map(|_| LayerKv::default()).collect(), len: 0 }
+        Cache { layers: (0..self.cfg.n_layer).map(|_| LayerKv::default()).collect(), len: 0, dtype: self.kv_dtype }
     }
 
     fn rope_tables(&self, base: f32, pos: usize, n: usize) -> Result<(Tensor, Tensor)> {
@@ -425,7 +436,7 @@ impl Weights {
                 let q = (self.rope(&q, cos, sin)? * c.attn_scale)?;
                 let k = self.rope(&k, cos, sin)?;
                 let (pos, total) = (place.pos, place.pos + n);
-                let (k_all, v_all) = cache.layers[i].append(&k, &v, pos)?;
+                let (k_all, v_all) = cache.layers[i].append(&k.to_dtype(cache.dtype)?, &v.to_dtype(cache.dtype)?, pos)?;
                 if self.device.is_cpu() {
                     outs.push(self.attend_cpu(&q, &k_all, &v_all, pos, n, if layer.sliding { c.sliding_window.unwrap_or(usize::MAX) } else { usize::MAX })?);
                     continue;
@@ -496,9 +507,11 @@ impl Weights {
                 return Err(Error::InvalidRequest("CPU attention on a tensor that is not on the CPU".into()));
             };
             let len = c.n_head_kv * cap * c.head_dim;
-            let kd = &ks.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + len];
-            let vd = &vs.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + len];
-            crate::attention::attend(shape, &q, kd, vd, &mut out);
+            let (kr, vr) = (kl.start_offset()..kl.start_offset() + len, vl.start_offset()..vl.start_offset() + len);
+            match k.dtype() {
+                DType::F16 => crate::attention::attend(shape, &q, &ks.as_slice::<half::f16>()?[kr], &vs.as_slice::<half::f16>()?[vr], &mut out),
+                _ => crate::attention::attend(shape, &q, &ks.as_slice::<f32>()?[kr], &vs.as_slice::<f32>()?[vr], &mut out),
+            }
         }
         Ok(Tensor::from_vec(out, (n, c.n_head * c.head_dim), &self.device)?)
     }
@@ -586,6 +599,7 @@ fn matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
 pub struct Cache {
     layers: Vec<LayerKv>,
     len: usize,
+    dtype: DType,
 }
 
 impl Cache {
@@ -605,7 +619,7 @@ impl Cache {
 
     /// Bytes allocated for keys and values.
     pub fn allocated_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.k.as_ref().map_or(0, |k| 2 * k.elem_count() * 4)).sum()
+        self.layers.iter().map(|l| l.k.as_ref().map_or(0, |k| 2 * k.elem_count() * k.dtype().size_in_bytes())).sum()
     }
 }
 

@@ -201,13 +201,15 @@ impl Engine {
         tracing::debug!(secs = opened.elapsed().as_secs_f64(), "GGUF header read");
         let mcfg = ModelConfig::from_gguf(&gguf)?;
         let context = mcfg.context_length.min(cfg.max_context);
-        let needed = gguf.weights_bytes() as u128 + (cfg.slots as u128) * (context as u128) * (mcfg.kv_bytes_per_token() as u128) + (64u128 << 20);
+        let needed = gguf.weights_bytes() as u128 + (cfg.slots as u128) * (context as u128) * (mcfg.kv_bytes_per_token(&cfg.device) as u128) + (64u128 << 20);
         let available = crate::hardware::available_memory();
         if needed > u128::from(available) {
             return Err(Error::OutOfMemory { model: entry.id, needed_mib: u64::try_from(needed >> 20).unwrap_or(u64::MAX), available_mib: available >> 20 });
         }
         let started = Instant::now();
         let model = Arc::new(Model::from_gguf(&gguf, &cfg.device, cfg.max_context)?);
+        drop(gguf);
+        crate::generate::release_freed_heap();
         tracing::info!(model = %entry.id, secs = started.elapsed().as_secs_f64(), context = model.context, slots = cfg.slots, "model loaded");
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_depth + cfg.slots);
         let busy = Arc::new(AtomicUsize::new(0));
