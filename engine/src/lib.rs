@@ -12,6 +12,7 @@
 
 mod attention;
 pub mod error;
+mod float_kernels;
 pub mod generate;
 pub mod gguf;
 pub mod hardware;

@@ -161,7 +161,7 @@ impl Linear {
     fn load(g: &Gguf, name: &str, dev: &Device, precision: Precision) -> Result<Self> {
         let qt = g.qtensor(&format!("{name}.weight"), dev)?;
         let w = match precision {
-            Precision::Quantized => QMatMul::from_qtensor(qt)?,
+            Precision::Quantized => as_stored(Arc::new(qt))?,
             Precision::Exact => QMatMul::Tensor(qt.dequantize(dev)?),
         };
         let bias = format!("{name}.bias");
@@ -259,9 +259,9 @@ impl Weights {
             });
         }
         let output = match (g.has_tensor("output.weight"), precision) {
-            (true, Precision::Quantized) => QMatMul::from_qtensor(g.qtensor("output.weight", device)?)?,
+            (true, Precision::Quantized) => as_stored(Arc::new(g.qtensor("output.weight", device)?))?,
             (true, Precision::Exact) => QMatMul::Tensor(g.tensor("output.weight", device)?),
-            (false, Precision::Quantized) => QMatMul::from_arc(embed.clone())?,
+            (false, Precision::Quantized) => as_stored(embed.clone())?,
             (false, Precision::Exact) => QMatMul::Tensor(embed.dequantize(device)?),
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
@@ -563,14 +563,23 @@ struct Place {
     local_mask: Option<Tensor>,
 }
 
+/// A weight to multiply as stored. candle would turn F16, BF16 and F32
+/// weights into an f32 copy; on the CPU rbee's float kernels read them in
+/// place from the mapped file.
+fn as_stored(qt: Arc<QTensor>) -> Result<QMatMul> {
+    if qt.device().is_cpu() && crate::float_kernels::covers(qt.dtype()) {
+        return Ok(QMatMul::QTensor(qt));
+    }
+    Ok(QMatMul::from_arc(qt)?)
+}
+
 /// `w · xᵀ` for the rows of `x` (rows, k), each row's result the same
 /// whatever the row count.
 ///
 /// rbee's kernels compute a row alike for any row count (see
-/// `kernels::dot_ref`). Where they are not built, candle may multiply one row
-/// of a Q6_K weight with a compact kernel and several with repacked tiles,
-/// which round differently; a single row is therefore sent through the
-/// multi-row path too, paired with a copy of itself.
+/// `kernels::dot_ref` and `float_kernels::dot_ref`). Where they are not built, candle's are used, and
+/// they pick kernels by the row count ([`candle_rows`]): the rows are padded
+/// with zero rows to a count that always takes the same kernel.
 fn matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     // rbee's kernels, for the types they cover: they read the mapped file in
     // place, where candle's repacked ones would keep a second copy.
@@ -581,17 +590,52 @@ fn matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     {
         return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::kernels::QuantMatmul(t.clone()))?);
     }
-    let single_q6k =
-        matches!(w, QMatMul::QTensor(t) if t.device().is_cpu() && t.dtype() == GgmlDType::Q6K) && x.dims().iter().rev().skip(1).product::<usize>() == 1;
-    if single_q6k {
-        let k = x.dim(D::Minus1)?;
-        let pair = Tensor::cat(&[x.reshape((1, k))?, x.reshape((1, k))?], 0)?;
-        let y = w.forward(&pair)?.narrow(0, 0, 1)?;
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank 2 or more") = y.dim(1)?;
-        return Ok(y.reshape(dims)?);
+    if let QMatMul::QTensor(t) = w
+        && t.device().is_cpu()
+        && x.dtype() == DType::F32
+        && crate::float_kernels::covers(t.dtype())
+    {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::float_kernels::FloatMatmul(t.clone()))?);
     }
-    Ok(w.forward(x)?)
+    let rows: usize = x.dims().iter().rev().skip(1).product();
+    let padded = match w {
+        QMatMul::QTensor(t) if t.device().is_cpu() => candle_rows(t.dtype(), rows),
+        _ => rows,
+    };
+    if padded == rows {
+        return Ok(w.forward(x)?);
+    }
+    let k = x.dim(D::Minus1)?;
+    let pad = Tensor::zeros((padded - rows, k), x.dtype(), x.device())?;
+    let y = w.forward(&Tensor::cat(&[&x.reshape((rows, k))?, &pad], 0)?)?.narrow(0, 0, rows)?;
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank 2 or more") = y.dim(1)?;
+    Ok(y.reshape(dims)?)
+}
+
+/// How many rows to give candle's CPU kernels for `rows` rows of
+/// activations against a weight of `dtype`, so that each row is computed
+/// the same way whatever else runs with it.
+///
+/// On x86-64 candle multiplies one row of a Q6_K weight with a compact
+/// kernel and several with repacked tiles, which round differently: a
+/// single row goes in as two. On aarch64 with the dot-product or int8
+/// matrix instructions it repacks Q4_0, Q8_0, Q4_K, Q5_K and Q6_K weights and
+/// multiplies row counts that are multiples of four with tiled kernels and
+/// other rows one at a time with another kernel: every count goes in as a
+/// multiple of four.
+fn candle_rows(dtype: GgmlDType, rows: usize) -> usize {
+    #[cfg(target_arch = "aarch64")]
+    {
+        let repacked = matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
+        if repacked && (std::arch::is_aarch64_feature_detected!("dotprod") || std::arch::is_aarch64_feature_detected!("i8mm")) {
+            return rows.next_multiple_of(4);
+        }
+    }
+    if cfg!(target_arch = "x86_64") && dtype == GgmlDType::Q6K && rows == 1 {
+        return 2;
+    }
+    rows
 }
 
 /// One sequence's keys and values for every layer.

@@ -63,6 +63,33 @@ fn every_architecture_agrees_with_itself_across_chunkings() {
     }
 }
 
+/// Weights stored as F16, BF16 or F32 run in place through rbee's float
+/// kernels: every token's result is the same however the prompt is split,
+/// and the logits are the exact model's (weights widened to f32 and f32
+/// activations, as `Precision::Exact` computes with candle's matrix
+/// product) but for the f16 rounding of the KV cache (~1e-3 relative).
+#[test]
+fn float_weights_agree_with_themselves_and_with_the_exact_model() {
+    use candle_core::quantized::GgmlDType;
+    use rbee_engine::gguf::Gguf;
+    use rbee_engine::model::{Precision, Weights};
+    for weights in [GgmlDType::F16, GgmlDType::BF16, GgmlDType::F32] {
+        for arch in ["llama", "gemma3", "phi3"] {
+            let t = Tiny { weights, ..tiny(arch) };
+            check_consistency(&t);
+            let (dir, model) = load(&t);
+            let toks = tokens(&model, 13);
+            let ours = logits_in_chunks(&model, &toks, &[13]);
+            let exact = Weights::load_with(&Gguf::open(&dir.path().join(format!("{arch}.gguf"))).unwrap(), &Device::Cpu, Precision::Exact).unwrap();
+            let mut cache = exact.new_cache();
+            let want = exact.forward(&toks, &mut cache).unwrap().to_vec1::<f32>().unwrap();
+            let spread = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = max_diff(&ours, &want);
+            assert!(diff < 2e-3 * spread, "{weights:?} {arch}: differs from the exact model by {diff} (logits up to {spread})");
+        }
+    }
+}
+
 #[test]
 fn sliding_window_models_agree_across_chunkings() {
     for arch in ["gemma3", "phi3"] {

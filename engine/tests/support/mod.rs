@@ -32,6 +32,8 @@ pub struct Tiny {
     pub ffn: usize,
     pub sliding_window: Option<u32>,
     pub context_length: u64,
+    /// How the matrices are stored (norms and biases are always F32).
+    pub weights: GgmlDType,
 }
 
 pub fn tiny(arch: &'static str) -> Tiny {
@@ -39,7 +41,7 @@ pub fn tiny(arch: &'static str) -> Tiny {
         "qwen2" | "qwen3" => Vocab::ByteLevel,
         _ => Vocab::SentencePiece,
     };
-    Tiny { arch, vocab, n_embd: 64, n_head: 4, n_head_kv: 2, n_layer: 2, ffn: 128, sliding_window: None, context_length: 4096 }
+    Tiny { arch, vocab, n_embd: 64, n_head: 4, n_head_kv: 2, n_layer: 2, ffn: 128, sliding_window: None, context_length: 4096, weights: GgmlDType::Q8_0 }
 }
 
 /// GPT-2's reversible byte → printable character mapping.
@@ -149,7 +151,7 @@ impl Tiny {
         let noise = |n: usize, sd: f32| uniform(n, -1.732 * sd, 1.732 * sd);
         let q = |shape: (usize, usize)| {
             let t = Tensor::from_vec(noise(shape.0 * shape.1, 1.0 / (shape.1 as f32).sqrt()), shape, &dev).unwrap();
-            QTensor::quantize(&t, GgmlDType::Q8_0).unwrap()
+            QTensor::quantize(&t, self.weights).unwrap()
         };
         let norm = |n: usize| QTensor::quantize(&Tensor::from_vec(uniform(n, 0.8, 1.2), n, &dev).unwrap(), GgmlDType::F32).unwrap();
         let bias = |n: usize| QTensor::quantize(&Tensor::from_vec(noise(n, 0.1), n, &dev).unwrap(), GgmlDType::F32).unwrap();
