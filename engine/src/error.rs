@@ -31,6 +31,10 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A grammar or JSON schema the request asked for that cannot be enforced.
+    #[error("{0}")]
+    InvalidGrammar(String),
+
     /// The prompt leaves no room in the model's context to generate.
     #[error("the prompt has {prompt_tokens} tokens but the model's context holds {context}; shorten it")]
     PromptTooLong { prompt_tokens: usize, context: usize },
@@ -38,6 +42,11 @@ pub enum Error {
     /// A chat template failed to render.
     #[error("chat template error: {0}")]
     Template(String),
+
+    /// Constrained decoding failed mid-generation (not the request's fault:
+    /// a grammar the request gave was checked when it started).
+    #[error("constrained decoding failed: {0}")]
+    Grammar(String),
 
     /// Tokenizer construction or use failed.
     #[error("tokenizer error: {0}")]

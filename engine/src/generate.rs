@@ -8,6 +8,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::model::{Cache, Weights};
@@ -34,6 +35,9 @@ pub struct Model {
     pub template: ChatTemplate,
     /// Tokens a sequence may hold: the trained context, capped by config.
     pub context: usize,
+    /// The vocabulary compiled for grammars, built by the first request
+    /// that needs it (most never do, and it costs a few MiB).
+    grammars: std::sync::OnceLock<std::result::Result<Grammars, String>>,
 }
 
 /// Gives the heap pages that loading a model freed back to the system.
@@ -85,7 +89,23 @@ impl Model {
         let tokenizer = tokenizer?;
         let template = ChatTemplate::from_gguf(gguf, weights.cfg.arch, &tokenizer)?;
         let context = weights.cfg.context_length.min(max_context).max(1);
-        Ok(Self { weights: Arc::new(weights), tokenizer, template, context })
+        Ok(Self { weights: Arc::new(weights), tokenizer, template, context, grammars: std::sync::OnceLock::new() })
+    }
+
+    /// `grammar` compiled for one request on this model.
+    ///
+    /// # Errors
+    /// [`Error::InvalidGrammar`] for a grammar or schema that cannot be
+    /// enforced; [`Error::Tokenizer`] when this model's vocabulary cannot
+    /// carry grammars.
+    pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint> {
+        let grammars = self.grammars.get_or_init(|| {
+            let t = Instant::now();
+            let g = Grammars::new(&self.tokenizer, &self.tokenizer.end_of_generation).map_err(|e| e.to_string());
+            tracing::debug!(secs = t.elapsed().as_secs_f64(), "grammar vocabulary built");
+            g
+        });
+        grammars.as_ref().map_err(|e| Error::Tokenizer(e.clone()))?.compile(grammar)
     }
 
     /// Token ids for `prompt`, checked against the context.
@@ -228,6 +248,8 @@ pub struct Sequence<'m> {
     params: SamplingParams,
     reuse: usize,
     sampler: Sampler,
+    /// The grammar the output must match, if any.
+    constraint: Option<Constraint>,
     text: crate::tokenizer::TextStream<'m>,
     stops: StopMatcher,
     /// Logits waiting to be sampled (after the prompt or a decode step).
@@ -258,8 +280,17 @@ pub enum Need {
 }
 
 impl<'m> Sequence<'m> {
-    /// Starts `prompt` in `slot` (number `index`), reusing what its cache shares with it.
-    pub fn new(model: &'m Model, index: usize, slot: &mut Slot, prompt: Vec<u32>, params: SamplingParams, tx: mpsc::Sender<Event>) -> Self {
+    /// Starts `prompt` in `slot` (number `index`), reusing what its cache
+    /// shares with it; `constraint` holds the output to a grammar.
+    pub fn new(
+        model: &'m Model,
+        index: usize,
+        slot: &mut Slot,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
+        tx: mpsc::Sender<Event>,
+    ) -> Self {
         let reuse = slot.reusable_for(&prompt);
         slot.cache.truncate(reuse);
         slot.tokens.truncate(reuse);
@@ -268,6 +299,7 @@ impl<'m> Sequence<'m> {
             slot: index,
             tx,
             sampler: Sampler::new(params.clone()),
+            constraint,
             stops: StopMatcher::new(&params.stop),
             text: model.tokenizer.stream(),
             prompt,
@@ -370,10 +402,19 @@ impl<'m> Sequence<'m> {
 
     /// Samples the next token; `Some` when it should run through the model.
     fn sample(&mut self, logits: &mut [f32], slot: &Slot) -> Result<Option<u32>> {
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits)?;
+        }
         let token = self.sampler.sample(logits, &slot.tokens);
-        if !self.params.ignore_eos && self.model.tokenizer.end_of_generation.contains(&token) {
+        let end = self.model.tokenizer.end_of_generation.contains(&token);
+        // A grammar allows an end of turn only where it is complete, so it
+        // ends the answer even with `ignore_eos`.
+        if end && (!self.params.ignore_eos || self.constraint.is_some()) {
             self.finish(FinishReason::Stop);
             return Ok(None);
+        }
+        if let Some(c) = &mut self.constraint {
+            c.advance(&[token])?;
         }
         self.generated += 1;
         self.pending += 1;
@@ -386,6 +427,10 @@ impl<'m> Sequence<'m> {
                 self.finish(FinishReason::Stop);
                 return Ok(None);
             }
+        }
+        if self.constraint.as_ref().is_some_and(Constraint::done) {
+            self.finish(FinishReason::Stop);
+            return Ok(None);
         }
         if self.generated >= self.params.max_tokens.unwrap_or(usize::MAX) || slot.tokens.len() + 1 >= self.model.context {
             self.finish(FinishReason::Length);

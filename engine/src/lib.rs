@@ -5,12 +5,14 @@
 //! - [`gguf`] and [`model`]: reading GGUF (weights mapped, not copied) and one
 //!   decoder for gemma3, llama/mistral, qwen2, qwen3 and phi3.
 //! - [`tokenizer`] and [`template`]: text in and out, chat templates.
-//! - [`sampling`] and [`generate`]: choosing tokens, one streamed generation.
+//! - [`sampling`] and [`generate`]: choosing tokens, one streamed generation;
+//!   [`constraint`]: output held to a JSON schema or grammar.
 //! - [`runtime`]: the [`Engine`] — models loaded on first use, slots, queue,
 //!   idle unload.
 //! - [`hardware`]: RAM, CPU, GPU adapters, usable candle devices.
 
 mod attention;
+pub mod constraint;
 pub mod error;
 mod float_kernels;
 pub mod generate;
@@ -26,6 +28,7 @@ pub mod tokenizer;
 
 /// Where a model runs (candle's device).
 pub use candle_core::Device;
+pub use constraint::Grammar;
 pub use error::{Error, Result};
 pub use generate::{Event, FinishReason, Model, Prompt, Request, Usage};
 pub use runtime::{Config, Engine, Generation, LoadedInfo};

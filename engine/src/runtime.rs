@@ -22,8 +22,9 @@ use candle_core::Device;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::constraint::Constraint;
 use crate::error::{Error, Result};
-use crate::generate::{self, Event, Model, Need, Request, Sequence, Slot};
+use crate::generate::{self, Event, Model, Need, Prompt, Request, Sequence, Slot};
 use crate::gguf::Gguf;
 use crate::model::Config as ModelConfig;
 use crate::store::Store;
@@ -60,6 +61,7 @@ const EVENT_BUFFER: usize = 64;
 struct Job {
     prompt: Vec<u32>,
     request: Request,
+    constraint: Option<Constraint>,
     tx: mpsc::Sender<Event>,
 }
 
@@ -157,6 +159,20 @@ impl Engine {
         let (id, loaded) = self.load(model)?;
         let prompt = loaded.model.prompt_tokens(&request.prompt)?;
         let prompt_tokens = prompt.len();
+        // The grammar is compiled here, so a schema it cannot enforce is the
+        // caller's error before anything runs.
+        let constraint = match &request.params.grammar {
+            Some(g) => {
+                let mut c = loaded.model.constraint(g)?;
+                // A continuation: the text another node generated is already
+                // part of the output the grammar holds.
+                if let Prompt::Continue { text, .. } = &request.prompt {
+                    c.advance_text(text)?;
+                }
+                Some(c)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         *loaded.last_used.lock().expect("last_used lock") = Instant::now();
         let queued = loaded.queued.fetch_add(1, Ordering::SeqCst);
@@ -165,7 +181,7 @@ impl Engine {
             loaded.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull { model: id, slots: self.inner.cfg.slots, queued });
         }
-        match loaded.jobs.try_send(Job { prompt, request, tx }) {
+        match loaded.jobs.try_send(Job { prompt, request, constraint, tx }) {
             Ok(()) => Ok(Generation { events: rx, prompt_tokens, model: id }),
             Err(TrySendError::Full(_)) => {
                 loaded.queued.fetch_sub(1, Ordering::SeqCst);
@@ -291,7 +307,7 @@ fn schedule(model: &Model, rx: &Receiver<Job>, n_slots: usize, busy: &AtomicUsiz
             };
             free[index] = false;
             busy.fetch_add(1, Ordering::SeqCst);
-            running.push(Sequence::new(model, index, &mut slots[index], job.prompt, job.request.params, job.tx));
+            running.push(Sequence::new(model, index, &mut slots[index], job.prompt, job.request.params, job.constraint, job.tx));
         }
         if !open && running.is_empty() && draining.is_empty() {
             return;

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::Grammar;
 use crate::error::{Error, Result};
 
 /// How to pick tokens and when to stop. Defaults match llama.cpp's.
@@ -40,6 +41,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
+    /// What the output must match (JSON, a schema, a grammar); `None` = free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for SamplingParams {
@@ -57,6 +61,7 @@ impl Default for SamplingParams {
             max_tokens: None,
             stop: Vec::new(),
             ignore_eos: false,
+            grammar: None,
         }
     }
 }

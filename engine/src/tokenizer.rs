@@ -34,6 +34,7 @@ use crate::gguf::Gguf;
 const TOKEN_UNKNOWN: i32 = 2;
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
+const TOKEN_UNUSED: i32 = 5;
 const TOKEN_BYTE: i32 = 6;
 
 /// SentencePiece's visible space.
@@ -313,27 +314,32 @@ impl Spm {
     fn decode(&self, vocab: &Vocab, ids: &[u32], strip_prefix_space: bool) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
-            let Some(text) = vocab.get(id) else { continue };
-            match vocab.ty(id) {
-                TOKEN_CONTROL => {}
-                TOKEN_BYTE => match byte_of(text) {
-                    Some(b) => bytes.push(b),
-                    None => bytes.extend_from_slice(text.as_bytes()),
-                },
-                // llama.cpp shows an unknown piece as a lower block.
-                TOKEN_UNKNOWN => bytes.extend_from_slice("\u{2585}".as_bytes()),
-                _ => {
-                    for c in text.chars() {
-                        let c = if c == SPACE { ' ' } else { c };
-                        bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                    }
-                }
-            }
+            Self::push_bytes(vocab, id, &mut bytes);
         }
         if strip_prefix_space && self.add_space_prefix && bytes.first() == Some(&b' ') {
             bytes.remove(0);
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Appends the bytes token `id` stands for in text (none for a control token).
+    fn push_bytes(vocab: &Vocab, id: u32, bytes: &mut Vec<u8>) {
+        let Some(text) = vocab.get(id) else { return };
+        match vocab.ty(id) {
+            TOKEN_CONTROL => {}
+            TOKEN_BYTE => match byte_of(text) {
+                Some(b) => bytes.push(b),
+                None => bytes.extend_from_slice(text.as_bytes()),
+            },
+            // llama.cpp shows an unknown piece as a lower block.
+            TOKEN_UNKNOWN => bytes.extend_from_slice("\u{2585}".as_bytes()),
+            _ => {
+                for c in text.chars() {
+                    let c = if c == SPACE { ' ' } else { c };
+                    bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+            }
+        }
     }
 }
 
@@ -444,6 +450,22 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()
+    }
+
+    /// The bytes token `id` adds to decoded text, or `None` for a token that
+    /// is not text: control tokens (`<|im_end|>`, `<end_of_turn>`) and the
+    /// unknown and unused ones. A byte-fallback token is its one byte, which
+    /// may be part of a character.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        if matches!(self.vocab.ty(id), TOKEN_CONTROL | TOKEN_UNKNOWN | TOKEN_UNUSED) || id as usize >= self.vocab.len() {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        match &self.kind {
+            Kind::Spm(_) => Spm::push_bytes(&self.vocab, id, &mut bytes),
+            Kind::Bpe(bpe) => bpe.push_bytes(&self.vocab, id, &mut bytes),
+        }
+        Some(bytes)
     }
 }
 
@@ -647,22 +669,27 @@ impl Bpe {
     fn decode(&self, vocab: &Vocab, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
-            let Some(text) = vocab.get(id) else { continue };
-            if vocab.ty(id) == TOKEN_CONTROL {
-                continue;
-            }
-            let start = bytes.len();
-            for c in text.chars() {
-                match self.char_bytes.get(c as usize).copied().flatten() {
-                    Some(b) => bytes.push(b),
-                    None => {
-                        bytes.truncate(start);
-                        bytes.extend_from_slice(text.as_bytes());
-                        break;
-                    }
+            self.push_bytes(vocab, id, &mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Appends the bytes token `id` stands for in text (none for a control token).
+    fn push_bytes(&self, vocab: &Vocab, id: u32, bytes: &mut Vec<u8>) {
+        let Some(text) = vocab.get(id) else { return };
+        if vocab.ty(id) == TOKEN_CONTROL {
+            return;
+        }
+        let start = bytes.len();
+        for c in text.chars() {
+            match self.char_bytes.get(c as usize).copied().flatten() {
+                Some(b) => bytes.push(b),
+                None => {
+                    bytes.truncate(start);
+                    bytes.extend_from_slice(text.as_bytes());
+                    break;
                 }
             }
         }
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 }

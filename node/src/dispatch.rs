@@ -9,8 +9,11 @@
 //! from the prompt plus the text already sent, and the client sees one
 //! answer whose usage counts both parts.
 //!
-//! On the wire (`/rbee/infer/1`, a stream of the swarm's encrypted
-//! connection): one [`InferRequest`] frame, then [`InferFrame`]s back.
+//! On the wire (`/rbee/infer/2`, a stream of the swarm's encrypted
+//! connection): one [`InferRequest`] frame, then [`InferFrame`]s back. The
+//! version moves when a request can carry something an older node would
+//! ignore (2: `grammar` in the sampling parameters), so such a node is not
+//! asked: it cannot open the stream, and the next candidate is tried.
 //! Dropping the stream stops the remote generation within one token.
 
 use futures_util::StreamExt;
@@ -42,7 +45,7 @@ pub enum Error {
 }
 
 /// The request stream's protocol name.
-pub const INFER_PROTOCOL: &str = "/rbee/infer/1";
+pub const INFER_PROTOCOL: &str = "/rbee/infer/2";
 
 /// Events buffered between a source and the HTTP layer.
 const BUFFER: usize = 64;
@@ -188,7 +191,7 @@ fn retry_elsewhere(e: &Error) -> bool {
 /// Engine errors about the request itself (the same on every node).
 fn is_client_error(e: &rbee_engine::Error) -> bool {
     use rbee_engine::Error as E;
-    matches!(e, E::InvalidRequest(_) | E::Template(_) | E::PromptTooLong { .. } | E::InvalidName { .. })
+    matches!(e, E::InvalidRequest(_) | E::InvalidGrammar(_) | E::Template(_) | E::PromptTooLong { .. } | E::InvalidName { .. })
 }
 
 async fn local(s: &Service, model: &str, prompt: Prompt, params: SamplingParams) -> Result<Started, Error> {
@@ -242,6 +245,7 @@ fn refusal(e: &Error) -> InferFrame {
     match e {
         Error::Engine(E::ModelNotFound(_)) | Error::NotFound(_) => frame(404, e.to_string(), Some("model_not_found"), Some("model")),
         Error::Engine(E::PromptTooLong { .. }) => frame(400, e.to_string(), Some("context_length_exceeded"), Some("prompt")),
+        Error::Engine(E::InvalidGrammar(_)) => frame(400, e.to_string(), None, Some("response_format")),
         Error::Engine(inner) if is_client_error(inner) => frame(400, e.to_string(), None, Some("prompt")),
         Error::Engine(E::QueueFull { .. }) => frame(503, e.to_string(), Some("queue_full"), None),
         Error::Engine(E::OutOfMemory { .. }) => frame(503, e.to_string(), Some("insufficient_memory"), None),

@@ -299,3 +299,101 @@ async fn beyond_loopback_other_machines_need_a_configured_key() {
     assert_eq!(call("127.0.0.1:50000", None, "/v1/models").await.status(), 200);
     assert_eq!(call("[::ffff:127.0.0.1]:50000", None, "/v1/models").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_holds_the_answer_to_json_whole_and_streamed_and_bad_formats_name_their_field() {
+    let node = TestNode::start(|_| {}).await;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "country": {"enum": ["France", "Germany", "Italy"]},
+            "population_millions": {"type": "integer", "minimum": 0, "maximum": 50}
+        },
+        "required": ["city", "country", "population_millions"],
+        "additionalProperties": false
+    });
+    let format = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": true}});
+    let ask = "Describe Paris as JSON.";
+    let whole: Value = node
+        .post("/v1/chat/completions", &chat(ask, json!({"temperature": 0, "max_tokens": 60, "response_format": format})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    let v: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?} is not JSON: {e}"));
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["city", "country", "population_millions"], "{content}");
+    assert!(["France", "Germany", "Italy"].contains(&v["country"].as_str().unwrap()), "{content}");
+    assert!(v["population_millions"].as_u64().unwrap() <= 50);
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "the grammar ends the answer");
+
+    // Streamed, the deltas assemble to the same JSON.
+    let res = node
+        .post("/v1/chat/completions", &chat(ask, json!({"temperature": 0, "max_tokens": 60, "response_format": format, "stream": true})))
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = Sse::new(res).all().await;
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .collect();
+    assert_eq!(streamed, content);
+
+    // Text completions too, with json_object (any object) and llama.cpp's
+    // `schema` inside it.
+    for format in [
+        json!({"type": "json_object"}),
+        json!({"type": "json_object", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false}}),
+    ] {
+        let r: Value = node
+            .post("/v1/completions", &json!({"model": MODEL, "prompt": "A JSON object:", "max_tokens": 80, "temperature": 0, "response_format": format}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let text = r["choices"][0]["text"].as_str().unwrap();
+        if r["choices"][0]["finish_reason"] == "stop" {
+            let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{format}: {text:?} is not JSON: {e}"));
+            assert!(v.is_object(), "{text}");
+        } else {
+            assert!(text.trim_start().starts_with('{'), "{format}: cut short, still an object so far: {text:?}");
+        }
+    }
+
+    for (format, param, says) in [
+        (json!({"type": "xml"}), "response_format.type", "xml"),
+        (json!({"type": "json_schema"}), "response_format.json_schema", "required"),
+        (json!({"type": "json_schema", "json_schema": {"name": "x"}}), "response_format.json_schema.schema", "required"),
+        (json!({"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}), "response_format.json_schema.schema", "JSON Schema"),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "array", "uniqueItems": true}}}),
+            "response_format",
+            "uniqueItems",
+        ),
+    ] {
+        let (s, e) = error_of(node.post("/v1/chat/completions", &chat("hi", json!({"response_format": format}))).send().await.unwrap()).await;
+        assert_eq!((s, e["param"].as_str()), (400, Some(param)), "{format}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{format}: {e}");
+    }
+    // Without `strict`, what cannot be enforced is left out and the rest holds.
+    let lenient = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 9}, "maxItems": 4, "uniqueItems": true}}});
+    let r: Value = node
+        .post("/v1/chat/completions", &chat("Numbers:", json!({"temperature": 0, "max_tokens": 30, "response_format": lenient})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+    let v: Vec<u64> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert!(v.len() <= 4 && v.iter().all(|n| (1..=9).contains(n)), "{text}");
+    node.stop().await.unwrap();
+}

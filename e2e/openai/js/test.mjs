@@ -88,3 +88,23 @@ test('aborting mid-stream frees the slot', async () => {
     await new Promise((r) => setTimeout(r, 20));
   }
 });
+
+test('structured output: a json_schema answer parses and matches', async () => {
+  const schema = {
+    type: 'object',
+    properties: { fruit: { type: 'string' }, colour: { enum: ['red', 'yellow', 'green', 'orange'] } },
+    required: ['fruit', 'colour'],
+    additionalProperties: false,
+  };
+  const r = await client.chat.completions.create({
+    model: process.env.RBEE_CHAT_MODEL,
+    messages: [{ role: 'user', content: 'Name a fruit and its colour.' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'fruit', schema, strict: true } },
+    max_tokens: 80,
+    temperature: 0,
+  });
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  const v = JSON.parse(r.choices[0].message.content);
+  assert.deepEqual(Object.keys(v), ['fruit', 'colour']);
+  assert.ok(['red', 'yellow', 'green', 'orange'].includes(v.colour));
+});

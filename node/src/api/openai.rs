@@ -4,7 +4,7 @@
 //! API does for fields a model does not use) and checked strictly: every
 //! out-of-range value is a 400 that names its field.
 
-use rbee_engine::{Message, SamplingParams, Usage as EngineUsage};
+use rbee_engine::{Grammar, Message, SamplingParams, Usage as EngineUsage};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -45,6 +45,62 @@ pub struct Sampling {
     /// llama.cpp's extension: keep generating past end-of-turn (fixed-length benchmarks).
     pub ignore_eos: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}`; read by
+    /// [`grammar`], which names the field at fault.
+    pub response_format: Option<serde_json::Value>,
+}
+
+/// The grammar `response_format` asks for: `json_object` (any object, or
+/// llama.cpp's `schema` inside it), `json_schema` (`json_schema.schema`,
+/// `strict` honoured: a keyword that cannot be enforced is a 400 instead of
+/// being ignored), or none for `text`.
+///
+/// # Errors
+/// A 400 naming the field at fault.
+pub fn grammar(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, ApiError> {
+    use serde_json::Value;
+    let Some(f) = format.filter(|f| !f.is_null()) else { return Ok(None) };
+    let Some(kind) = f.get("type").and_then(Value::as_str) else {
+        return Err(ApiError::invalid("response_format.type", "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\""));
+    };
+    let schema_object = |v: &Value, name: &str| -> Result<Value, ApiError> {
+        match v {
+            Value::Object(_) => Ok(v.clone()),
+            Value::Bool(true) => Ok(serde_json::json!({})),
+            _ => Err(ApiError::invalid(name, format!("`{name}` must be a JSON Schema object"))),
+        }
+    };
+    match kind {
+        "text" => Ok(None),
+        "json_object" => match f.get("schema") {
+            Some(s) => Ok(Some(Grammar::JsonSchema { schema: schema_object(s, "response_format.schema")?, strict: false })),
+            None => Ok(Some(Grammar::JsonObject)),
+        },
+        "json_schema" => {
+            let Some(js) = f.get("json_schema").filter(|j| j.is_object()) else {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema",
+                    "`response_format.json_schema` is required with type \"json_schema\": {\"name\": ..., \"schema\": {...}}",
+                ));
+            };
+            let Some(schema) = js.get("schema") else {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "`response_format.json_schema.schema` is required: the JSON Schema the answer must match",
+                ));
+            };
+            let strict = match js.get("strict") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ApiError::invalid("response_format.json_schema.strict", "`response_format.json_schema.strict` must be true or false")),
+            };
+            Ok(Some(Grammar::JsonSchema { schema: schema_object(schema, "response_format.json_schema.schema")?, strict }))
+        }
+        other => Err(ApiError::invalid(
+            "response_format.type",
+            format!("`response_format.type` {other:?} is not supported; use \"text\", \"json_object\" or \"json_schema\""),
+        )),
+    }
 }
 
 /// Most stop strings a request may carry.
@@ -120,6 +176,7 @@ impl Sampling {
         if p.stop.len() > MAX_STOP {
             return Err(ApiError::invalid("stop", format!("`stop` may hold at most {MAX_STOP} strings, got {}", p.stop.len())));
         }
+        p.grammar = grammar(self.response_format.as_ref())?;
         p.validate().map_err(|e| ApiError::bad_body(e.to_string()))?;
         Ok(p)
     }

@@ -1,0 +1,208 @@
+//! Constrained decoding: output held to a JSON schema or a grammar.
+//!
+//! The models here have random weights, so left alone they write noise:
+//! every answer that parses and matches its schema does so because of the
+//! mask, and sampling at temperature 1 with many seeds walks many paths
+//! through each grammar.
+
+mod support;
+
+use rbee_engine::{Config, Engine, Error, Event, FinishReason, Grammar, Prompt, Request, SamplingParams};
+use serde_json::{Value, json};
+use support::{Tiny, tiny};
+
+fn engine_for(t: &Tiny) -> (tempfile::TempDir, Engine, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = t.write_in(dir.path(), "src");
+    let engine = Engine::new(Config::new(dir.path().join("data"))).unwrap();
+    let id = engine.store().import(&src, None).unwrap().id;
+    (dir, engine, id)
+}
+
+fn constrained(prompt: Prompt, grammar: Grammar, seed: u64, max_tokens: usize) -> Request {
+    Request {
+        prompt,
+        params: SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(seed),
+            max_tokens: Some(max_tokens),
+            grammar: Some(grammar),
+            ..Default::default()
+        },
+    }
+}
+
+fn collect(mut g: rbee_engine::Generation) -> (String, FinishReason) {
+    let mut text = String::new();
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            Event::Text { text: t, .. } => text.push_str(&t),
+            Event::Done { finish, .. } => return (text, finish),
+            Event::Error(e) => panic!("generation failed: {e}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+/// Checks `v` against the part of JSON Schema these tests use; `Err` says where it fails.
+fn validate(v: &Value, s: &Value, at: &str) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("{at}: {why} (value {v})"));
+    if let Some(options) = s.get("anyOf").and_then(Value::as_array) {
+        return if options.iter().any(|o| validate(v, o, at).is_ok()) { Ok(()) } else { fail("matches no anyOf option") };
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        return fail("not in enum");
+    }
+    match s.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(o) = v.as_object() else { return fail("not an object") };
+            let props = s.get("properties").and_then(Value::as_object);
+            for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+                if !o.contains_key(r.as_str().unwrap()) {
+                    return fail(&format!("lacks required {r}"));
+                }
+            }
+            for (k, val) in o {
+                match props.and_then(|p| p.get(k)) {
+                    Some(ps) => validate(val, ps, &format!("{at}.{k}"))?,
+                    None if s.get("additionalProperties") == Some(&Value::Bool(false)) => return fail(&format!("has extra property {k}")),
+                    None => {}
+                }
+            }
+        }
+        Some("array") => {
+            let Some(a) = v.as_array() else { return fail("not an array") };
+            if let Some(max) = s.get("maxItems").and_then(Value::as_u64)
+                && a.len() as u64 > max
+            {
+                return fail("too many items");
+            }
+            if let Some(items) = s.get("items") {
+                for (i, x) in a.iter().enumerate() {
+                    validate(x, items, &format!("{at}[{i}]"))?;
+                }
+            }
+        }
+        Some("string") => {
+            let Some(t) = v.as_str() else { return fail("not a string") };
+            if let Some(max) = s.get("maxLength").and_then(Value::as_u64)
+                && t.chars().count() as u64 > max
+            {
+                return fail("too long");
+            }
+        }
+        Some("integer") => {
+            let Some(n) = v.as_i64() else { return fail("not an integer") };
+            if s.get("minimum").and_then(Value::as_i64).is_some_and(|m| n < m) || s.get("maximum").and_then(Value::as_i64).is_some_and(|m| n > m) {
+                return fail("out of range");
+            }
+        }
+        Some("boolean") if !v.is_boolean() => return fail("not a boolean"),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn schemas() -> Vec<Value> {
+    vec![
+        json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 12},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
+                "active": {"type": "boolean"}
+            },
+            "required": ["name", "age", "tags", "active"],
+            "additionalProperties": false
+        }),
+        json!({
+            "type": "object",
+            "properties": {
+                "point": {
+                    "type": "object",
+                    "properties": {"x": {"type": "integer", "minimum": -5, "maximum": 5}, "y": {"type": "integer", "minimum": -5, "maximum": 5}},
+                    "required": ["x", "y"],
+                    "additionalProperties": false
+                },
+                "side": {"enum": ["left", "right", null]}
+            },
+            "required": ["point", "side"],
+            "additionalProperties": false
+        }),
+        json!({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999}, {"type": "string", "maxLength": 4}]}),
+    ]
+}
+
+#[test]
+fn random_models_write_json_that_matches_the_schema() {
+    for arch in ["llama", "qwen2"] {
+        let (_d, engine, id) = engine_for(&tiny(arch));
+        for schema in schemas() {
+            for seed in 0..6 {
+                let g = Grammar::JsonSchema { schema: schema.clone(), strict: true };
+                let (text, finish) = collect(engine.generate(&id, constrained(Prompt::Text("hello the world".into()), g, seed, 400)).unwrap());
+                assert_eq!(finish, FinishReason::Stop, "{arch} seed {seed}: the grammar ends the answer: {text:?}");
+                let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{arch} seed {seed}: {text:?} is not JSON: {e}"));
+                validate(&v, &schema, "$").unwrap_or_else(|e| panic!("{arch} seed {seed}: {text:?}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lark_grammar_limits_the_answer_to_its_language() {
+    let (_d, engine, id) = engine_for(&tiny("llama"));
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..12 {
+        let g = Grammar::Lark { grammar: r#"start: ("yes" | "no") "!"?"#.into() };
+        let (text, _) = collect(engine.generate(&id, constrained(Prompt::Text("hello".into()), g, seed, 50)).unwrap());
+        assert!(["yes", "no", "yes!", "no!"].contains(&text.as_str()), "seed {seed}: {text:?}");
+        seen.insert(text);
+    }
+    assert!(seen.len() > 1, "sampling still chooses among what the grammar allows: {seen:?}");
+}
+
+#[test]
+fn a_continuation_keeps_to_the_grammar_from_where_the_text_stopped() {
+    let (_d, engine, id) = engine_for(&tiny("qwen2"));
+    let schema = &schemas()[0];
+    for seed in 0..4 {
+        let started = r#"{"name": "Ad"#;
+        let prompt = Prompt::Continue { prompt: Box::new(Prompt::Text("hello".into())), text: started.into() };
+        let g = Grammar::JsonSchema { schema: schema.clone(), strict: true };
+        let (rest, _) = collect(engine.generate(&id, constrained(prompt, g, seed, 400)).unwrap());
+        let whole = format!("{started}{rest}");
+        let v: Value = serde_json::from_str(&whole).unwrap_or_else(|e| panic!("seed {seed}: {whole:?} is not JSON: {e}"));
+        validate(&v, schema, "$").unwrap();
+        assert!(v["name"].as_str().unwrap().starts_with("Ad"), "{whole}");
+    }
+    // Text that already broke the grammar is the caller's error.
+    let prompt = Prompt::Continue { prompt: Box::new(Prompt::Text("hello".into())), text: "[1, 2".into() };
+    let err = engine.generate(&id, constrained(prompt, Grammar::JsonSchema { schema: schema.clone(), strict: true }, 0, 50)).unwrap_err();
+    assert!(matches!(err, Error::InvalidGrammar(_)), "{err}");
+}
+
+#[test]
+fn strict_refuses_what_it_cannot_enforce_and_lenient_enforces_the_rest() {
+    let (_d, engine, id) = engine_for(&tiny("llama"));
+    let schema = json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3, "uniqueItems": true});
+    let err = engine.generate(&id, constrained(Prompt::Text("hello".into()), Grammar::JsonSchema { schema: schema.clone(), strict: true }, 0, 50)).unwrap_err();
+    match &err {
+        Error::InvalidGrammar(m) => assert!(m.contains("uniqueItems"), "the error names the keyword: {m}"),
+        other => panic!("expected InvalidGrammar, got {other:?}"),
+    }
+    for seed in 0..4 {
+        let g = Grammar::JsonSchema { schema: schema.clone(), strict: false };
+        let (text, _) = collect(engine.generate(&id, constrained(Prompt::Text("hello".into()), g, seed, 100)).unwrap());
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        validate(&v, &schema, "$").unwrap();
+    }
+    let bad = Grammar::Lark { grammar: "start: undefined_rule".into() };
+    assert!(matches!(engine.generate(&id, constrained(Prompt::Text("x".into()), bad, 0, 5)), Err(Error::InvalidGrammar(_))));
+}
