@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compatibility suite: the official openai SDKs (Python and JavaScript)
-# against a real `rbee serve` on the fixture model (a base model) and
-# SmolLM2-135M-Instruct (a chat model, for structured output).
+# against a real `rbee serve` on the fixture model (a base model),
+# SmolLM2-135M-Instruct (structured output) and Qwen2.5-Coder-1.5B-Instruct
+# (tool calls).
 # Usage: e2e/openai/run.sh [RBEE_BINARY]   (default: a debug build)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +12,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/rbee"
 rbee="$("$root/e2e/rbee-binary.sh" "${1:-}")"
 fixture="${RBEE_FIXTURE:-$("$root/e2e/fetch-fixture.sh")}"
 chat_model="$("$root/e2e/fetch-fixture.sh" smollm2)"
+tool_model="$("$root/e2e/fetch-fixture.sh" qwen-coder)"
 
 # Python SDK in its own venv, pinned.
 venv="$cache/openai-venv"
@@ -32,6 +34,7 @@ cleanup() {
 trap cleanup EXIT
 RBEE_CONFIG="$data/none.toml" "$rbee" --data-dir "$data" models import "$fixture" >/dev/null
 RBEE_CONFIG="$data/none.toml" "$rbee" --data-dir "$data" models import "$chat_model" >/dev/null
+RBEE_CONFIG="$data/none.toml" "$rbee" --data-dir "$data" models import "$tool_model" >/dev/null
 RBEE_CONFIG="$data/none.toml" "$rbee" --data-dir "$data" serve --listen 127.0.0.1:0 >"$out" 2>"$data/serve.log" &
 pid=$!
 for _ in $(seq 1 200); do
@@ -40,7 +43,7 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 base="$(sed -n 's/^rbee listening on //p' "$out")"
-export RBEE_BASE_URL="$base" RBEE_MODEL="gemma-3-270m-q4_k_m" RBEE_CHAT_MODEL="smollm2-135m-instruct.q4_1"
+export RBEE_BASE_URL="$base" RBEE_MODEL="gemma-3-270m-q4_k_m" RBEE_CHAT_MODEL="smollm2-135m-instruct.q4_1" RBEE_TOOL_MODEL="qwen2.5-coder-1.5b-instruct-q4_k_m"
 echo "openai SDKs against $base"
 
 status=0

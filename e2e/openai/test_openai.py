@@ -4,6 +4,7 @@ import json
 import os
 import re
 import time
+import typing
 import urllib.request
 
 import openai
@@ -194,3 +195,54 @@ def test_a_schema_that_cannot_be_enforced_under_strict_is_a_400():
             response_format={"type": "json_schema", "json_schema": {"name": "s", "strict": True, "schema": {"type": "array", "uniqueItems": True}}},
         )
     assert e.value.body["param"] == "response_format" and "uniqueItems" in e.value.body["message"]
+
+
+TOOL_MODEL = os.environ["RBEE_TOOL_MODEL"]
+
+
+class GetWeather(pydantic.BaseModel):
+    """The current weather in a city."""
+
+    city: str
+    unit: typing.Literal["celsius", "fahrenheit"]
+
+
+class Add(pydantic.BaseModel):
+    """Adds two numbers."""
+
+    a: float
+    b: float
+
+
+TOOLS = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(Add)]
+WEATHER = [{"role": "user", "content": "What is the weather like in Paris and in Berlin today?"}]
+
+
+def test_tool_calls_parse_into_their_pydantic_models():
+    # pydantic_function_tool marks the tools strict; parse() validates each
+    # call's arguments against its model.
+    r = client.chat.completions.parse(model=TOOL_MODEL, messages=WEATHER, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=150)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert isinstance(call.function.parsed_arguments, {"GetWeather": GetWeather, "Add": Add}[call.function.name])
+    assert {c.function.parsed_arguments.city for c in choice.message.tool_calls if c.function.name == "GetWeather"} >= {"Paris"}
+
+
+def test_streamed_tool_calls_assemble_in_the_sdk_as_the_whole_answer():
+    kwargs = dict(model=TOOL_MODEL, messages=WEATHER, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "GetWeather"}}, temperature=0, max_tokens=150)
+    whole = client.chat.completions.parse(**kwargs).choices[0].message
+    with client.chat.completions.stream(**kwargs) as s:
+        for _ in s:
+            pass
+        streamed = s.get_final_completion().choices[0].message
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in streamed.tool_calls] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in whole.tool_calls
+    ]
+    assert len(whole.tool_calls) == 1 and whole.tool_calls[0].function.parsed_arguments.city == "Paris"
+
+
+def test_a_tool_the_request_does_not_offer_is_a_400():
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=TOOL_MODEL, messages=WEATHER, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "fly"}})
+    assert e.value.body["param"] == "tool_choice"

@@ -33,7 +33,7 @@ fn main() -> Result<()> {
         for mut g in gens {
             loop {
                 match g.events.blocking_recv() {
-                    Some(Event::Text { .. }) => {}
+                    Some(Event::Text { .. } | Event::ToolCall { .. } | Event::ToolArguments { .. }) => {}
                     Some(Event::Done { usage, .. }) => {
                         total += usage.completion_tokens;
                         break;

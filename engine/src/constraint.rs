@@ -39,7 +39,7 @@ pub enum Grammar {
 /// Whitespace JSON may hold between tokens: a space or two, or a line break
 /// with indentation. llguidance's default is unbounded, and a small model
 /// can fill its whole answer with newlines; llama.cpp bounds it the same way.
-const JSON_WHITESPACE: &str = r"[ \t]{1,2}|\n{1,2}[ \t]{0,24}";
+pub(crate) const JSON_WHITESPACE: &str = r"[ \t]{1,2}|\n{1,2}[ \t]{0,24}";
 
 impl Grammar {
     fn to_llguidance(&self) -> TopLevelGrammar {
@@ -114,7 +114,7 @@ impl Grammars {
                 Grammar::JsonObject | Grammar::JsonSchema { .. } => "the JSON schema",
                 Grammar::Lark { .. } => "the grammar",
             };
-            Error::InvalidGrammar(format!("{what} cannot be enforced: {e}"))
+            Error::InvalidGrammar { field: "response_format", message: format!("{what} cannot be enforced: {e}") }
         })?;
         Ok(Constraint { matcher: Matcher::new(Ok(parser)), vocab: self.vocab })
     }
@@ -173,7 +173,7 @@ impl Constraint {
     pub fn advance_text(&mut self, text: &str) -> Result<()> {
         let env = self.matcher.tok_env().map_err(|e| Error::Grammar(format!("grammar: {e}")))?;
         let tokens = env.tok_trie().greedy_tokenize(text.as_bytes());
-        self.advance(&tokens).map_err(|e| Error::InvalidGrammar(format!("the text to continue does not match the grammar: {e}")))
+        self.advance(&tokens).map_err(|e| Error::InvalidGrammar { field: "prompt", message: format!("the text to continue does not match the grammar: {e}") })
     }
 
     /// Whether the grammar is complete and allows nothing more.

@@ -31,9 +31,10 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
-    /// A grammar or JSON schema the request asked for that cannot be enforced.
-    #[error("{0}")]
-    InvalidGrammar(String),
+    /// A grammar, JSON schema or tool choice that cannot be enforced;
+    /// `field` names the request field (OpenAI's name) at fault.
+    #[error("{message}")]
+    InvalidGrammar { field: &'static str, message: String },
 
     /// The prompt leaves no room in the model's context to generate.
     #[error("the prompt has {prompt_tokens} tokens but the model's context holds {context}; shorten it")]

@@ -15,6 +15,7 @@ use crate::model::{Cache, Weights};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
+use crate::tools::{self, Piece, Tools};
 
 /// Prompts run through the model in chunks of at most this many tokens: this
 /// bounds the memory of a long prompt's activations. Chunks can be of any
@@ -114,15 +115,23 @@ impl Model {
     /// [`Error::InvalidRequest`] for an empty prompt, [`Error::PromptTooLong`]
     /// for one that leaves no room to generate; template and tokenizer errors.
     pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        self.prompt_tokens_with(prompt, None)
+    }
+
+    /// Like [`prompt_tokens`](Self::prompt_tokens), offering `tools` in a chat.
+    ///
+    /// # Errors
+    /// As [`prompt_tokens`](Self::prompt_tokens).
+    pub fn prompt_tokens_with(&self, prompt: &Prompt, tools: Option<&Tools>) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Text(t) => self.tokenizer.encode_prompt(t)?,
-            Prompt::Chat(msgs) => self.tokenizer.encode_prompt(&self.template.render(msgs, true)?)?,
+            Prompt::Chat(msgs) => self.tokenizer.encode_prompt(&self.template.render_with_tools(msgs, tools, true)?)?,
             Prompt::Tokens(ids) => ids.clone(),
             // The answer so far is tokenized together with the prompt's text,
             // as if this model had written it.
             Prompt::Continue { prompt, text } => match prompt.as_ref() {
                 Prompt::Text(t) => self.tokenizer.encode_prompt(&format!("{t}{text}"))?,
-                Prompt::Chat(msgs) => self.tokenizer.encode_prompt(&format!("{}{text}", self.template.render(msgs, true)?))?,
+                Prompt::Chat(msgs) => self.tokenizer.encode_prompt(&format!("{}{text}", self.template.render_with_tools(msgs, tools, true)?))?,
                 Prompt::Tokens(ids) => {
                     let mut ids = ids.clone();
                     ids.extend(self.tokenizer.encode(text)?);
@@ -174,6 +183,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached or the context is full.
     Length,
+    /// The answer ended after one or more tool calls.
+    ToolCalls,
 }
 
 /// Counts and timings of a finished generation.
@@ -196,6 +207,12 @@ pub enum Event {
     /// one text can stand for several. Summed over a generation they count
     /// every token whose text was sent.
     Text { text: String, tokens: usize },
+    /// A tool call opens: its index in the answer, id and function name;
+    /// `tokens` as for `Text`.
+    ToolCall { index: usize, id: String, name: String, tokens: usize },
+    /// More of call `index`'s arguments (JSON text; a call's pieces join
+    /// to its arguments).
+    ToolArguments { index: usize, text: String, tokens: usize },
     /// The last event of a successful generation.
     Done { finish: FinishReason, usage: Usage },
     /// The generation failed after it started.
@@ -250,6 +267,8 @@ pub struct Sequence<'m> {
     sampler: Sampler,
     /// The grammar the output must match, if any.
     constraint: Option<Constraint>,
+    /// Reads tool calls out of the text when the request offered tools.
+    tool_calls: Option<tools::Parser>,
     text: crate::tokenizer::TextStream<'m>,
     stops: StopMatcher,
     /// Logits waiting to be sampled (after the prompt or a decode step).
@@ -281,7 +300,9 @@ pub enum Need {
 
 impl<'m> Sequence<'m> {
     /// Starts `prompt` in `slot` (number `index`), reusing what its cache
-    /// shares with it; `constraint` holds the output to a grammar.
+    /// shares with it; `constraint` holds the output to a grammar and
+    /// `tool_calls` reads calls out of it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: &'m Model,
         index: usize,
@@ -289,6 +310,7 @@ impl<'m> Sequence<'m> {
         prompt: Vec<u32>,
         params: SamplingParams,
         constraint: Option<Constraint>,
+        tool_calls: Option<tools::Parser>,
         tx: mpsc::Sender<Event>,
     ) -> Self {
         let reuse = slot.reusable_for(&prompt);
@@ -300,6 +322,7 @@ impl<'m> Sequence<'m> {
             tx,
             sampler: Sampler::new(params.clone()),
             constraint,
+            tool_calls,
             stops: StopMatcher::new(&params.stop),
             text: model.tokenizer.stream(),
             prompt,
@@ -420,9 +443,7 @@ impl<'m> Sequence<'m> {
         self.pending += 1;
         if let Some(piece) = self.text.step(token)? {
             let (emit, stopped) = self.stops.push(&piece);
-            if !emit.is_empty() {
-                self.outbox.push_back(Event::Text { text: emit, tokens: std::mem::take(&mut self.pending) });
-            }
+            self.emit(emit);
             if stopped {
                 self.finish(FinishReason::Stop);
                 return Ok(None);
@@ -440,10 +461,37 @@ impl<'m> Sequence<'m> {
         Ok(Some(token))
     }
 
-    fn finish(&mut self, finish: FinishReason) {
+    /// Queues generated text, as text and tool calls.
+    fn emit(&mut self, text: String) {
+        let pieces = match &mut self.tool_calls {
+            Some(p) => p.push(&text),
+            None if text.is_empty() => Vec::new(),
+            None => vec![Piece::Text(text)],
+        };
+        self.queue(pieces);
+    }
+
+    fn queue(&mut self, pieces: Vec<Piece>) {
+        for p in pieces {
+            let event = match p {
+                Piece::Text(text) => Event::Text { text, tokens: std::mem::take(&mut self.pending) },
+                Piece::Call { index, id, name } => Event::ToolCall { index, id, name, tokens: std::mem::take(&mut self.pending) },
+                Piece::Arguments { index, text } => Event::ToolArguments { index, text, tokens: std::mem::take(&mut self.pending) },
+            };
+            self.outbox.push_back(event);
+        }
+    }
+
+    fn finish(&mut self, mut finish: FinishReason) {
         let rest = self.stops.flush();
-        if !rest.is_empty() {
-            self.outbox.push_back(Event::Text { text: rest, tokens: self.pending });
+        self.emit(rest);
+        if let Some(p) = &mut self.tool_calls {
+            let rest = p.finish();
+            let calls = p.calls();
+            self.queue(rest);
+            if calls > 0 && finish == FinishReason::Stop {
+                finish = FinishReason::ToolCalls;
+            }
         }
         let usage = Usage {
             prompt_tokens: self.prompt.len(),

@@ -25,6 +25,7 @@ pub mod sampling;
 pub mod store;
 pub mod template;
 pub mod tokenizer;
+pub mod tools;
 
 /// Where a model runs (candle's device).
 pub use candle_core::Device;
@@ -34,3 +35,4 @@ pub use generate::{Event, FinishReason, Model, Prompt, Request, Usage};
 pub use runtime::{Config, Engine, Generation, LoadedInfo};
 pub use sampling::SamplingParams;
 pub use template::Message;
+pub use tools::{Tool, ToolCall, ToolChoice, Tools};

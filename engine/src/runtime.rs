@@ -28,6 +28,7 @@ use crate::generate::{self, Event, Model, Need, Prompt, Request, Sequence, Slot}
 use crate::gguf::Gguf;
 use crate::model::Config as ModelConfig;
 use crate::store::Store;
+use crate::tools::{self, ToolChoice};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -62,6 +63,7 @@ struct Job {
     prompt: Vec<u32>,
     request: Request,
     constraint: Option<Constraint>,
+    tool_calls: Option<tools::Parser>,
     tx: mpsc::Sender<Event>,
 }
 
@@ -157,16 +159,43 @@ impl Engine {
     pub fn generate(&self, model: &str, request: Request) -> Result<Generation> {
         request.params.validate()?;
         let (id, loaded) = self.load(model)?;
-        let prompt = loaded.model.prompt_tokens(&request.prompt)?;
+        let tools = request.params.tools.as_ref();
+        if let Some(t) = tools {
+            t.validate()?;
+            if !matches!(request.prompt, Prompt::Chat(_)) && !matches!(&request.prompt, Prompt::Continue { prompt, .. } if matches!(**prompt, Prompt::Chat(_)))
+            {
+                return Err(Error::InvalidRequest("tools need a chat (messages), not a text prompt".into()));
+            }
+            if request.params.grammar.is_some() && t.choice != ToolChoice::None {
+                return Err(Error::InvalidGrammar {
+                    field: "response_format",
+                    message: "response_format cannot be combined with tools (unless tool_choice is \"none\")".into(),
+                });
+            }
+        }
+        let prompt = loaded.model.prompt_tokens_with(&request.prompt, tools)?;
         let prompt_tokens = prompt.len();
         // The grammar is compiled here, so a schema it cannot enforce is the
         // caller's error before anything runs.
-        let constraint = match &request.params.grammar {
+        let grammar = match (tools, &request.params.grammar) {
+            (Some(t), g) if g.is_none() || t.choice != ToolChoice::None => Some(t.grammar(|g| loaded.model.constraint(g).map(|_| ()))?),
+            (_, g) => g.clone(),
+        };
+        let continued = match &request.prompt {
+            Prompt::Continue { text, .. } => Some(text.as_str()),
+            _ => None,
+        };
+        let tool_calls = tools.filter(|t| t.choice != ToolChoice::None).map(|_| tools::Parser::after(continued.unwrap_or_default()));
+        let constraint = match &grammar {
             Some(g) => {
-                let mut c = loaded.model.constraint(g)?;
+                let mut c = loaded.model.constraint(g).map_err(|e| match e {
+                    // The grammar built from the tools.
+                    Error::InvalidGrammar { message, .. } if tool_calls.is_some() => Error::InvalidGrammar { field: "tools", message },
+                    e => e,
+                })?;
                 // A continuation: the text another node generated is already
                 // part of the output the grammar holds.
-                if let Prompt::Continue { text, .. } = &request.prompt {
+                if let Some(text) = continued {
                     c.advance_text(text)?;
                 }
                 Some(c)
@@ -181,7 +210,7 @@ impl Engine {
             loaded.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull { model: id, slots: self.inner.cfg.slots, queued });
         }
-        match loaded.jobs.try_send(Job { prompt, request, constraint, tx }) {
+        match loaded.jobs.try_send(Job { prompt, request, constraint, tool_calls, tx }) {
             Ok(()) => Ok(Generation { events: rx, prompt_tokens, model: id }),
             Err(TrySendError::Full(_)) => {
                 loaded.queued.fetch_sub(1, Ordering::SeqCst);
@@ -307,7 +336,7 @@ fn schedule(model: &Model, rx: &Receiver<Job>, n_slots: usize, busy: &AtomicUsiz
             };
             free[index] = false;
             busy.fetch_add(1, Ordering::SeqCst);
-            running.push(Sequence::new(model, index, &mut slots[index], job.prompt, job.request.params, job.constraint, job.tx));
+            running.push(Sequence::new(model, index, &mut slots[index], job.prompt, job.request.params, job.constraint, job.tool_calls, job.tx));
         }
         if !open && running.is_empty() && draining.is_empty() {
             return;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::Grammar;
 use crate::error::{Error, Result};
+use crate::tools::Tools;
 
 /// How to pick tokens and when to stop. Defaults match llama.cpp's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct SamplingParams {
     /// What the output must match (JSON, a schema, a grammar); `None` = free text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grammar: Option<Grammar>,
+    /// Functions the model may call (chat prompts only): offered in the
+    /// prompt, calls held to them, and reported as [`crate::Event::ToolCall`]s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Tools>,
 }
 
 impl Default for SamplingParams {
@@ -62,6 +67,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             grammar: None,
+            tools: None,
         }
     }
 }

@@ -8,17 +8,50 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::model::Arch;
 use crate::tokenizer::Tokenizer;
+use crate::tools::{ToolCall, ToolFormat, Tools, prepare, python_json_indent};
 
 /// One chat message as the OpenAI API carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant message's calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None, name: None }
+    }
+
+    /// The message as chat templates take it (OpenAI's shape; a call's
+    /// arguments as an object, which templates write with `tojson`).
+    fn for_template(&self) -> serde_json::Value {
+        let mut m = serde_json::json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            m["tool_calls"] = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    let arguments = serde_json::from_str(&c.arguments).unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone()));
+                    serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": arguments}})
+                })
+                .collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = id.clone().into();
+        }
+        if let Some(n) = &self.name {
+            m["name"] = n.clone().into();
+        }
+        m
     }
 }
 
@@ -57,6 +90,8 @@ pub struct ChatTemplate {
     eos: String,
     /// Whether the template came from the GGUF file (else built in).
     pub from_file: bool,
+    /// How it takes tools.
+    pub tool_format: ToolFormat,
 }
 
 impl ChatTemplate {
@@ -94,8 +129,20 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        // Python's json.dumps, as Hugging Face's renderer has it (minijinja's
+        // own writes compact JSON and escapes HTML characters).
+        env.add_filter("tojson", |v: Value, kwargs: minijinja::value::Kwargs| -> std::result::Result<Value, minijinja::Error> {
+            let indent: Option<usize> = kwargs.get("indent")?;
+            for ignored in ["ensure_ascii", "sort_keys", "separators"] {
+                let _: Option<Value> = kwargs.get(ignored)?;
+            }
+            kwargs.assert_all_used()?;
+            let json = serde_json::to_value(&v).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            Ok(Value::from_safe_string(python_json_indent(&json, indent)))
+        });
+        let tool_format = ToolFormat::of_template(&source);
         env.add_template_owned("chat", source).map_err(|e| Error::Template(e.to_string()))?;
-        Ok(Self { env, bos, eos, from_file })
+        Ok(Self { env, bos, eos, from_file, tool_format })
     }
 
     /// The prompt text for `messages`, ending with the opening of the
@@ -105,12 +152,29 @@ impl ChatTemplate {
     /// [`Error::Template`] when rendering fails (the template may reject the
     /// message order, e.g. two user turns in a row).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Like [`render`](Self::render), offering `tools` to the model: in the
+    /// template's `tools` variable where it takes them, else described in
+    /// the system message (see [`crate::tools`]).
+    ///
+    /// # Errors
+    /// As [`render`](Self::render).
+    pub fn render_with_tools(&self, messages: &[Message], tools: Option<&Tools>, add_generation_prompt: bool) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("`messages` is empty: send at least one message".into()));
         }
+        let messages = prepare(self.tool_format, messages, tools);
+        let view: Vec<serde_json::Value> = messages.iter().map(Message::for_template).collect();
+        let tools = match (self.tool_format, tools) {
+            (ToolFormat::Native, Some(t)) if !t.tools.is_empty() => Some(Value::from(minijinja::value::Serde(t.for_template()))),
+            _ => None,
+        };
         let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(context! {
-            messages => Value::from(minijinja::value::Serde(messages)),
+            messages => Value::from(minijinja::value::Serde(&view)),
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),

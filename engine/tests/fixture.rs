@@ -183,6 +183,7 @@ fn run(engine: &Engine, id: &str, prompt: Prompt, params: SamplingParams) -> (Ve
             Event::Text { text: t, .. } => chunks.push(t),
             Event::Done { finish, usage } => return (chunks, finish, usage),
             Event::Error(e) => panic!("{e}"),
+            Event::ToolCall { .. } | Event::ToolArguments { .. } => panic!("no tools were offered"),
         }
     }
     panic!("no Done event");
@@ -270,6 +271,7 @@ fn text_events_count_every_token_they_stand_for_even_in_scripts_of_several_token
                 }
                 Event::Done { usage: u, .. } => usage = Some(u),
                 Event::Error(e) => panic!("{e}"),
+                Event::ToolCall { .. } | Event::ToolArguments { .. } => panic!("no tools were offered"),
             }
         }
         let usage = usage.expect("done");

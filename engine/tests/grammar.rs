@@ -7,7 +7,7 @@
 
 mod support;
 
-use rbee_engine::{Config, Engine, Error, Event, FinishReason, Grammar, Prompt, Request, SamplingParams};
+use rbee_engine::{Config, Engine, Error, Event, FinishReason, Grammar, Message, Prompt, Request, SamplingParams, Tool, ToolChoice, Tools};
 use serde_json::{Value, json};
 use support::{Tiny, tiny};
 
@@ -42,6 +42,7 @@ fn collect(mut g: rbee_engine::Generation) -> (String, FinishReason) {
             Event::Text { text: t, .. } => text.push_str(&t),
             Event::Done { finish, .. } => return (text, finish),
             Event::Error(e) => panic!("generation failed: {e}"),
+            Event::ToolCall { .. } | Event::ToolArguments { .. } => panic!("no tools were offered"),
         }
     }
     panic!("stream ended without Done");
@@ -185,7 +186,7 @@ fn a_continuation_keeps_to_the_grammar_from_where_the_text_stopped() {
     // Text that already broke the grammar is the caller's error.
     let prompt = Prompt::Continue { prompt: Box::new(Prompt::Text("hello".into())), text: "[1, 2".into() };
     let err = engine.generate(&id, constrained(prompt, Grammar::JsonSchema { schema: schema.clone(), strict: true }, 0, 50)).unwrap_err();
-    assert!(matches!(err, Error::InvalidGrammar(_)), "{err}");
+    assert!(matches!(err, Error::InvalidGrammar { .. }), "{err}");
 }
 
 #[test]
@@ -194,7 +195,7 @@ fn strict_refuses_what_it_cannot_enforce_and_lenient_enforces_the_rest() {
     let schema = json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3, "uniqueItems": true});
     let err = engine.generate(&id, constrained(Prompt::Text("hello".into()), Grammar::JsonSchema { schema: schema.clone(), strict: true }, 0, 50)).unwrap_err();
     match &err {
-        Error::InvalidGrammar(m) => assert!(m.contains("uniqueItems"), "the error names the keyword: {m}"),
+        Error::InvalidGrammar { message: m, .. } => assert!(m.contains("uniqueItems"), "the error names the keyword: {m}"),
         other => panic!("expected InvalidGrammar, got {other:?}"),
     }
     for seed in 0..4 {
@@ -204,5 +205,94 @@ fn strict_refuses_what_it_cannot_enforce_and_lenient_enforces_the_rest() {
         validate(&v, &schema, "$").unwrap();
     }
     let bad = Grammar::Lark { grammar: "start: undefined_rule".into() };
-    assert!(matches!(engine.generate(&id, constrained(Prompt::Text("x".into()), bad, 0, 5)), Err(Error::InvalidGrammar(_))));
+    assert!(matches!(engine.generate(&id, constrained(Prompt::Text("x".into()), bad, 0, 5)), Err(Error::InvalidGrammar { .. })));
+}
+
+fn tool(name: &str, parameters: Value) -> Tool {
+    Tool { name: name.into(), description: Some(format!("The {name} function.")), parameters, strict: true }
+}
+
+fn weather_and_add() -> Vec<Tool> {
+    vec![
+        tool(
+            "get_weather",
+            json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"], "additionalProperties": false}),
+        ),
+        tool(
+            "add",
+            json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 100}, "b": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["a", "b"], "additionalProperties": false}),
+        ),
+    ]
+}
+
+/// Reads a generation with tool calls: (text, [(name, arguments)], finish).
+fn collect_calls(mut g: rbee_engine::Generation) -> (String, Vec<(String, String)>, FinishReason) {
+    let (mut text, mut calls) = (String::new(), Vec::<(String, String)>::new());
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            Event::Text { text: t, .. } => text.push_str(&t),
+            Event::ToolCall { index, id, name, .. } => {
+                assert_eq!(index, calls.len());
+                assert!(id.starts_with("call_"), "{id}");
+                calls.push((name, String::new()));
+            }
+            Event::ToolArguments { index, text: t, .. } => calls[index].1.push_str(&t),
+            Event::Done { finish, .. } => return (text, calls, finish),
+            Event::Error(e) => panic!("generation failed: {e}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+#[test]
+fn required_and_named_calls_name_an_offered_tool_with_arguments_that_match_its_schema() {
+    let offered = weather_and_add();
+    for arch in ["qwen2", "llama"] {
+        let (_d, engine, id) = engine_for(&tiny(arch));
+        for (choice, seeds) in [(ToolChoice::Required, 0..6), (ToolChoice::Function { name: "add".into() }, 0..4)] {
+            for seed in seeds {
+                let mut req = constrained(Prompt::Chat(vec![Message::new("user", "What is the weather in Paris?")]), Grammar::JsonObject, seed, 300);
+                req.params.grammar = None;
+                req.params.tools = Some(Tools { tools: offered.clone(), choice: choice.clone(), parallel: false });
+                let (text, calls, finish) = collect_calls(engine.generate(&id, req).unwrap());
+                assert_eq!((text.as_str(), calls.len(), finish), ("", 1, FinishReason::ToolCalls), "{arch} {choice:?} seed {seed}: {calls:?}");
+                let (name, args) = &calls[0];
+                let t = offered.iter().find(|t| &t.name == name).unwrap_or_else(|| panic!("{name} was not offered"));
+                if let ToolChoice::Function { name: want } = &choice {
+                    assert_eq!(name, want);
+                }
+                let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{arch} seed {seed}: {args:?}: {e}"));
+                validate(&v, &t.parameters, name).unwrap_or_else(|e| panic!("{arch} seed {seed}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_named_tool_that_was_not_offered_and_a_strict_schema_that_cannot_be_enforced_are_refused() {
+    let (_d, engine, id) = engine_for(&tiny("qwen2"));
+    let chat = || Prompt::Chat(vec![Message::new("user", "hi")]);
+    let mut req = constrained(chat(), Grammar::JsonObject, 0, 10);
+    req.params.grammar = None;
+    req.params.tools = Some(Tools { tools: weather_and_add(), choice: ToolChoice::Function { name: "fly".into() }, parallel: true });
+    let err = engine.generate(&id, req.clone()).unwrap_err();
+    assert!(matches!(&err, Error::InvalidGrammar { message: m, .. } if m.contains("fly")), "{err}");
+    let mut tools = weather_and_add();
+    tools[1].parameters = json!({
+        "type": "object",
+        "properties": {"xs": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3, "uniqueItems": true}},
+        "required": ["xs"],
+        "additionalProperties": false
+    });
+    req.params.tools = Some(Tools { tools: tools.clone(), choice: ToolChoice::Auto, parallel: true });
+    let err = engine.generate(&id, req.clone()).unwrap_err();
+    assert!(matches!(&err, Error::InvalidGrammar { message: m, .. } if m.contains("add") && m.contains("uniqueItems")), "{err}");
+    // Not strict: the keyword is left out and the call still holds.
+    tools[1].strict = false;
+    req.params.tools = Some(Tools { tools: tools.clone(), choice: ToolChoice::Function { name: "add".into() }, parallel: true });
+    req.params.max_tokens = Some(300);
+    let (_, calls, finish) = collect_calls(engine.generate(&id, req).unwrap());
+    assert_eq!((calls.len(), finish), (1, FinishReason::ToolCalls));
+    let v: Value = serde_json::from_str(&calls[0].1).unwrap();
+    validate(&v, &tools[1].parameters, "add").unwrap();
 }

@@ -135,3 +135,31 @@ fn instruct_models_answer_and_batch_like_they_run_alone() {
         assert!(alone[0].contains("Paris"), "{name}: {:?}", alone[0]);
     }
 }
+
+/// A conversation with a tool call and its result, rendered by Qwen2.5's
+/// own template as Hugging Face's renderer writes it (Python jinja2 with
+/// `tojson` as json.dumps, run on the GGUF's template).
+#[test]
+fn a_tool_conversation_renders_as_hugging_face_renders_it() {
+    use rbee_engine::{Tool, ToolCall, ToolChoice, Tools};
+    let m = Model::load(&support::instruct("qwen-coder"), &support::device(), 4096).unwrap();
+    let mut call = Message::new("assistant", "");
+    call.tool_calls.push(ToolCall { id: "call_1".into(), name: "get_weather".into(), arguments: r#"{"city": "Paris"}"#.into() });
+    let mut result = Message::new("tool", r#"{"temperature": 21, "sky": "sunny"}"#);
+    result.tool_call_id = Some("call_1".into());
+    let tools = Tools {
+        tools: vec![Tool {
+            name: "get_weather".into(),
+            description: Some("Current weather in a city".into()),
+            parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            strict: false,
+        }],
+        choice: ToolChoice::Auto,
+        parallel: true,
+    };
+    let messages = [Message::new("user", "What is the weather like in Paris today?"), call, result];
+    let rendered = m.template.render_with_tools(&messages, Some(&tools), true).unwrap();
+    assert_eq!(rendered, EXPECTED);
+}
+
+const EXPECTED: &str = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Current weather in a city\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call><|im_end|>\n<|im_start|>user\nWhat is the weather like in Paris today?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n{\"temperature\": 21, \"sky\": \"sunny\"}\n</tool_response><|im_end|>\n<|im_start|>assistant\n";

@@ -42,6 +42,7 @@ fn collect(mut g: rbee_engine::Generation) -> (String, FinishReason, usize) {
             Event::Text { text: t, .. } => text.push_str(&t),
             Event::Done { finish, usage } => return (text, finish, usage.completion_tokens),
             Event::Error(e) => panic!("generation failed: {e}"),
+            Event::ToolCall { .. } | Event::ToolArguments { .. } => panic!("no tools were offered"),
         }
     }
     panic!("stream ended without Done");

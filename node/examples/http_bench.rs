@@ -41,7 +41,7 @@ async fn direct(engine: &rbee_engine::Engine, model: &str) -> Result<Run> {
     let mut first = None;
     while let Some(ev) = g.events.recv().await {
         match ev {
-            Event::Text { .. } => {
+            Event::Text { .. } | Event::ToolCall { .. } | Event::ToolArguments { .. } => {
                 first.get_or_insert_with(Instant::now);
             }
             Event::Done { usage, .. } => {

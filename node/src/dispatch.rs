@@ -71,6 +71,17 @@ pub enum InferFrame {
         #[serde(default = "one")]
         tokens: usize,
     },
+    ToolCall {
+        index: usize,
+        id: String,
+        name: String,
+        tokens: usize,
+    },
+    ToolArguments {
+        index: usize,
+        text: String,
+        tokens: usize,
+    },
     Done {
         finish: FinishReason,
         usage: Usage,
@@ -191,7 +202,7 @@ fn retry_elsewhere(e: &Error) -> bool {
 /// Engine errors about the request itself (the same on every node).
 fn is_client_error(e: &rbee_engine::Error) -> bool {
     use rbee_engine::Error as E;
-    matches!(e, E::InvalidRequest(_) | E::InvalidGrammar(_) | E::Template(_) | E::PromptTooLong { .. } | E::InvalidName { .. })
+    matches!(e, E::InvalidRequest(_) | E::InvalidGrammar { .. } | E::Template(_) | E::PromptTooLong { .. } | E::InvalidName { .. })
 }
 
 async fn local(s: &Service, model: &str, prompt: Prompt, params: SamplingParams) -> Result<Started, Error> {
@@ -245,7 +256,7 @@ fn refusal(e: &Error) -> InferFrame {
     match e {
         Error::Engine(E::ModelNotFound(_)) | Error::NotFound(_) => frame(404, e.to_string(), Some("model_not_found"), Some("model")),
         Error::Engine(E::PromptTooLong { .. }) => frame(400, e.to_string(), Some("context_length_exceeded"), Some("prompt")),
-        Error::Engine(E::InvalidGrammar(_)) => frame(400, e.to_string(), None, Some("response_format")),
+        Error::Engine(E::InvalidGrammar { field, .. }) => frame(400, e.to_string(), None, Some(field)),
         Error::Engine(inner) if is_client_error(inner) => frame(400, e.to_string(), None, Some("prompt")),
         Error::Engine(E::QueueFull { .. }) => frame(503, e.to_string(), Some("queue_full"), None),
         Error::Engine(E::OutOfMemory { .. }) => frame(503, e.to_string(), Some("insufficient_memory"), None),
@@ -289,6 +300,8 @@ async fn pump(mut stream: rbee_swarm::Stream, tx: mpsc::Sender<Step>) {
     loop {
         let ev = match frame::read::<_, InferFrame>(&mut stream).await {
             Ok(Some(InferFrame::Text { text, tokens })) => Step::Event(Event::Text { text, tokens }),
+            Ok(Some(InferFrame::ToolCall { index, id, name, tokens })) => Step::Event(Event::ToolCall { index, id, name, tokens }),
+            Ok(Some(InferFrame::ToolArguments { index, text, tokens })) => Step::Event(Event::ToolArguments { index, text, tokens }),
             Ok(Some(InferFrame::Done { finish, usage })) => {
                 let _ = tx.send(Step::Event(Event::Done { finish, usage })).await;
                 return;
@@ -328,14 +341,30 @@ fn failover(
     let (tx, rx) = mpsc::channel(BUFFER);
     s.tasks.clone().spawn(async move {
         let mut source = first;
-        // Text and tokens sent by sources that were lost, and tokens sent by the current one.
+        // The model's text so far (tool calls as it wrote them), tokens sent
+        // by sources that were lost, and tokens sent by the current one.
         let (mut text, mut tokens_before, mut tokens_now) = (String::new(), 0usize, 0usize);
+        let mut in_call = false;
         loop {
             match source.recv().await {
-                Some(Step::Event(Event::Text { text: t, tokens })) => {
-                    tokens_now += tokens;
-                    text.push_str(&t);
-                    if tx.send(Event::Text { text: t, tokens }).await.is_err() {
+                Some(Step::Event(ev @ (Event::Text { .. } | Event::ToolCall { .. } | Event::ToolArguments { .. }))) => {
+                    match &ev {
+                        Event::Text { text: t, tokens } => {
+                            tokens_now += tokens;
+                            text.push_str(t);
+                        }
+                        Event::ToolCall { name, tokens, .. } => {
+                            tokens_now += tokens;
+                            text.push_str(&rbee_engine::tools::reopen(name, in_call));
+                            in_call = true;
+                        }
+                        Event::ToolArguments { text: t, tokens, .. } => {
+                            tokens_now += tokens;
+                            text.push_str(t);
+                        }
+                        _ => {}
+                    }
+                    if tx.send(ev).await.is_err() {
                         return;
                     }
                 }
@@ -455,6 +484,8 @@ async fn answer(s: Service, peer: String, mut stream: rbee_swarm::Stream) {
     while let Some(ev) = events.recv().await {
         let (frame_out, last) = match ev {
             Event::Text { text, tokens } => (InferFrame::Text { text, tokens }, false),
+            Event::ToolCall { index, id, name, tokens } => (InferFrame::ToolCall { index, id, name, tokens }, false),
+            Event::ToolArguments { index, text, tokens } => (InferFrame::ToolArguments { index, text, tokens }, false),
             Event::Done { finish, usage } => (InferFrame::Done { finish, usage }, true),
             Event::Error(message) => (InferFrame::Error { status: 500, message, code: None, param: None }, true),
         };

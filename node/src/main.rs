@@ -355,6 +355,8 @@ fn chat(cfg: &Config, model: Option<String>, system: Option<String>, temperature
                 }
                 Event::Done { .. } => break,
                 Event::Error(e) => bail!("generation failed: {e}"),
+                // The CLI offers no tools, so the model makes no calls.
+                Event::ToolCall { .. } | Event::ToolArguments { .. } => {}
             }
         }
         writeln!(out)?;
@@ -460,6 +462,7 @@ fn generate(cfg: &Config, a: GenerateArgs) -> Result<()> {
                 out.write_all(t.as_bytes())?;
                 out.flush()?;
             }
+            Event::ToolCall { .. } | Event::ToolArguments { .. } => {}
             Event::Done { usage, finish } => {
                 writeln!(out)?;
                 out.flush()?;

@@ -108,3 +108,31 @@ test('structured output: a json_schema answer parses and matches', async () => {
   assert.deepEqual(Object.keys(v), ['fruit', 'colour']);
   assert.ok(['red', 'yellow', 'green', 'orange'].includes(v.colour));
 });
+
+test('tool calls: a required call names an offered tool with arguments that parse', async () => {
+  const tools = [
+    {
+      type: 'function',
+      function: {
+        name: 'get_weather',
+        description: 'The current weather in a city',
+        parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'], additionalProperties: false },
+      },
+    },
+  ];
+  const r = await client.chat.completions.create({
+    model: process.env.RBEE_TOOL_MODEL,
+    messages: [{ role: 'user', content: 'What is the weather in Rome?' }],
+    tools,
+    tool_choice: 'required',
+    temperature: 0,
+    max_tokens: 80,
+  });
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  const calls = r.choices[0].message.tool_calls;
+  assert.ok(calls.length >= 1);
+  for (const c of calls) {
+    assert.equal(c.function.name, 'get_weather');
+    assert.equal(typeof JSON.parse(c.function.arguments).city, 'string');
+  }
+});

@@ -21,14 +21,15 @@ use tokio::sync::mpsc;
 use super::JsonBody;
 use super::error::ApiError;
 use super::openai::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, Sampling, TextChoice, TextCompletion, Timings,
-    Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, FunctionDelta, FunctionOut, Sampling, TextChoice,
+    TextCompletion, Timings, ToolCallDelta, ToolCallOut, Usage,
 };
 use crate::metrics::EndLabels;
 use crate::service::Service;
 
 pub async fn chat(State(s): State<Service>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
-    let params = req.sampling.to_params()?;
+    let mut params = req.sampling.to_params()?;
+    params.tools = req.tools()?;
     let prompt = Prompt::Chat(req.messages()?);
     run(s, Kind::Chat, req.model, prompt, params, &req.sampling).await
 }
@@ -148,16 +149,27 @@ fn finish_reason(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
 async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut calls: Vec<ToolCallOut> = Vec::new();
     while let Some(ev) = events.recv().await {
         match ev {
             Event::Text { text: t, .. } => {
                 tracker.token();
                 text.push_str(&t);
+            }
+            Event::ToolCall { id, name, .. } => {
+                tracker.token();
+                calls.push(ToolCallOut { id, kind: "function", function: FunctionOut { name, arguments: String::new() } });
+            }
+            Event::ToolArguments { index, text: t, .. } => {
+                if let Some(c) = calls.get_mut(index) {
+                    c.function.arguments.push_str(&t);
+                }
             }
             Event::Done { finish, usage } => {
                 tracker.done(&usage, finish);
@@ -172,7 +184,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
                         model: ids.model,
                         choices: vec![ChatChoice {
                             index: 0,
-                            message: AssistantMessage { role: "assistant", content: text },
+                            message: AssistantMessage { role: "assistant", content: (!text.is_empty() || calls.is_empty()).then_some(text), tool_calls: calls },
                             logprobs: None,
                             finish_reason: finish,
                         }],
@@ -249,10 +261,10 @@ impl Chunks {
             Kind::Chat => {
                 if !self.role_sent {
                     self.role_sent = true;
-                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()) }, None, None));
+                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None, None));
                 }
                 if !text.is_empty() {
-                    out.push(self.chat(Delta { role: None, content: Some(text) }, None, None));
+                    out.push(self.chat(Delta { role: None, content: Some(text), tool_calls: None }, None, None));
                 }
             }
             Kind::Text => {
@@ -261,6 +273,14 @@ impl Chunks {
                 }
             }
         }
+    }
+
+    /// The events for a tool call's first piece (`name`) or more of its arguments.
+    fn call(&mut self, index: usize, id: Option<String>, name: Option<String>, arguments: String, out: &mut Vec<SseEvent>) {
+        self.piece(String::new(), out);
+        let kind = id.as_ref().map(|_| "function");
+        let delta = ToolCallDelta { index, id, kind, function: FunctionDelta { name, arguments } };
+        out.push(self.chat(Delta { role: None, content: None, tool_calls: Some(vec![delta]) }, None, None));
     }
 
     /// The finish chunk, the usage chunk if asked for (the last one carries
@@ -306,6 +326,15 @@ fn stream(s: Service, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, m
                 Some(Event::Text { text: t, .. }) => {
                     tracker.token();
                     chunks.piece(t, &mut out);
+                    false
+                }
+                Some(Event::ToolCall { index, id, name, .. }) => {
+                    tracker.token();
+                    chunks.call(index, Some(id), Some(name), String::new(), &mut out);
+                    false
+                }
+                Some(Event::ToolArguments { index, text, .. }) => {
+                    chunks.call(index, None, None, text, &mut out);
                     false
                 }
                 Some(Event::Done { finish, usage }) => {

@@ -89,7 +89,7 @@ impl ApiError {
         match e {
             EngineError::ModelNotFound(m) => Self::model_not_found(m),
             EngineError::InvalidRequest(m) => Self::invalid(prompt_param, m.clone()),
-            EngineError::InvalidGrammar(m) => Self::invalid("response_format", m.clone()),
+            EngineError::InvalidGrammar { field, message } => Self::invalid(field, message.clone()),
             EngineError::InvalidName { field, message } => Self::invalid(field, message.clone()),
             EngineError::Template(m) => Self::invalid(prompt_param, format!("the chat template rejected these messages: {m}")),
             EngineError::PromptTooLong { .. } => Self { code: Some("context_length_exceeded"), ..Self::invalid(prompt_param, e.to_string()) },

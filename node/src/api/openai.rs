@@ -4,7 +4,7 @@
 //! API does for fields a model does not use) and checked strictly: every
 //! out-of-range value is a 400 that names its field.
 
-use rbee_engine::{Grammar, Message, SamplingParams, Usage as EngineUsage};
+use rbee_engine::{Grammar, Message, SamplingParams, Tool, ToolCall, ToolChoice, Tools, Usage as EngineUsage};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -211,17 +211,135 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A call in an assistant message the client sends back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// JSON text, as OpenAI sends it (an object is taken too).
+    pub arguments: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    /// `[{"type": "function", "function": {"name", "description", "parameters", "strict"}}]`;
+    /// read by [`ChatRequest::tools`], which names the field at fault.
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
 
 impl ChatRequest {
+    /// The tools offered and how they may be called; `None` without `tools`.
+    ///
+    /// # Errors
+    /// A 400 naming the field at fault.
+    pub fn tools(&self) -> Result<Option<Tools>, ApiError> {
+        use serde_json::Value;
+        let list = match &self.tools {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err(ApiError::invalid("tools", "`tools` must be a list of {\"type\": \"function\", \"function\": {...}}")),
+        };
+        let mut tools = Vec::with_capacity(list.len());
+        for (i, t) in list.iter().enumerate() {
+            let at = |f: &str| format!("tools[{i}]{f}");
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(ApiError::invalid(&at(".type"), format!("`{}` must be \"function\" (the only kind of tool)", at(".type"))));
+            }
+            let Some(f) = t.get("function").filter(|f| f.is_object()) else {
+                return Err(ApiError::invalid(&at(".function"), format!("`{}` is required: {{\"name\", \"description\", \"parameters\"}}", at(".function"))));
+            };
+            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+                return Err(ApiError::invalid(
+                    &at(".function.name"),
+                    format!("`{}` must be 1 to 64 letters, digits, underscores, dashes or dots", at(".function.name")),
+                ));
+            }
+            if tools.iter().any(|t: &Tool| t.name == name) {
+                return Err(ApiError::invalid(&at(".function.name"), format!("two tools are named `{name}`")));
+            }
+            let parameters = match f.get("parameters") {
+                None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(_) => {
+                    return Err(ApiError::invalid(&at(".function.parameters"), format!("`{}` must be a JSON Schema object", at(".function.parameters"))));
+                }
+            };
+            tools.push(Tool {
+                name: name.to_string(),
+                description: f.get("description").and_then(Value::as_str).map(String::from),
+                parameters,
+                strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            });
+        }
+        let choice = match &self.tool_choice {
+            None | Some(Value::Null) => ToolChoice::Auto,
+            Some(Value::String(s)) => match s.as_str() {
+                "auto" => ToolChoice::Auto,
+                "none" => ToolChoice::None,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!(
+                            "`tool_choice` {other:?} is not one of \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\"}}}}"
+                        ),
+                    ));
+                }
+            },
+            Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+                Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => {
+                    if !tools.iter().any(|t| t.name == name) {
+                        let offered: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+                        return Err(ApiError::invalid(
+                            "tool_choice",
+                            format!("`tool_choice` names the function `{name}`, which `tools` does not offer (it offers {offered:?})"),
+                        ));
+                    }
+                    ToolChoice::Function { name: name.to_string() }
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "`tool_choice` must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}",
+                    ));
+                }
+            },
+        };
+        if tools.is_empty() {
+            return match choice {
+                ToolChoice::Auto | ToolChoice::None => Ok(None),
+                _ => Err(ApiError::invalid("tool_choice", "`tool_choice` asks for a call but the request offers no `tools`")),
+            };
+        }
+        Ok(Some(Tools { tools, choice, parallel: self.parallel_tool_calls.unwrap_or(true) }))
+    }
+
     /// The conversation for the engine's chat template.
     ///
     /// # Errors
@@ -265,7 +383,23 @@ impl ChatRequest {
                         text
                     }
                 };
-                Ok(Message::new(role, content))
+                let mut msg = Message::new(role, content);
+                for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                    let arguments = match &c.function.arguments {
+                        serde_json::Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    };
+                    if serde_json::from_str::<serde_json::Value>(&arguments).is_err() {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                            "the arguments of a call must be JSON text",
+                        ));
+                    }
+                    msg.tool_calls.push(ToolCall { id: c.id.clone().unwrap_or_default(), name: c.function.name.clone(), arguments });
+                }
+                msg.tool_call_id = m.tool_call_id.clone();
+                msg.name = m.name.clone();
+                Ok(msg)
             })
             .collect()
     }
@@ -364,7 +498,44 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls, as OpenAI's.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A call in an answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionOut {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A streamed piece of a call: `id`, `type` and the name on its first
+/// piece, then more of its arguments.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -392,6 +563,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -11,7 +11,8 @@ use rbee_node::config::{Config, Overrides};
 
 #[path = "../../../engine/tests/support/fixture.rs"]
 mod fixture;
-pub use fixture::fixture;
+#[allow(unused_imports)]
+pub use fixture::{fixture, instruct};
 
 /// The fixture's id in the catalog.
 pub const MODEL: &str = "gemma-3-270m-q4_k_m";
