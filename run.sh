@@ -5,7 +5,9 @@
 #                      without a display: the headless node (`rbee serve`).
 #                      Either way the chat UI is at http://127.0.0.1:7833/ and
 #                      the API at http://127.0.0.1:7833/v1. On a machine with no
-#                      models yet it first imports the small test model.
+#                      models yet it first imports a chat model:
+#                      Qwen2.5-Coder-1.5B-Instruct (1.1 GB), or SmolLM2-135M-Instruct
+#                      (94 MB) where less than 4 GiB of memory is free.
 #   ./run.sh ARGS…     runs `rbee ARGS…` (e.g. `./run.sh serve --swarm-key CODE`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,7 +31,10 @@ cargo build --release --quiet -p rbee-node
 rbee="$CARGO_TARGET_DIR/release/rbee"
 if [ $# -eq 0 ]; then
   if "$rbee" models ls | grep -q "^no models yet"; then
-    "$rbee" models import "$(e2e/fetch-fixture.sh)"
+    free_kib="$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)"
+    first=qwen-coder
+    [ "${free_kib:-0}" -lt $((4 * 1024 * 1024)) ] && first=smollm2
+    "$rbee" models import "$(e2e/fetch-fixture.sh "$first")"
   fi
   if [ -n "$desktop" ]; then
     cargo build --release --quiet -p rbee-app --features custom-protocol
