@@ -198,6 +198,25 @@ pub struct Usage {
     pub decode_secs: f64,
 }
 
+/// A generated token's log-probability (natural log, of the model's own
+/// distribution: before penalties, grammar and temperature) and the most
+/// likely alternatives at its step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
 /// What a generation stream carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -205,8 +224,9 @@ pub enum Event {
     /// tokens were generated since the previous text: a token can end
     /// mid-character or be held back while it may start a stop string, so
     /// one text can stand for several. Summed over a generation they count
-    /// every token whose text was sent.
-    Text { text: String, tokens: usize },
+    /// every token whose text was sent. With `logprobs` asked for, those
+    /// tokens' log-probabilities.
+    Text { text: String, tokens: usize, logprobs: Vec<TokenLogprob> },
     /// A tool call opens: its index in the answer, id and function name;
     /// `tokens` as for `Text`.
     ToolCall { index: usize, id: String, name: String, tokens: usize },
@@ -276,6 +296,8 @@ pub struct Sequence<'m> {
     generated: usize,
     /// Tokens generated since the last text sent.
     pending: usize,
+    /// Their log-probabilities, when asked for.
+    pending_logprobs: Vec<TokenLogprob>,
     /// Events not yet taken by the receiver: the sequence waits (its reader
     /// is slow) until they are, without holding up the others.
     outbox: std::collections::VecDeque<Event>,
@@ -331,6 +353,7 @@ impl<'m> Sequence<'m> {
             logits: None,
             generated: 0,
             pending: 0,
+            pending_logprobs: Vec::new(),
             outbox: std::collections::VecDeque::new(),
             finished: false,
             started: Instant::now(),
@@ -425,11 +448,18 @@ impl<'m> Sequence<'m> {
 
     /// Samples the next token; `Some` when it should run through the model.
     fn sample(&mut self, logits: &mut [f32], slot: &Slot) -> Result<Option<u32>> {
+        let dist = self.params.logprobs.map(|top| Distribution::of(logits, top));
         if let Some(c) = &mut self.constraint {
             c.mask(logits)?;
         }
         let token = self.sampler.sample(logits, &slot.tokens);
         let end = self.model.tokenizer.end_of_generation.contains(&token);
+        if let Some(d) = dist
+            && !end
+        {
+            let lp = d.token_logprob(&self.model.tokenizer, token);
+            self.pending_logprobs.push(lp);
+        }
         // A grammar allows an end of turn only where it is complete, so it
         // ends the answer even with `ignore_eos`.
         if end && (!self.params.ignore_eos || self.constraint.is_some()) {
@@ -474,9 +504,16 @@ impl<'m> Sequence<'m> {
     fn queue(&mut self, pieces: Vec<Piece>) {
         for p in pieces {
             let event = match p {
-                Piece::Text(text) => Event::Text { text, tokens: std::mem::take(&mut self.pending) },
-                Piece::Call { index, id, name } => Event::ToolCall { index, id, name, tokens: std::mem::take(&mut self.pending) },
-                Piece::Arguments { index, text } => Event::ToolArguments { index, text, tokens: std::mem::take(&mut self.pending) },
+                Piece::Text(text) => Event::Text { text, tokens: std::mem::take(&mut self.pending), logprobs: std::mem::take(&mut self.pending_logprobs) },
+                // Logprobs are reported for content only, as OpenAI's.
+                Piece::Call { index, id, name } => {
+                    self.pending_logprobs.clear();
+                    Event::ToolCall { index, id, name, tokens: std::mem::take(&mut self.pending) }
+                }
+                Piece::Arguments { index, text } => {
+                    self.pending_logprobs.clear();
+                    Event::ToolArguments { index, text, tokens: std::mem::take(&mut self.pending) }
+                }
             };
             self.outbox.push_back(event);
         }
@@ -502,6 +539,58 @@ impl<'m> Sequence<'m> {
         };
         self.outbox.push_back(Event::Done { finish, usage });
         self.finished = true;
+    }
+}
+
+/// A step's log-softmax, for reporting logprobs: the normaliser and the
+/// most likely tokens.
+struct Distribution {
+    max: f32,
+    log_sum: f32,
+    top: Vec<(u32, f32)>,
+    raw: Vec<f32>,
+}
+
+impl Distribution {
+    fn of(logits: &[f32], top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+        let log_sum = sum.ln() as f32;
+        let mut best: Vec<(u32, f32)> = Vec::new();
+        if top > 0 {
+            let mut idx: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+            let k = top.min(idx.len());
+            idx.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            idx.truncate(k);
+            idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            best = idx;
+        }
+        Self { max, log_sum, top: best, raw: logits.to_vec() }
+    }
+
+    fn logprob(&self, logit: f32) -> f32 {
+        logit - self.max - self.log_sum
+    }
+
+    fn token_logprob(&self, tokenizer: &Tokenizer, token: u32) -> TokenLogprob {
+        let piece = |id: u32| -> (String, Vec<u8>) {
+            let bytes = tokenizer.token_bytes(id).unwrap_or_else(|| tokenizer.token(id).unwrap_or_default().as_bytes().to_vec());
+            (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+        };
+        let (text, bytes) = piece(token);
+        TokenLogprob {
+            token: text,
+            bytes,
+            logprob: self.logprob(self.raw[token as usize]),
+            top: self
+                .top
+                .iter()
+                .map(|&(id, l)| {
+                    let (token, bytes) = piece(id);
+                    TopLogprob { token, bytes, logprob: self.logprob(l) }
+                })
+                .collect(),
+        }
     }
 }
 

@@ -31,7 +31,7 @@ pub mod tools;
 pub use candle_core::Device;
 pub use constraint::Grammar;
 pub use error::{Error, Result};
-pub use generate::{Event, FinishReason, Model, Prompt, Request, Usage};
+pub use generate::{Event, FinishReason, Model, Prompt, Request, TokenLogprob, TopLogprob, Usage};
 pub use runtime::{Config, Engine, Generation, LoadedInfo};
 pub use sampling::SamplingParams;
 pub use template::Message;

@@ -49,7 +49,14 @@ pub struct SamplingParams {
     /// prompt, calls held to them, and reported as [`crate::Event::ToolCall`]s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tools: Option<Tools>,
+    /// Report each generated token's log-probability and this many most
+    /// likely alternatives (up to [`MAX_TOP_LOGPROBS`]); `None` = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
 }
+
+/// Most alternatives a token's logprobs may list (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -68,6 +75,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             grammar: None,
             tools: None,
+            logprobs: None,
         }
     }
 }
@@ -103,6 +111,9 @@ impl SamplingParams {
         }
         if self.max_tokens == Some(0) {
             return bad("max_tokens must be at least 1".into());
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return bad(format!("at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"));
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop strings must not be empty".into());

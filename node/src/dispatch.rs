@@ -70,6 +70,8 @@ pub enum InferFrame {
         text: String,
         #[serde(default = "one")]
         tokens: usize,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<rbee_engine::TokenLogprob>,
     },
     ToolCall {
         index: usize,
@@ -299,7 +301,7 @@ impl Source {
 async fn pump(mut stream: rbee_swarm::Stream, tx: mpsc::Sender<Step>) {
     loop {
         let ev = match frame::read::<_, InferFrame>(&mut stream).await {
-            Ok(Some(InferFrame::Text { text, tokens })) => Step::Event(Event::Text { text, tokens }),
+            Ok(Some(InferFrame::Text { text, tokens, logprobs })) => Step::Event(Event::Text { text, tokens, logprobs }),
             Ok(Some(InferFrame::ToolCall { index, id, name, tokens })) => Step::Event(Event::ToolCall { index, id, name, tokens }),
             Ok(Some(InferFrame::ToolArguments { index, text, tokens })) => Step::Event(Event::ToolArguments { index, text, tokens }),
             Ok(Some(InferFrame::Done { finish, usage })) => {
@@ -349,7 +351,7 @@ fn failover(
             match source.recv().await {
                 Some(Step::Event(ev @ (Event::Text { .. } | Event::ToolCall { .. } | Event::ToolArguments { .. }))) => {
                     match &ev {
-                        Event::Text { text: t, tokens } => {
+                        Event::Text { text: t, tokens, .. } => {
                             tokens_now += tokens;
                             text.push_str(t);
                         }
@@ -483,7 +485,7 @@ async fn answer(s: Service, peer: String, mut stream: rbee_swarm::Stream) {
     let mut events = started.events;
     while let Some(ev) = events.recv().await {
         let (frame_out, last) = match ev {
-            Event::Text { text, tokens } => (InferFrame::Text { text, tokens }, false),
+            Event::Text { text, tokens, logprobs } => (InferFrame::Text { text, tokens, logprobs }, false),
             Event::ToolCall { index, id, name, tokens } => (InferFrame::ToolCall { index, id, name, tokens }, false),
             Event::ToolArguments { index, text, tokens } => (InferFrame::ToolArguments { index, text, tokens }, false),
             Event::Done { finish, usage } => (InferFrame::Done { finish, usage }, true),

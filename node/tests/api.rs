@@ -45,6 +45,7 @@ async fn every_bad_input_gets_its_status_and_error_object_and_the_node_keeps_ser
         (json!({"max_tokens": 0}), "max_tokens"),
         (json!({"presence_penalty": 3}), "presence_penalty"),
         (json!({"n": 3}), "n"),
+        (json!({"logprobs": true, "top_logprobs": 25}), "top_logprobs"),
     ] {
         let (s, e) = error_of(node.post("/v1/chat/completions", &chat("hi", extra.clone())).send().await.unwrap()).await;
         assert_eq!((s, e["param"].as_str()), (400, Some(param)), "{extra}: {e}");
@@ -71,7 +72,7 @@ async fn every_bad_input_gets_its_status_and_error_object_and_the_node_keeps_ser
     // Still serving, and the failures are counted by status.
     let res = node.post("/v1/chat/completions", &chat("Hello", json!({"max_tokens": 3}))).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(node.metric(r#"rbee_http_requests_total{endpoint="/v1/chat/completions",status="400"}"#).await, Some(10.0));
+    assert_eq!(node.metric(r#"rbee_http_requests_total{endpoint="/v1/chat/completions",status="400"}"#).await, Some(11.0));
     assert_eq!(node.metric(r#"rbee_http_requests_total{endpoint="/v1/chat/completions",status="404"}"#).await, Some(1.0));
     assert_eq!(node.metric(r#"rbee_http_requests_total{endpoint="/v1/chat/completions",status="200"}"#).await, Some(1.0));
     node.stop().await.unwrap();
@@ -395,5 +396,66 @@ async fn response_format_holds_the_answer_to_json_whole_and_streamed_and_bad_for
     let text = r["choices"][0]["message"]["content"].as_str().unwrap();
     let v: Vec<u64> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
     assert!(v.len() <= 4 && v.iter().all(|n| (1..=9).contains(n)), "{text}");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_describe_each_token_whole_and_streamed_in_chat_and_completions() {
+    let node = TestNode::start(|_| {}).await;
+    let ask = json!({"max_tokens": 10, "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let whole: Value = node.post("/v1/chat/completions", &chat("Tell me about bees.", ask.clone())).send().await.unwrap().json().await.unwrap();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    let tokens = whole["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(tokens.len() as u64, whole["usage"]["completion_tokens"].as_u64().unwrap(), "one entry per generated token");
+    let joined: Vec<u8> = tokens.iter().flat_map(|t| t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8)).collect();
+    assert_eq!(String::from_utf8(joined).unwrap(), content, "the tokens' bytes make the text");
+    for t in tokens {
+        let lp = t["logprob"].as_f64().unwrap();
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let tops: Vec<f64> = top.iter().map(|a| a["logprob"].as_f64().unwrap()).collect();
+        assert!(tops.windows(2).all(|w| w[0] >= w[1]) && tops.iter().all(|&l| l <= 0.0), "{t}");
+        assert!(tops.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-4, "{t}");
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!((top[0]["token"].as_str(), top[0]["logprob"].as_f64()), (t["token"].as_str(), Some(lp)), "{t}");
+    }
+    // Streamed, each chunk carries its own tokens' logprobs.
+    let res = node
+        .post(
+            "/v1/chat/completions",
+            &chat("Tell me about bees.", json!({"max_tokens": 10, "temperature": 0, "logprobs": true, "top_logprobs": 3, "stream": true})),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = Sse::new(res).all().await;
+    let streamed: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        .flat_map(|c| c["choices"][0]["logprobs"]["content"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(&streamed, tokens);
+
+    // Text completions: the legacy shape.
+    let r: Value = node
+        .post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lp = &r["choices"][0]["logprobs"];
+    let toks: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(toks.concat(), r["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), toks.len());
+    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|m| m.as_object().unwrap().len() <= 2));
+    // Without the flag there are none.
+    let plain: Value = node.post("/v1/chat/completions", &chat("Hi", json!({"max_tokens": 2}))).send().await.unwrap().json().await.unwrap();
+    assert!(plain["choices"][0]["logprobs"].is_null());
     node.stop().await.unwrap();
 }

@@ -15,14 +15,14 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
-use rbee_engine::{Event, FinishReason, Prompt, SamplingParams, Usage as EngineUsage};
+use rbee_engine::{Event, FinishReason, Prompt, SamplingParams, TokenLogprob, Usage as EngineUsage};
 use tokio::sync::mpsc;
 
 use super::JsonBody;
 use super::error::ApiError;
 use super::openai::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, FunctionDelta, FunctionOut, Sampling, TextChoice,
-    TextCompletion, Timings, ToolCallDelta, ToolCallOut, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatLogprobs, ChatRequest, Chunk, ChunkChoice, CompletionRequest, Delta, FunctionDelta, FunctionOut,
+    Sampling, TextChoice, TextCompletion, TextLogprobs, Timings, ToolCallDelta, ToolCallOut, Usage,
 };
 use crate::metrics::EndLabels;
 use crate::service::Service;
@@ -70,6 +70,7 @@ async fn run(s: Service, kind: Kind, model: String, prompt: Prompt, params: Samp
     }
     // On this node or another; loading, rendering and tokenizing run off the async threads.
     let engine_start = Instant::now();
+    let logprobs = params.logprobs.is_some();
     let generation = crate::dispatch::generate(&s, &model, prompt, params).await.map_err(|e| ApiError::from_dispatch(&e, kind.prompt_param()))?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let ids = Ids {
@@ -79,9 +80,9 @@ async fn run(s: Service, kind: Kind, model: String, prompt: Prompt, params: Samp
     };
     let tracker = Tracker { state: s.clone(), model: ids.model.clone(), node_id: generation.node_id, started, engine_start, first: None, ended: false };
     if sampling.stream() {
-        Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage()))
+        Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage(), logprobs))
     } else {
-        collect(kind, ids, generation.events, tracker).await
+        collect(kind, ids, generation.events, tracker, logprobs).await
     }
 }
 
@@ -153,14 +154,16 @@ fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker) -> Result<Response, ApiError> {
+async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, logprobs: bool) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut calls: Vec<ToolCallOut> = Vec::new();
+    let mut lps = Vec::new();
     while let Some(ev) = events.recv().await {
         match ev {
-            Event::Text { text: t, .. } => {
+            Event::Text { text: t, logprobs: l, .. } => {
                 tracker.token();
                 text.push_str(&t);
+                lps.extend(l);
             }
             Event::ToolCall { id, name, .. } => {
                 tracker.token();
@@ -185,7 +188,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
                         choices: vec![ChatChoice {
                             index: 0,
                             message: AssistantMessage { role: "assistant", content: (!text.is_empty() || calls.is_empty()).then_some(text), tool_calls: calls },
-                            logprobs: None,
+                            logprobs: logprobs.then(|| ChatLogprobs::new(&lps)),
                             finish_reason: finish,
                         }],
                         usage,
@@ -197,7 +200,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
                         object: "text_completion",
                         created: ids.created,
                         model: ids.model,
-                        choices: vec![TextChoice { index: 0, text, logprobs: None, finish_reason: Some(finish) }],
+                        choices: vec![TextChoice { index: 0, text, logprobs: logprobs.then(|| TextLogprobs::new(&lps, 0)), finish_reason: Some(finish) }],
                         usage,
                         timings,
                     })
@@ -220,6 +223,10 @@ struct Chunks {
     ids: Ids,
     include_usage: bool,
     role_sent: bool,
+    /// Logprobs were asked for.
+    logprobs: bool,
+    /// Characters of a text completion sent so far (for `text_offset`).
+    offset: usize,
 }
 
 impl Chunks {
@@ -231,45 +238,49 @@ impl Chunks {
         SseEvent::default().data(serde_json::to_string(v).expect("chunks serialize"))
     }
 
-    fn chat(&self, delta: Delta, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
+    fn chat(&self, delta: Delta, logprobs: Option<ChatLogprobs>, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
         Self::json(&Chunk {
             id: self.ids.id.clone(),
             object: "chat.completion.chunk",
             created: self.ids.created,
             model: self.ids.model.clone(),
-            choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish }],
+            choices: vec![ChunkChoice { index: 0, delta, logprobs, finish_reason: finish }],
             usage: self.usage_field(),
             timings,
         })
     }
 
-    fn text(&self, text: String, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
+    fn text(&self, text: String, logprobs: Option<TextLogprobs>, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
         Self::json(&Chunk {
             id: self.ids.id.clone(),
             object: "text_completion",
             created: self.ids.created,
             model: self.ids.model.clone(),
-            choices: vec![TextChoice { index: 0, text, logprobs: None, finish_reason: finish }],
+            choices: vec![TextChoice { index: 0, text, logprobs, finish_reason: finish }],
             usage: self.usage_field(),
             timings,
         })
     }
 
-    /// The events for a piece of text: the role first, once, in chat.
-    fn piece(&mut self, text: String, out: &mut Vec<SseEvent>) {
+    /// The events for a piece of text (and its tokens' logprobs, when
+    /// asked for): the role first, once, in chat.
+    fn piece(&mut self, text: String, lps: &[TokenLogprob], out: &mut Vec<SseEvent>) {
         match self.kind {
             Kind::Chat => {
                 if !self.role_sent {
                     self.role_sent = true;
-                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None, None));
+                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None, None, None));
                 }
                 if !text.is_empty() {
-                    out.push(self.chat(Delta { role: None, content: Some(text), tool_calls: None }, None, None));
+                    let lp = self.logprobs.then(|| ChatLogprobs::new(lps));
+                    out.push(self.chat(Delta { role: None, content: Some(text), tool_calls: None }, lp, None, None));
                 }
             }
             Kind::Text => {
                 if !text.is_empty() {
-                    out.push(self.text(text, None, None));
+                    let lp = self.logprobs.then(|| TextLogprobs::new(lps, self.offset));
+                    self.offset += text.chars().count();
+                    out.push(self.text(text, lp, None, None));
                 }
             }
         }
@@ -277,20 +288,20 @@ impl Chunks {
 
     /// The events for a tool call's first piece (`name`) or more of its arguments.
     fn call(&mut self, index: usize, id: Option<String>, name: Option<String>, arguments: String, out: &mut Vec<SseEvent>) {
-        self.piece(String::new(), out);
+        self.piece(String::new(), &[], out);
         let kind = id.as_ref().map(|_| "function");
         let delta = ToolCallDelta { index, id, kind, function: FunctionDelta { name, arguments } };
-        out.push(self.chat(Delta { role: None, content: None, tool_calls: Some(vec![delta]) }, None, None));
+        out.push(self.chat(Delta { role: None, content: None, tool_calls: Some(vec![delta]) }, None, None, None));
     }
 
     /// The finish chunk, the usage chunk if asked for (the last one carries
     /// the timings), and `[DONE]`.
     fn finish(&mut self, finish: &'static str, usage: &EngineUsage, timings: Timings, out: &mut Vec<SseEvent>) {
-        self.piece(String::new(), out);
+        self.piece(String::new(), &[], out);
         let on_finish = (!self.include_usage).then(|| timings.clone());
         out.push(match self.kind {
-            Kind::Chat => self.chat(Delta::default(), Some(finish), on_finish),
-            Kind::Text => self.text(String::new(), Some(finish), on_finish),
+            Kind::Chat => self.chat(Delta::default(), None, Some(finish), on_finish),
+            Kind::Text => self.text(String::new(), None, Some(finish), on_finish),
         });
         if self.include_usage {
             let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
@@ -316,16 +327,16 @@ impl Chunks {
 /// Events buffered between the generation task and the connection.
 const SSE_BUFFER: usize = 64;
 
-fn stream(s: Service, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, include_usage: bool) -> Response {
+fn stream(s: Service, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, include_usage: bool, logprobs: bool) -> Response {
     let (tx, mut rx) = mpsc::channel::<SseEvent>(SSE_BUFFER);
-    let mut chunks = Chunks { kind, ids, include_usage, role_sent: false };
+    let mut chunks = Chunks { kind, ids, include_usage, role_sent: false, logprobs, offset: 0 };
     s.tasks.spawn(async move {
         let mut out = Vec::with_capacity(4);
         loop {
             let last = match events.recv().await {
-                Some(Event::Text { text: t, .. }) => {
+                Some(Event::Text { text: t, logprobs: l, .. }) => {
                     tracker.token();
-                    chunks.piece(t, &mut out);
+                    chunks.piece(t, &l, &mut out);
                     false
                 }
                 Some(Event::ToolCall { index, id, name, .. }) => {
@@ -385,7 +396,7 @@ mod tests {
         let cfg = Config::resolve(Overrides { data_dir: Some(dir.path().to_path_buf()), ..Overrides::default() }).unwrap();
         let state = Service::new(rbee_engine::Engine::new(cfg.engine()).unwrap(), cfg);
         let (tx, rx) = mpsc::channel(8);
-        tx.send(Event::Text { text: "Hel".into(), tokens: 1 }).await.unwrap();
+        tx.send(Event::Text { text: "Hel".into(), tokens: 1, logprobs: Vec::new() }).await.unwrap();
         tx.send(Event::Error("tensor computation failed: out of device memory".into())).await.unwrap();
         drop(tx);
         let ids = Ids { id: "chatcmpl-1".into(), created: 1, model: "m".into() };
@@ -398,7 +409,7 @@ mod tests {
             first: None,
             ended: false,
         };
-        let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false);
+        let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false, false);
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
         let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();

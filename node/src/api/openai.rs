@@ -4,7 +4,7 @@
 //! API does for fields a model does not use) and checked strictly: every
 //! out-of-range value is a 400 that names its field.
 
-use rbee_engine::{Grammar, Message, SamplingParams, Tool, ToolCall, ToolChoice, Tools, Usage as EngineUsage};
+use rbee_engine::{Grammar, Message, SamplingParams, TokenLogprob, Tool, ToolCall, ToolChoice, Tools, Usage as EngineUsage};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -40,7 +40,10 @@ pub struct Sampling {
     pub max_completion_tokens: Option<i64>,
     pub stop: Option<Stop>,
     pub n: Option<i64>,
+    /// Chat: `true`/`false`; text completions: how many alternatives (0–5).
     pub logprobs: Option<serde_json::Value>,
+    /// Chat: alternatives per token (0–20), with `logprobs: true`.
+    pub top_logprobs: Option<i64>,
     pub stream: Option<bool>,
     /// llama.cpp's extension: keep generating past end-of-turn (fixed-length benchmarks).
     pub ignore_eos: Option<bool>,
@@ -126,8 +129,20 @@ impl Sampling {
         {
             return Err(ApiError::invalid("n", format!("`n` must be 1: rbee returns one choice per request (got {n}); send several requests instead")));
         }
-        if matches!(&self.logprobs, Some(v) if v != &serde_json::Value::Bool(false) && !v.is_null()) {
-            return Err(ApiError::invalid("logprobs", "`logprobs` is not supported by rbee; leave it out or set it to false"));
+        p.logprobs = match &self.logprobs {
+            None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => None,
+            Some(serde_json::Value::Bool(true)) => Some(match self.top_logprobs {
+                None => 0,
+                Some(t) if (0..=20).contains(&t) => t as usize,
+                Some(t) => return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {t}"))),
+            }),
+            Some(v) => match v.as_i64() {
+                Some(n) if (0..=5).contains(&n) => Some(n as usize),
+                _ => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be true or false (chat), or between 0 and 5 (completions), got {v}"))),
+            },
+        };
+        if self.top_logprobs.is_some_and(|t| t > 0) && self.logprobs != Some(serde_json::Value::Bool(true)) {
+            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
         }
         if let Some(t) = range("temperature", self.temperature, 0.0, 2.0)? {
             p.temperature = t;
@@ -542,8 +557,70 @@ pub struct FunctionDelta {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
+}
+
+/// A chat answer's (or chunk's) logprobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    pub refusal: Option<()>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl ChatLogprobs {
+    pub fn new(lps: &[TokenLogprob]) -> Self {
+        let content = lps
+            .iter()
+            .map(|t| ChatTokenLogprob {
+                token: t.token.clone(),
+                logprob: t.logprob,
+                bytes: t.bytes.clone(),
+                top_logprobs: t.top.iter().map(|a| ChatTopLogprob { token: a.token.clone(), logprob: a.logprob, bytes: a.bytes.clone() }).collect(),
+            })
+            .collect();
+        Self { content, refusal: None }
+    }
+}
+
+/// A text completion's logprobs (the legacy shape); `text_offset` counts
+/// characters from the start of the completion.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub text_offset: Vec<usize>,
+}
+
+impl TextLogprobs {
+    /// `offset`: characters of the completion before these tokens.
+    pub fn new(lps: &[TokenLogprob], mut offset: usize) -> Self {
+        let mut out = Self { tokens: Vec::new(), token_logprobs: Vec::new(), top_logprobs: Vec::new(), text_offset: Vec::new() };
+        for t in lps {
+            out.tokens.push(t.token.clone());
+            out.token_logprobs.push(t.logprob);
+            out.top_logprobs.push(t.top.iter().map(|a| (a.token.clone(), serde_json::Value::from(a.logprob))).collect());
+            out.text_offset.push(offset);
+            offset += t.token.chars().count();
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -571,7 +648,7 @@ pub struct Delta {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -579,7 +656,7 @@ pub struct ChunkChoice {
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -647,7 +724,9 @@ mod tests {
             (r#"{"max_completion_tokens": -5}"#, "max_completion_tokens"),
             (r#"{"n": 2}"#, "n"),
             (r#"{"top_k": -1}"#, "top_k"),
-            (r#"{"logprobs": true}"#, "logprobs"),
+            (r#"{"logprobs": 7}"#, "logprobs"),
+            (r#"{"logprobs": true, "top_logprobs": 21}"#, "top_logprobs"),
+            (r#"{"top_logprobs": 2}"#, "top_logprobs"),
         ] {
             let e = sampling(body).to_params().unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
