@@ -1,6 +1,7 @@
 //! A node's life in a process that goes on without it (the app restarts
 //! its node in-process): stopping it ends every task it started, and the
-//! swarm sees it go at once.
+//! swarm sees it go at once; an answer whose node leaves is finished by
+//! another, plain text or a tool call held to its schema.
 
 mod support;
 
@@ -162,6 +163,122 @@ async fn an_answer_whose_node_leaves_mid_way_is_finished_here_with_exact_usage()
     assert_eq!(last["timings"]["node_id"], b_id.as_str(), "b started it: {last}");
     let text: String = chunks.iter().filter_map(|c| c["choices"].get(0)).filter_map(|c| c["text"].as_str()).collect();
     assert!(!text.is_empty());
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+/// Starts a and b in one swarm with the fixture loaded on b only, and waits
+/// until a sees it there (a then routes the model's requests to b).
+async fn two_nodes_b_loaded(dir: &std::path::Path) -> (TestNode, TestNode, String) {
+    let code = rbee_swarm::SwarmKey::generate().join_code();
+    let a = swarm_node(&dir.join("a"), &code, Vec::new(), None).await;
+    let a_addr = a.state.swarm.as_ref().unwrap().listen_addrs().await.unwrap()[0].clone();
+    let a_id = a.state.swarm.as_ref().unwrap().peer_id.to_string();
+    let b = swarm_node(&dir.join("b"), &code, vec![format!("{a_addr}/p2p/{a_id}")], None).await;
+    let b_id = b.state.swarm.as_ref().unwrap().peer_id.to_string();
+    let warm = b.post("/v1/completions", &json!({"model": support::MODEL, "prompt": "a", "max_tokens": 1})).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
+    for _ in 0..100 {
+        let v: Value = reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().json().await.unwrap();
+        if v["peers"].as_array().unwrap().iter().any(|p| p["node_id"] == b_id.as_str() && !p["record"]["models_loaded"].as_array().unwrap().is_empty()) {
+            return (a, b, b_id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("a never saw b's loaded model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_schemas_and_logprobs_routed_to_a_peer_behave_as_local_ones_failover_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, b_id) = two_nodes_b_loaded(dir.path()).await;
+    let note = json!({"type": "function", "function": {"name": "save_note", "parameters": {
+        "type": "object",
+        "properties": {"title": {"type": "string", "maxLength": 12}, "text": {"type": "string", "minLength": 150, "maxLength": 400}},
+        "required": ["title", "text"], "additionalProperties": false
+    }}});
+    let ask = |extra: Value| {
+        let mut body =
+            json!({"model": support::MODEL, "messages": [{"role": "user", "content": "Write a long note about bees."}], "temperature": 0, "max_tokens": 300});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let check_note = |arguments: &str| {
+        let v: Value = serde_json::from_str(arguments).unwrap_or_else(|e| panic!("{arguments:?}: {e}"));
+        let text = v["text"].as_str().unwrap().chars().count();
+        assert!(v["title"].as_str().unwrap().chars().count() <= 12 && (150..=400).contains(&text), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+    };
+
+    // Whole answers from b, asked at a.
+    let r: Value = a
+        .post("/v1/chat/completions", &ask(json!({"tools": [note], "tool_choice": "required", "parallel_tool_calls": false, "logprobs": true})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["timings"]["node_id"], b_id.as_str(), "b ran it: {r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
+    let calls = r["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert!(calls.len() == 1 && calls[0]["function"]["name"] == "save_note", "{r}");
+    check_note(calls[0]["function"]["arguments"].as_str().unwrap());
+    let schema =
+        json!({"type": "object", "properties": {"bees": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["bees"], "additionalProperties": false});
+    let r: Value = a
+        .post("/v1/chat/completions", &ask(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": true}}, "logprobs": true, "top_logprobs": 2})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["timings"]["node_id"], b_id.as_str());
+    let v: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(v["bees"].as_u64().unwrap() <= 9, "{r}");
+    assert!(!r["choices"][0]["logprobs"]["content"].as_array().unwrap().is_empty(), "logprobs come over the swarm: {r}");
+    // A schema b cannot enforce is b's 400, passed on with its field.
+    let bad = json!({"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "array", "uniqueItems": true}}});
+    let res = a.post("/v1/chat/completions", &ask(json!({"response_format": bad}))).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], "response_format");
+
+    // b leaves in the middle of a call: a finishes the call itself, and its
+    // arguments still match the schema.
+    let res = a
+        .post("/v1/chat/completions", &ask(json!({"tools": [note], "tool_choice": "required", "parallel_tool_calls": false, "stream": true})))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = support::Sse::new(res);
+    let mut events = Vec::new();
+    while events.len() < 10 {
+        let support::SseItem::Data(d) = sse.next().await else { panic!("the stream ended early") };
+        events.push(d);
+    }
+    b.state.swarm.as_ref().unwrap().leave().await;
+    while let support::SseItem::Data(d) = sse.next().await {
+        events.push(d);
+    }
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+    let mut arguments = String::new();
+    let mut names = Vec::new();
+    for c in &chunks {
+        for d in c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            if let Some(n) = d["function"]["name"].as_str() {
+                names.push(n.to_string());
+            }
+            if d["index"] == 0 {
+                arguments.push_str(d["function"]["arguments"].as_str().unwrap());
+            }
+        }
+    }
+    assert_eq!(names, ["save_note"], "the call opened once, on b");
+    check_note(&arguments);
+    assert!(!a.state.engine.loaded().is_empty(), "a finished the call itself");
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }
