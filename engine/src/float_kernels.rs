@@ -290,42 +290,19 @@ impl candle_core::CustomOp1 for FloatMatmul {
     }
 
     fn cpu_fwd(&self, storage: &candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("the float matmul takes contiguous f32 activations")
-        };
-        let (n, k) = self.0.shape().dims2()?;
-        let mut dims = layout.dims().to_vec();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("activations {dims:?} do not match a weight of {n}x{k}")
-        }
-        *dims.last_mut().expect("checked above") = n;
-        let lhs = &v[start..end];
-        let m = lhs.len() / k;
-        let mut dst = vec![0f32; m * n];
-        let data = self.0.data()?;
         fn run<E: Elem>(m: usize, k: usize, n: usize, lhs: &[f32], data: &[u8], dst: &mut [f32]) -> candle_core::Result<()> {
-            let size = std::mem::size_of::<E>();
-            if data.len() != n * k * size {
+            if data.len() != n * k * std::mem::size_of::<E>() {
                 candle_core::bail!("a {n}x{k} weight has {} bytes", data.len())
             }
-            if (data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<E>()) {
-                // SAFETY: aligned, the length checked above, and any bit
-                // pattern is a float.
-                let w = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const E, n * k) };
-                matmul(m, k, n, lhs, w, dst);
-            } else {
-                let w: Vec<E> = crate::gguf::blocks_from_bytes(data);
-                matmul(m, k, n, lhs, &w, dst);
-            }
+            crate::kernels::with_elements::<E>(data, |w| matmul(m, k, n, lhs, w, dst));
             Ok(())
         }
-        match self.0.dtype() {
-            GgmlDType::F16 => run::<f16>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::BF16 => run::<bf16>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::F32 => run::<f32>(m, k, n, lhs, &data, &mut dst)?,
+        crate::kernels::weight_op(&self.0, storage, layout, |m, k, n, lhs, data, dst| match self.0.dtype() {
+            GgmlDType::F16 => run::<f16>(m, k, n, lhs, data, dst),
+            GgmlDType::BF16 => run::<bf16>(m, k, n, lhs, data, dst),
+            GgmlDType::F32 => run::<f32>(m, k, n, lhs, data, dst),
             other => candle_core::bail!("rbee's float kernels do not multiply {other:?}"),
-        }
-        Ok((candle_core::CpuStorage::F32(dst), candle_core::Shape::from(dims)))
+        })
     }
 }
 

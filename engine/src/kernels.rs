@@ -421,47 +421,64 @@ impl candle_core::CustomOp1 for QuantMatmul {
     }
 
     fn cpu_fwd(&self, storage: &candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("the quantized matmul takes contiguous f32 activations")
-        };
-        let (n, k) = self.0.shape().dims2()?;
-        let mut dims = layout.dims().to_vec();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("activations {dims:?} do not match a weight of {n}x{k}")
-        }
-        *dims.last_mut().expect("checked above") = n;
-        let lhs = &v[start..end];
-        let m = lhs.len() / k;
-        let mut dst = vec![0f32; m * n];
-        let data = self.0.data()?;
         fn run<W: Weight>(m: usize, k: usize, n: usize, lhs: &[f32], data: &[u8], dst: &mut [f32]) -> candle_core::Result<()> {
             if !k.is_multiple_of(W::BLCK_SIZE) || data.len() != n * (k / W::BLCK_SIZE) * std::mem::size_of::<W>() {
                 candle_core::bail!("a {n}x{k} weight of {:?} has {} bytes", W::DTYPE, data.len())
             }
-            if (data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<W>()) {
-                // SAFETY: aligned, the length checked above, and blocks are
-                // plain old data.
-                let blocks = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const W, data.len() / std::mem::size_of::<W>()) };
-                matmul(m, k, n, lhs, blocks, dst);
-            } else {
-                matmul(m, k, n, lhs, &crate::gguf::blocks_from_bytes::<W>(data), dst);
-            }
+            with_elements::<W>(data, |blocks| matmul(m, k, n, lhs, blocks, dst));
             Ok(())
         }
-        match self.0.dtype() {
-            GgmlDType::Q8_0 => run::<BlockQ8_0>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q5_0 => run::<BlockQ5_0>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q4_0 => run::<BlockQ4_0>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q4_1 => run::<BlockQ4_1>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q5_1 => run::<BlockQ5_1>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q4K => run::<BlockQ4K>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q5K => run::<BlockQ5K>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q6K => run::<BlockQ6K>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q3K => run::<BlockQ3K>(m, k, n, lhs, &data, &mut dst)?,
-            GgmlDType::Q2K => run::<BlockQ2K>(m, k, n, lhs, &data, &mut dst)?,
+        weight_op(&self.0, storage, layout, |m, k, n, lhs, data, dst| match self.0.dtype() {
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(m, k, n, lhs, data, dst),
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(m, k, n, lhs, data, dst),
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(m, k, n, lhs, data, dst),
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(m, k, n, lhs, data, dst),
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(m, k, n, lhs, data, dst),
+            GgmlDType::Q4K => run::<BlockQ4K>(m, k, n, lhs, data, dst),
+            GgmlDType::Q5K => run::<BlockQ5K>(m, k, n, lhs, data, dst),
+            GgmlDType::Q6K => run::<BlockQ6K>(m, k, n, lhs, data, dst),
+            GgmlDType::Q3K => run::<BlockQ3K>(m, k, n, lhs, data, dst),
+            GgmlDType::Q2K => run::<BlockQ2K>(m, k, n, lhs, data, dst),
             other => candle_core::bail!("rbee's kernels do not multiply {other:?}"),
-        }
-        Ok((candle_core::CpuStorage::F32(dst), candle_core::Shape::from(dims)))
+        })
+    }
+}
+
+/// The part every weight matmul op shares: checks that the activations are
+/// contiguous f32 rows of the `n×k` weight's `k`, runs `mul(m, k, n, lhs,
+/// weight bytes, dst)` and gives the result its shape (…, n).
+pub(crate) fn weight_op(
+    weight: &QTensor,
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    mul: impl FnOnce(usize, usize, usize, &[f32], &[u8], &mut [f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let (candle_core::CpuStorage::F32(v), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("a weight matmul takes contiguous f32 activations")
+    };
+    let (n, k) = weight.shape().dims2()?;
+    let mut dims = layout.dims().to_vec();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("activations {dims:?} do not match a weight of {n}x{k}")
+    }
+    *dims.last_mut().expect("checked above") = n;
+    let lhs = &v[start..end];
+    let m = lhs.len() / k;
+    let mut dst = vec![0f32; m * n];
+    mul(m, k, n, lhs, &weight.data()?, &mut dst)?;
+    Ok((candle_core::CpuStorage::F32(dst), candle_core::Shape::from(dims)))
+}
+
+/// `data` (a weight's bytes, whose length the caller checked is a whole
+/// number of `T`) as a slice of `T`: in place where the map aligns it, else
+/// copied.
+pub(crate) fn with_elements<T: candle_core::quantized::GgmlType>(data: &[u8], f: impl FnOnce(&[T])) {
+    if (data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        // SAFETY: aligned, a whole number of `T` (checked by the caller), and
+        // `T` is plain old data (quant blocks and floats: any bit pattern is valid).
+        f(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / std::mem::size_of::<T>()) });
+    } else {
+        f(&crate::gguf::blocks_from_bytes::<T>(data));
     }
 }
 

@@ -109,32 +109,7 @@ async fn a_stopped_node_leaves_no_task_behind_and_its_peers_see_it_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_whose_node_leaves_mid_way_is_finished_here_with_exact_usage() {
     let dir = tempfile::tempdir().unwrap();
-    let code = rbee_swarm::SwarmKey::generate().join_code();
-    let a = swarm_node(&dir.path().join("a"), &code, Vec::new(), None).await;
-    let a_addr = a.state.swarm.as_ref().unwrap().listen_addrs().await.unwrap()[0].clone();
-    let a_id = a.state.swarm.as_ref().unwrap().peer_id.to_string();
-    let b = swarm_node(&dir.path().join("b"), &code, vec![format!("{a_addr}/p2p/{a_id}")], None).await;
-    let b_id = b.state.swarm.as_ref().unwrap().peer_id.to_string();
-    // b has the model loaded and a does not: a sends the answer to b.
-    for _ in 0..100 {
-        let v: Value = reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().json().await.unwrap();
-        if v["peers"].as_array().unwrap().iter().any(|p| p["node_id"] == b_id.as_str() && !p["record"]["models_on_disk"].as_array().unwrap().is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let warm = b.post("/v1/completions", &json!({"model": support::MODEL, "prompt": "a", "max_tokens": 1})).send().await.unwrap();
-    assert_eq!(warm.status(), 200);
-    let mut seen = false;
-    for _ in 0..100 {
-        let v: Value = reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().json().await.unwrap();
-        seen = v["peers"].as_array().unwrap().iter().any(|p| p["node_id"] == b_id.as_str() && !p["record"]["models_loaded"].as_array().unwrap().is_empty());
-        if seen {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen, "a sees b's loaded model: {}", reqwest::get(format!("{}/api/swarm", a.url)).await.unwrap().text().await.unwrap());
+    let (a, b, b_id) = two_nodes_b_loaded(dir.path()).await;
     let max = 300;
     let res = a
         .post("/v1/completions", &json!({"model": support::MODEL, "prompt": "日本の首都は東京です。京都は", "max_tokens": max, "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}))
