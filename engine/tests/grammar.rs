@@ -7,17 +7,9 @@
 
 mod support;
 
-use rbee_engine::{Config, Engine, Error, Event, FinishReason, Grammar, Message, Prompt, Request, SamplingParams, Tool, ToolChoice, Tools};
+use rbee_engine::{Error, Event, FinishReason, Grammar, Message, Prompt, Request, SamplingParams, Tool, ToolChoice, Tools};
 use serde_json::{Value, json};
-use support::{Tiny, tiny};
-
-fn engine_for(t: &Tiny) -> (tempfile::TempDir, Engine, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let src = t.write_in(dir.path(), "src");
-    let engine = Engine::new(Config::new(dir.path().join("data"))).unwrap();
-    let id = engine.store().import(&src, None).unwrap().id;
-    (dir, engine, id)
-}
+use support::{engine_with, tiny};
 
 fn constrained(prompt: Prompt, grammar: Grammar, seed: u64, max_tokens: usize) -> Request {
     Request {
@@ -143,7 +135,7 @@ fn schemas() -> Vec<Value> {
 #[test]
 fn random_models_write_json_that_matches_the_schema() {
     for arch in ["llama", "qwen2"] {
-        let (_d, engine, id) = engine_for(&tiny(arch));
+        let (_d, engine, id) = engine_with(&tiny(arch), |_| {});
         for schema in schemas() {
             for seed in 0..6 {
                 let g = Grammar::JsonSchema { schema: schema.clone(), strict: true };
@@ -158,7 +150,7 @@ fn random_models_write_json_that_matches_the_schema() {
 
 #[test]
 fn a_lark_grammar_limits_the_answer_to_its_language() {
-    let (_d, engine, id) = engine_for(&tiny("llama"));
+    let (_d, engine, id) = engine_with(&tiny("llama"), |_| {});
     let mut seen = std::collections::HashSet::new();
     for seed in 0..12 {
         let g = Grammar::Lark { grammar: r#"start: ("yes" | "no") "!"?"#.into() };
@@ -171,7 +163,7 @@ fn a_lark_grammar_limits_the_answer_to_its_language() {
 
 #[test]
 fn a_continuation_keeps_to_the_grammar_from_where_the_text_stopped() {
-    let (_d, engine, id) = engine_for(&tiny("qwen2"));
+    let (_d, engine, id) = engine_with(&tiny("qwen2"), |_| {});
     let schema = &schemas()[0];
     for seed in 0..4 {
         let started = r#"{"name": "Ad"#;
@@ -191,7 +183,7 @@ fn a_continuation_keeps_to_the_grammar_from_where_the_text_stopped() {
 
 #[test]
 fn strict_refuses_what_it_cannot_enforce_and_lenient_enforces_the_rest() {
-    let (_d, engine, id) = engine_for(&tiny("llama"));
+    let (_d, engine, id) = engine_with(&tiny("llama"), |_| {});
     let schema = json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3, "uniqueItems": true});
     let err = engine.generate(&id, constrained(Prompt::Text("hello".into()), Grammar::JsonSchema { schema: schema.clone(), strict: true }, 0, 50)).unwrap_err();
     match &err {
@@ -248,7 +240,7 @@ fn collect_calls(mut g: rbee_engine::Generation) -> (String, Vec<(String, String
 fn required_and_named_calls_name_an_offered_tool_with_arguments_that_match_its_schema() {
     let offered = weather_and_add();
     for arch in ["qwen2", "llama"] {
-        let (_d, engine, id) = engine_for(&tiny(arch));
+        let (_d, engine, id) = engine_with(&tiny(arch), |_| {});
         for (choice, seeds) in [(ToolChoice::Required, 0..6), (ToolChoice::Function { name: "add".into() }, 0..4)] {
             for seed in seeds {
                 let mut req = constrained(Prompt::Chat(vec![Message::new("user", "What is the weather in Paris?")]), Grammar::JsonObject, seed, 300);
@@ -270,7 +262,7 @@ fn required_and_named_calls_name_an_offered_tool_with_arguments_that_match_its_s
 
 #[test]
 fn a_named_tool_that_was_not_offered_and_a_strict_schema_that_cannot_be_enforced_are_refused() {
-    let (_d, engine, id) = engine_for(&tiny("qwen2"));
+    let (_d, engine, id) = engine_with(&tiny("qwen2"), |_| {});
     let chat = || Prompt::Chat(vec![Message::new("user", "hi")]);
     let mut req = constrained(chat(), Grammar::JsonObject, 0, 10);
     req.params.grammar = None;

@@ -6,17 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use rbee_engine::{Config, Engine, Error, Event, FinishReason, Prompt, Request, SamplingParams};
-use support::{Tiny, tiny};
-
-fn engine_with(t: &Tiny, tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Engine, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let src = t.write_in(dir.path(), "src");
-    let mut cfg = Config::new(dir.path().join("data"));
-    tweak(&mut cfg);
-    let engine = Engine::new(cfg).unwrap();
-    let id = engine.store().import(&src, None).unwrap().id;
-    (dir, engine, id)
-}
+use support::{Tiny, engine_with, tiny};
 
 fn request(max_tokens: usize, seed: u64) -> Request {
     Request {

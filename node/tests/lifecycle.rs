@@ -116,20 +116,8 @@ async fn an_answer_whose_node_leaves_mid_way_is_finished_here_with_exact_usage()
         .send()
         .await
         .unwrap();
-    let mut sse = support::Sse::new(res);
-    let mut events = Vec::new();
     // Some of the answer from b, then b leaves the swarm.
-    while events.len() < 8 {
-        let support::SseItem::Data(d) = sse.next().await else { panic!("the stream ended early") };
-        events.push(d);
-    }
-    b.state.swarm.as_ref().unwrap().leave().await;
-    while let support::SseItem::Data(d) = sse.next().await {
-        events.push(d);
-    }
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
-    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+    let chunks = read_while_leaving(res, 8, &b).await;
     let finishes: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"].get(0)).map(|c| &c["finish_reason"]).filter(|f| !f.is_null()).collect();
     assert_eq!(finishes, [&json!("length")]);
     let last = chunks.last().unwrap();
@@ -140,6 +128,26 @@ async fn an_answer_whose_node_leaves_mid_way_is_finished_here_with_exact_usage()
     assert!(!text.is_empty());
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+/// Reads a stream answered by `b`: `before` events, then `b` leaves the
+/// swarm, then the rest, which must end in `[DONE]` with no error; returns
+/// the chunks.
+async fn read_while_leaving(res: reqwest::Response, before: usize, b: &TestNode) -> Vec<Value> {
+    let mut sse = support::Sse::new(res);
+    let mut events = Vec::new();
+    while events.len() < before {
+        let support::SseItem::Data(d) = sse.next().await else { panic!("the stream ended early") };
+        events.push(d);
+    }
+    b.state.swarm.as_ref().unwrap().leave().await;
+    while let support::SseItem::Data(d) = sse.next().await {
+        events.push(d);
+    }
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+    chunks
 }
 
 /// Starts a and b in one swarm with the fixture loaded on b only, and waits
@@ -226,19 +234,7 @@ async fn tools_schemas_and_logprobs_routed_to_a_peer_behave_as_local_ones_failov
         .send()
         .await
         .unwrap();
-    let mut sse = support::Sse::new(res);
-    let mut events = Vec::new();
-    while events.len() < 10 {
-        let support::SseItem::Data(d) = sse.next().await else { panic!("the stream ended early") };
-        events.push(d);
-    }
-    b.state.swarm.as_ref().unwrap().leave().await;
-    while let support::SseItem::Data(d) = sse.next().await {
-        events.push(d);
-    }
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
-    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+    let chunks = read_while_leaving(res, 10, &b).await;
     let mut arguments = String::new();
     let mut names = Vec::new();
     for c in &chunks {

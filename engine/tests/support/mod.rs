@@ -204,3 +204,15 @@ impl Tiny {
         path
     }
 }
+
+/// An engine on a fresh data dir holding `t` (with `tweak` applied to its
+/// config): the dir (keep it alive), the engine and the model's id.
+pub fn engine_with(t: &Tiny, tweak: impl FnOnce(&mut rbee_engine::Config)) -> (tempfile::TempDir, rbee_engine::Engine, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = t.write_in(dir.path(), "src");
+    let mut cfg = rbee_engine::Config::new(dir.path().join("data"));
+    tweak(&mut cfg);
+    let engine = rbee_engine::Engine::new(cfg).unwrap();
+    let id = engine.store().import(&src, None).unwrap().id;
+    (dir, engine, id)
+}

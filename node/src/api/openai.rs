@@ -327,17 +327,9 @@ impl ChatRequest {
                     ));
                 }
             },
+            // Whether the named tool was offered is the engine's check (a 400 on `tool_choice`).
             Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-                Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => {
-                    if !tools.iter().any(|t| t.name == name) {
-                        let offered: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
-                        return Err(ApiError::invalid(
-                            "tool_choice",
-                            format!("`tool_choice` names the function `{name}`, which `tools` does not offer (it offers {offered:?})"),
-                        ));
-                    }
-                    ToolChoice::Function { name: name.to_string() }
-                }
+                Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => ToolChoice::Function { name: name.to_string() },
                 _ => {
                     return Err(ApiError::invalid(
                         "tool_choice",
