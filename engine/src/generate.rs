@@ -413,8 +413,44 @@ impl<'m> Sequence<'m> {
         }
     }
 
+    /// Runs the next chunk of the prompt, at most `max` tokens, first taking
+    /// from another slot the keys and values of any part of the prompt it
+    /// holds beyond what this sequence's own slot has: the choices of an
+    /// `n` > 1 request (and people sending the same long system prompt at
+    /// once) run their shared prompt once and fork from it.
+    pub fn prefill_among(&mut self, slots: &mut [Slot], max: usize) {
+        let at = slots[self.slot].tokens.len();
+        let (best, common) = slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != self.slot)
+            .map(|(i, s)| (i, s.reusable_for(&self.prompt)))
+            .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+            .unwrap_or((self.slot, 0));
+        if common > at {
+            let (own, other) = if best < self.slot {
+                let (a, b) = slots.split_at_mut(self.slot);
+                (&mut b[0], &a[best])
+            } else {
+                let (a, b) = slots.split_at_mut(best);
+                (&mut a[self.slot], &b[0])
+            };
+            match own.cache.copy_from(&other.cache, at, common) {
+                Ok(()) => {
+                    own.tokens.extend_from_slice(&self.prompt[at..common]);
+                    self.reuse = common;
+                }
+                Err(e) => {
+                    self.fail(own, &e);
+                    return;
+                }
+            }
+        }
+        self.prefill(&mut slots[self.slot], max);
+    }
+
     /// Runs the next chunk of the prompt, at most `max` tokens.
-    pub fn prefill(&mut self, slot: &mut Slot, max: usize) {
+    fn prefill(&mut self, slot: &mut Slot, max: usize) {
         let at = slot.tokens.len();
         let end = (at + max.clamp(1, PREFILL_CHUNK)).min(self.prompt.len());
         let chunk = &self.prompt[at..end];

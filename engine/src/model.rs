@@ -661,6 +661,26 @@ impl Cache {
         self.len = self.len.min(len);
     }
 
+    /// Copies positions `from..to` of `other`'s keys and values into this
+    /// cache, which holds exactly `from` tokens that are the same as
+    /// `other`'s: a sequence starting with a prompt another has run takes
+    /// its cache instead of running it again.
+    ///
+    /// # Errors
+    /// When the tensors cannot be copied (e.g. out of memory).
+    pub fn copy_from(&mut self, other: &Cache, from: usize, to: usize) -> Result<()> {
+        debug_assert!(from == self.len && to <= other.len && from <= to);
+        if to <= from {
+            return Ok(());
+        }
+        for (dst, src) in self.layers.iter_mut().zip(&other.layers) {
+            let (Some(k), Some(v)) = (&src.k, &src.v) else { return Ok(()) };
+            dst.append(&k.narrow(2, from, to - from)?, &v.narrow(2, from, to - from)?, from)?;
+        }
+        self.len = to;
+        Ok(())
+    }
+
     /// Bytes allocated for keys and values.
     pub fn allocated_bytes(&self) -> usize {
         self.layers.iter().map(|l| l.k.as_ref().map_or(0, |k| 2 * k.elem_count() * k.dtype().size_in_bytes())).sum()

@@ -378,9 +378,8 @@ fn schedule(model: &Model, rx: &Receiver<Job>, n_slots: usize, busy: &AtomicUsiz
         }
         running = kept;
         if let Some(i) = prefill {
-            let slot = running[i].slot;
             let max = if batch.is_empty() { generate::PREFILL_CHUNK } else { generate::PREFILL_CHUNK_BESIDE_DECODING };
-            running[i].prefill(&mut slots[slot], max);
+            running[i].prefill_among(&mut slots, max);
         }
         if !batch.is_empty() {
             generate::decode_step(model, &mut slots, &mut running, &batch);

@@ -153,3 +153,43 @@ fn bad_requests_get_clear_errors() {
     // Still serving.
     collect(engine.generate(&id, request(3, 1)).unwrap());
 }
+
+/// Reads a generation to its end: its text and usage.
+fn text_and_usage(mut g: rbee_engine::Generation) -> (String, rbee_engine::Usage) {
+    let mut text = String::new();
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            Event::Text { text: t, .. } => text.push_str(&t),
+            Event::Done { usage, .. } => return (text, usage),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+#[test]
+fn requests_sharing_a_prompt_run_it_once_and_fork_with_the_same_text_as_alone() {
+    // Several prompt chunks long, so the fork copies more than one chunk.
+    let long = "hello the world ".repeat(300);
+    let req = |seed| Request { prompt: Prompt::Text(long.clone()), ..request(24, seed) };
+    let (_d, engine, id) = engine_with(&tiny("llama"), |_| {});
+    // Started together, as the choices of an `n` = 3 request are.
+    let gens: Vec<_> = (1..=3).map(|seed| engine.generate(&id, req(seed)).unwrap()).collect();
+    let prompt_tokens = gens[0].prompt_tokens;
+    assert!(prompt_tokens > 2 * rbee_engine::generate::PREFILL_CHUNK, "{prompt_tokens}");
+    let forked: Vec<(String, rbee_engine::Usage)> = gens.into_iter().map(text_and_usage).collect();
+    assert_eq!(forked[0].1.cached_tokens, 0, "the first runs the prompt");
+    for (text, usage) in &forked[1..] {
+        assert_eq!(usage.cached_tokens, prompt_tokens - 1, "the others take all of it but the token that gives their first logits: {usage:?}");
+        assert_eq!(usage.prompt_tokens, prompt_tokens);
+        assert!(!text.is_empty());
+    }
+    // Each alone, on an engine that never saw the prompt: the same texts.
+    for (seed, (text, _)) in (1..=3).zip(&forked) {
+        let (_d, alone, id) = engine_with(&tiny("llama"), |_| {});
+        let (want, usage) = text_and_usage(alone.generate(&id, req(seed)).unwrap());
+        assert_eq!(usage.cached_tokens, 0);
+        assert_eq!(text, &want, "seed {seed}: forking does not change the answer");
+    }
+    assert_ne!(forked[0].0, forked[1].0, "different seeds, different answers");
+}

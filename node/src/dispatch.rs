@@ -128,6 +128,16 @@ type Candidate = (NodeId, bool);
 /// # Errors
 /// The error of the last node tried, or [`Error::NotFound`] when no node has the model.
 pub async fn generate(s: &Service, model: &str, prompt: Prompt, params: SamplingParams) -> Result<Started, Error> {
+    generate_on(s, model, prompt, params, None).await
+}
+
+/// Like [`generate`], trying `prefer` first when it may run the model: the
+/// choices of an `n` > 1 request go where the first went, so that node runs
+/// their shared prompt once.
+///
+/// # Errors
+/// As [`generate`].
+pub async fn generate_on(s: &Service, model: &str, prompt: Prompt, params: SamplingParams, prefer: Option<&NodeId>) -> Result<Started, Error> {
     let Some(client) = &s.swarm else {
         return local(s, model, prompt, params).await;
     };
@@ -141,6 +151,10 @@ pub async fn generate(s: &Service, model: &str, prompt: Prompt, params: Sampling
     if !ranked.iter().any(|c| c.local) && s.engine.store().get(&id).is_ok() {
         let at = ranked.iter().position(|c| !(c.loaded && c.free_slots > 0)).unwrap_or(ranked.len());
         candidates.insert(at, (NodeId::from(client.peer_id), true));
+    }
+    if let Some(at) = prefer.and_then(|p| candidates.iter().position(|(n, _)| n == p)) {
+        let preferred = candidates.remove(at);
+        candidates.insert(0, preferred);
     }
     if candidates.is_empty() {
         // Not in any registry (yet): the local store has the last word.

@@ -44,7 +44,7 @@ async fn every_bad_input_gets_its_status_and_error_object_and_the_node_keeps_ser
         (json!({"top_p": -0.1}), "top_p"),
         (json!({"max_tokens": 0}), "max_tokens"),
         (json!({"presence_penalty": 3}), "presence_penalty"),
-        (json!({"n": 3}), "n"),
+        (json!({"n": 17}), "n"),
         (json!({"logprobs": true, "top_logprobs": 25}), "top_logprobs"),
     ] {
         let (s, e) = error_of(node.post("/v1/chat/completions", &chat("hi", extra.clone())).send().await.unwrap()).await;
@@ -457,5 +457,71 @@ async fn logprobs_describe_each_token_whole_and_streamed_in_chat_and_completions
     // Without the flag there are none.
     let plain: Value = node.post("/v1/chat/completions", &chat("Hi", json!({"max_tokens": 2}))).send().await.unwrap().json().await.unwrap();
     assert!(plain["choices"][0]["logprobs"].is_null());
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_each_answer_as_their_own_seed_would_whole_and_streamed() {
+    let node = TestNode::start(|_| {}).await;
+    let ask = |extra: Value| {
+        chat(
+            "Write about the sea.",
+            json!({"max_tokens": 12, "temperature": 1.0, "seed": 40})
+                .as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .chain(extra.as_object().unwrap().clone())
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        )
+    };
+    let whole: Value = node.post("/v1/chat/completions", &ask(json!({"n": 3}))).send().await.unwrap().json().await.unwrap();
+    let choices = whole["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{whole}");
+    let texts: Vec<&str> = choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    // Choice i is what a single request with seed 40 + i answers.
+    let mut completion = 0;
+    for (i, text) in texts.iter().enumerate() {
+        let one: Value = node.post("/v1/chat/completions", &ask(json!({"seed": 40 + i}))).send().await.unwrap().json().await.unwrap();
+        assert_eq!(one["choices"][0]["message"]["content"].as_str().unwrap(), *text, "choice {i}");
+        completion += one["usage"]["completion_tokens"].as_u64().unwrap();
+        assert_eq!(one["usage"]["prompt_tokens"], whole["usage"]["prompt_tokens"], "the prompt is counted once");
+    }
+    assert_eq!(whole["usage"]["completion_tokens"].as_u64().unwrap(), completion, "usage counts every choice");
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "the seeds differ: {texts:?}");
+
+    // Streamed: each chunk names its choice; every choice finishes once;
+    // the pieces of each assemble to the same texts; usage then [DONE] last.
+    let res = node.post("/v1/chat/completions", &ask(json!({"n": 3, "stream": true, "stream_options": {"include_usage": true}}))).send().await.unwrap();
+    let (events, _) = Sse::new(res).all().await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let (usage, body) = chunks.split_last().unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], whole["usage"]["completion_tokens"]);
+    let mut streamed = vec![String::new(); 3];
+    let mut finishes = [0; 3];
+    for c in body {
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        streamed[i].push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+        if choice["finish_reason"].is_string() {
+            finishes[i] += 1;
+        }
+    }
+    assert_eq!(finishes, [1, 1, 1]);
+    assert_eq!(streamed, texts);
+    // Text completions too.
+    let r: Value = node
+        .post("/v1/completions", &json!({"model": MODEL, "prompt": "The sea is", "max_tokens": 6, "seed": 3, "temperature": 1.0, "n": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["choices"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["choices"][1]["index"], 1);
     node.stop().await.unwrap();
 }

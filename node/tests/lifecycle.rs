@@ -172,7 +172,7 @@ async fn two_nodes_b_loaded(dir: &std::path::Path) -> (TestNode, TestNode, Strin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tools_schemas_and_logprobs_routed_to_a_peer_behave_as_local_ones_failover_included() {
+async fn tools_schemas_logprobs_and_n_routed_to_a_peer_behave_as_local_ones_failover_included() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, b_id) = two_nodes_b_loaded(dir.path()).await;
     let note = json!({"type": "function", "function": {"name": "save_note", "parameters": {
@@ -221,6 +221,12 @@ async fn tools_schemas_and_logprobs_routed_to_a_peer_behave_as_local_ones_failov
     let v: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(v["bees"].as_u64().unwrap() <= 9, "{r}");
     assert!(!r["choices"][0]["logprobs"]["content"].as_array().unwrap().is_empty(), "logprobs come over the swarm: {r}");
+    // `n` choices all go to b, which runs the prompt once for them.
+    let r: Value =
+        a.post("/v1/chat/completions", &ask(json!({"n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 8}))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["timings"]["node_id"], b_id.as_str());
+    assert_eq!(r["choices"].as_array().unwrap().len(), 2, "{r}");
+    assert!(a.state.engine.loaded().is_empty(), "no choice ran on a");
     // A schema b cannot enforce is b's 400, passed on with its field.
     let bad = json!({"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "array", "uniqueItems": true}}});
     let res = a.post("/v1/chat/completions", &ask(json!({"response_format": bad}))).send().await.unwrap();

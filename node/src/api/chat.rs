@@ -71,19 +71,36 @@ async fn run(s: Service, kind: Kind, model: String, prompt: Prompt, params: Samp
     // On this node or another; loading, rendering and tokenizing run off the async threads.
     let engine_start = Instant::now();
     let logprobs = params.logprobs.is_some();
-    let generation = crate::dispatch::generate(&s, &model, prompt, params).await.map_err(|e| ApiError::from_dispatch(&e, kind.prompt_param()))?;
+    let to_api = |e: crate::dispatch::Error| ApiError::from_dispatch(&e, kind.prompt_param());
+    let first = crate::dispatch::generate(&s, &model, prompt.clone(), params.clone()).await.map_err(to_api)?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let ids = Ids {
         id: format!("{prefix}-{:024x}", rand::rng().random::<u128>() >> 32),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        model: generation.model.clone(),
+        model: first.model.clone(),
     };
-    let tracker = Tracker { state: s.clone(), model: ids.model.clone(), node_id: generation.node_id, started, engine_start, first: None, ended: false };
-    if sampling.stream() {
-        Ok(stream(s, kind, ids, generation.events, tracker, sampling.include_usage(), logprobs))
-    } else {
-        collect(kind, ids, generation.events, tracker, logprobs).await
+    let tracker =
+        |node_id: Option<rbee_swarm::NodeId>| Tracker { state: s.clone(), model: ids.model.clone(), node_id, started, engine_start, first: None, ended: false };
+    // `n` > 1: the other choices start where the first did (that node runs
+    // the prompt once and forks), each with its own seed. Dropping what has
+    // started cancels it if one cannot.
+    let node = first.node_id.clone();
+    let mut choices = vec![(first.events, tracker(first.node_id))];
+    for i in 1..sampling.choices() {
+        let p = SamplingParams { seed: params.seed.map(|seed| seed.wrapping_add(i as u64)), ..params.clone() };
+        let g = crate::dispatch::generate_on(&s, &ids.model, prompt.clone(), p, node.as_ref()).await.map_err(to_api)?;
+        choices.push((g.events, tracker(g.node_id)));
     }
+    if sampling.stream() { Ok(stream(s, kind, ids, choices, sampling.include_usage(), logprobs)) } else { collect(kind, ids, choices, logprobs).await }
+}
+
+/// The usage of a response: the prompt once (the choices share it), the
+/// completion tokens of every choice.
+fn total_usage(usages: &[EngineUsage]) -> EngineUsage {
+    let mut total = usages[0].clone();
+    total.completion_tokens = usages.iter().map(|u| u.completion_tokens).sum();
+    total.decode_secs = usages.iter().map(|u| u.decode_secs).fold(0.0, f64::max);
+    total
 }
 
 /// Records a generation's metrics; one dropped before its end counts as cancelled.
@@ -154,7 +171,17 @@ fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, logprobs: bool) -> Result<Response, ApiError> {
+/// One choice of a whole (not streamed) answer.
+struct Collected {
+    text: String,
+    calls: Vec<ToolCallOut>,
+    logprobs: Vec<TokenLogprob>,
+    finish: FinishReason,
+    usage: EngineUsage,
+    timings: Timings,
+}
+
+async fn collect_one(mut events: mpsc::Receiver<Event>, mut tracker: Tracker) -> Result<Collected, ApiError> {
     let mut text = String::new();
     let mut calls: Vec<ToolCallOut> = Vec::new();
     let mut lps = Vec::new();
@@ -177,35 +204,7 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
             Event::Done { finish, usage } => {
                 tracker.done(&usage, finish);
                 let timings = tracker.timings(&usage);
-                let usage = Usage::from(&usage);
-                let finish = finish_reason(finish);
-                return Ok(match kind {
-                    Kind::Chat => Json(ChatCompletion {
-                        id: ids.id,
-                        object: "chat.completion",
-                        created: ids.created,
-                        model: ids.model,
-                        choices: vec![ChatChoice {
-                            index: 0,
-                            message: AssistantMessage { role: "assistant", content: (!text.is_empty() || calls.is_empty()).then_some(text), tool_calls: calls },
-                            logprobs: logprobs.then(|| ChatLogprobs::new(&lps)),
-                            finish_reason: finish,
-                        }],
-                        usage,
-                        timings,
-                    })
-                    .into_response(),
-                    Kind::Text => Json(TextCompletion {
-                        id: ids.id,
-                        object: "text_completion",
-                        created: ids.created,
-                        model: ids.model,
-                        choices: vec![TextChoice { index: 0, text, logprobs: logprobs.then(|| TextLogprobs::new(&lps, 0)), finish_reason: Some(finish) }],
-                        usage,
-                        timings,
-                    })
-                    .into_response(),
-                });
+                return Ok(Collected { text, calls, logprobs: lps, finish, usage, timings });
             }
             Event::Error(e) => {
                 tracker.end("error");
@@ -217,16 +216,63 @@ async fn collect(kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tr
     Err(ApiError::internal(&"the engine ended the generation without finishing it"))
 }
 
+async fn collect(kind: Kind, ids: Ids, choices: Vec<(mpsc::Receiver<Event>, Tracker)>, logprobs: bool) -> Result<Response, ApiError> {
+    let done: Vec<Collected> = futures_util::future::try_join_all(choices.into_iter().map(|(events, tracker)| collect_one(events, tracker))).await?;
+    let usage = Usage::from(&total_usage(&done.iter().map(|c| c.usage.clone()).collect::<Vec<_>>()));
+    let timings = done[0].timings.clone();
+    Ok(match kind {
+        Kind::Chat => Json(ChatCompletion {
+            id: ids.id,
+            object: "chat.completion",
+            created: ids.created,
+            model: ids.model,
+            choices: done
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| ChatChoice {
+                    index: i as u32,
+                    logprobs: logprobs.then(|| ChatLogprobs::new(&c.logprobs)),
+                    finish_reason: finish_reason(c.finish),
+                    message: AssistantMessage { role: "assistant", content: (!c.text.is_empty() || c.calls.is_empty()).then_some(c.text), tool_calls: c.calls },
+                })
+                .collect(),
+            usage,
+            timings,
+        })
+        .into_response(),
+        Kind::Text => Json(TextCompletion {
+            id: ids.id,
+            object: "text_completion",
+            created: ids.created,
+            model: ids.model,
+            choices: done
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| TextChoice {
+                    index: i as u32,
+                    logprobs: logprobs.then(|| TextLogprobs::new(&c.logprobs, 0)),
+                    finish_reason: Some(finish_reason(c.finish)),
+                    text: c.text,
+                })
+                .collect(),
+            usage,
+            timings,
+        })
+        .into_response(),
+    })
+}
+
 /// Builds the `data:` payloads of one streamed response.
 struct Chunks {
     kind: Kind,
     ids: Ids,
     include_usage: bool,
-    role_sent: bool,
+    /// Per choice: whether its role was sent (chat).
+    role_sent: Vec<bool>,
     /// Logprobs were asked for.
     logprobs: bool,
-    /// Characters of a text completion sent so far (for `text_offset`).
-    offset: usize,
+    /// Per choice: characters of a text completion sent so far (for `text_offset`).
+    offset: Vec<usize>,
 }
 
 impl Chunks {
@@ -238,71 +284,75 @@ impl Chunks {
         SseEvent::default().data(serde_json::to_string(v).expect("chunks serialize"))
     }
 
-    fn chat(&self, delta: Delta, logprobs: Option<ChatLogprobs>, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
+    fn chat(&self, index: usize, delta: Delta, logprobs: Option<ChatLogprobs>, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
         Self::json(&Chunk {
             id: self.ids.id.clone(),
             object: "chat.completion.chunk",
             created: self.ids.created,
             model: self.ids.model.clone(),
-            choices: vec![ChunkChoice { index: 0, delta, logprobs, finish_reason: finish }],
+            choices: vec![ChunkChoice { index: index as u32, delta, logprobs, finish_reason: finish }],
             usage: self.usage_field(),
             timings,
         })
     }
 
-    fn text(&self, text: String, logprobs: Option<TextLogprobs>, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
+    fn text(&self, index: usize, text: String, logprobs: Option<TextLogprobs>, finish: Option<&'static str>, timings: Option<Timings>) -> SseEvent {
         Self::json(&Chunk {
             id: self.ids.id.clone(),
             object: "text_completion",
             created: self.ids.created,
             model: self.ids.model.clone(),
-            choices: vec![TextChoice { index: 0, text, logprobs, finish_reason: finish }],
+            choices: vec![TextChoice { index: index as u32, text, logprobs, finish_reason: finish }],
             usage: self.usage_field(),
             timings,
         })
     }
 
-    /// The events for a piece of text (and its tokens' logprobs, when
-    /// asked for): the role first, once, in chat.
-    fn piece(&mut self, text: String, lps: &[TokenLogprob], out: &mut Vec<SseEvent>) {
+    /// The events for a piece of choice `index`'s text (and its tokens'
+    /// logprobs, when asked for): the role first, once, in chat.
+    fn piece(&mut self, index: usize, text: String, lps: &[TokenLogprob], out: &mut Vec<SseEvent>) {
         match self.kind {
             Kind::Chat => {
-                if !self.role_sent {
-                    self.role_sent = true;
-                    out.push(self.chat(Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None, None, None));
+                if !self.role_sent[index] {
+                    self.role_sent[index] = true;
+                    out.push(self.chat(index, Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, None, None, None));
                 }
                 if !text.is_empty() {
                     let lp = self.logprobs.then(|| ChatLogprobs::new(lps));
-                    out.push(self.chat(Delta { role: None, content: Some(text), tool_calls: None }, lp, None, None));
+                    out.push(self.chat(index, Delta { role: None, content: Some(text), tool_calls: None }, lp, None, None));
                 }
             }
             Kind::Text => {
                 if !text.is_empty() {
-                    let lp = self.logprobs.then(|| TextLogprobs::new(lps, self.offset));
-                    self.offset += text.chars().count();
-                    out.push(self.text(text, lp, None, None));
+                    let lp = self.logprobs.then(|| TextLogprobs::new(lps, self.offset[index]));
+                    self.offset[index] += text.chars().count();
+                    out.push(self.text(index, text, lp, None, None));
                 }
             }
         }
     }
 
     /// The events for a tool call's first piece (`name`) or more of its arguments.
-    fn call(&mut self, index: usize, id: Option<String>, name: Option<String>, arguments: String, out: &mut Vec<SseEvent>) {
-        self.piece(String::new(), &[], out);
+    fn call(&mut self, choice: usize, index: usize, id: Option<String>, name: Option<String>, arguments: String, out: &mut Vec<SseEvent>) {
+        self.piece(choice, String::new(), &[], out);
         let kind = id.as_ref().map(|_| "function");
         let delta = ToolCallDelta { index, id, kind, function: FunctionDelta { name, arguments } };
-        out.push(self.chat(Delta { role: None, content: None, tool_calls: Some(vec![delta]) }, None, None, None));
+        out.push(self.chat(choice, Delta { role: None, content: None, tool_calls: Some(vec![delta]) }, None, None, None));
     }
 
-    /// The finish chunk, the usage chunk if asked for (the last one carries
-    /// the timings), and `[DONE]`.
-    fn finish(&mut self, finish: &'static str, usage: &EngineUsage, timings: Timings, out: &mut Vec<SseEvent>) {
-        self.piece(String::new(), &[], out);
-        let on_finish = (!self.include_usage).then(|| timings.clone());
+    /// Choice `index`'s finish chunk; it carries the timings unless a usage chunk will.
+    fn finish(&mut self, index: usize, finish: &'static str, timings: Timings, out: &mut Vec<SseEvent>) {
+        self.piece(index, String::new(), &[], out);
+        let on_finish = (!self.include_usage).then_some(timings);
         out.push(match self.kind {
-            Kind::Chat => self.chat(Delta::default(), None, Some(finish), on_finish),
-            Kind::Text => self.text(String::new(), None, Some(finish), on_finish),
+            Kind::Chat => self.chat(index, Delta::default(), None, Some(finish), on_finish),
+            Kind::Text => self.text(index, String::new(), None, Some(finish), on_finish),
         });
+    }
+
+    /// After every choice has finished: the usage chunk if asked for (with
+    /// the timings), and `[DONE]`.
+    fn end(&self, usage: &EngineUsage, timings: Timings, out: &mut Vec<SseEvent>) {
         if self.include_usage {
             let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
             out.push(Self::json(&Chunk::<ChunkChoice> {
@@ -327,31 +377,59 @@ impl Chunks {
 /// Events buffered between the generation task and the connection.
 const SSE_BUFFER: usize = 64;
 
-fn stream(s: Service, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, mut tracker: Tracker, include_usage: bool, logprobs: bool) -> Response {
+/// Streams the choices' events as they come, each chunk naming its choice.
+fn stream(s: Service, kind: Kind, ids: Ids, choices: Vec<(mpsc::Receiver<Event>, Tracker)>, include_usage: bool, logprobs: bool) -> Response {
     let (tx, mut rx) = mpsc::channel::<SseEvent>(SSE_BUFFER);
-    let mut chunks = Chunks { kind, ids, include_usage, role_sent: false, logprobs, offset: 0 };
+    let n = choices.len();
+    let mut chunks = Chunks { kind, ids, include_usage, role_sent: vec![false; n], logprobs, offset: vec![0; n] };
+    // One reader per choice feeds a shared channel; when the connection
+    // goes, the readers' sends fail and they drop their generations.
+    let (merged_tx, mut merged) = mpsc::channel::<(usize, Option<Event>)>(SSE_BUFFER);
+    let mut trackers = Vec::with_capacity(n);
+    for (i, (mut events, tracker)) in choices.into_iter().enumerate() {
+        trackers.push(tracker);
+        let merged_tx = merged_tx.clone();
+        s.tasks.spawn(async move {
+            loop {
+                let ev = events.recv().await;
+                let end = !matches!(ev, Some(Event::Text { .. } | Event::ToolCall { .. } | Event::ToolArguments { .. }));
+                if merged_tx.send((i, ev)).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+    }
+    drop(merged_tx);
     s.tasks.spawn(async move {
         let mut out = Vec::with_capacity(4);
-        loop {
-            let last = match events.recv().await {
+        let mut usages: Vec<Option<(EngineUsage, Timings)>> = vec![None; n];
+        while let Some((i, ev)) = merged.recv().await {
+            let tracker = &mut trackers[i];
+            let failed = match ev {
                 Some(Event::Text { text: t, logprobs: l, .. }) => {
                     tracker.token();
-                    chunks.piece(t, &l, &mut out);
+                    chunks.piece(i, t, &l, &mut out);
                     false
                 }
                 Some(Event::ToolCall { index, id, name, .. }) => {
                     tracker.token();
-                    chunks.call(index, Some(id), Some(name), String::new(), &mut out);
+                    chunks.call(i, index, Some(id), Some(name), String::new(), &mut out);
                     false
                 }
                 Some(Event::ToolArguments { index, text, .. }) => {
-                    chunks.call(index, None, None, text, &mut out);
+                    chunks.call(i, index, None, None, text, &mut out);
                     false
                 }
                 Some(Event::Done { finish, usage }) => {
                     tracker.done(&usage, finish);
-                    chunks.finish(finish_reason(finish), &usage, tracker.timings(&usage), &mut out);
-                    true
+                    let timings = tracker.timings(&usage);
+                    chunks.finish(i, finish_reason(finish), timings.clone(), &mut out);
+                    usages[i] = Some((usage, timings));
+                    if let Some(done) = usages.iter().cloned().collect::<Option<Vec<_>>>() {
+                        let total = total_usage(&done.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>());
+                        chunks.end(&total, done[0].1.clone(), &mut out);
+                    }
+                    false
                 }
                 Some(Event::Error(e)) => {
                     tracker.end("error");
@@ -365,12 +443,12 @@ fn stream(s: Service, kind: Kind, ids: Ids, mut events: mpsc::Receiver<Event>, m
                 }
             };
             for ev in out.drain(..) {
-                // The client went away: dropping `events` stops the engine.
+                // The client went away: dropping the readers stops the engine.
                 if tx.send(ev).await.is_err() {
                     return;
                 }
             }
-            if last {
+            if failed || usages.iter().all(Option::is_some) {
                 return;
             }
         }
@@ -409,7 +487,7 @@ mod tests {
             first: None,
             ended: false,
         };
-        let res = stream(state.clone(), Kind::Chat, ids, rx, tracker, false, false);
+        let res = stream(state.clone(), Kind::Chat, ids, vec![(rx, tracker)], false, false);
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
         let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();

@@ -109,6 +109,10 @@ pub fn grammar(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, Ap
 /// Most stop strings a request may carry.
 pub const MAX_STOP: usize = 16;
 
+/// Most choices (`n`) one request may ask for: they share the prompt but
+/// each takes a slot of its own.
+pub const MAX_CHOICES: usize = 16;
+
 impl Sampling {
     /// The engine's parameters, or a 400 naming the first bad field.
     ///
@@ -125,9 +129,9 @@ impl Sampling {
             }
         };
         if let Some(n) = self.n
-            && n != 1
+            && !(1..=MAX_CHOICES as i64).contains(&n)
         {
-            return Err(ApiError::invalid("n", format!("`n` must be 1: rbee returns one choice per request (got {n}); send several requests instead")));
+            return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_CHOICES}, got {n}")));
         }
         p.logprobs = match &self.logprobs {
             None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => None,
@@ -194,6 +198,11 @@ impl Sampling {
         p.grammar = grammar(self.response_format.as_ref())?;
         p.validate().map_err(|e| ApiError::bad_body(e.to_string()))?;
         Ok(p)
+    }
+
+    /// How many choices (`n`) to generate; checked by [`to_params`](Self::to_params).
+    pub fn choices(&self) -> usize {
+        self.n.map_or(1, |n| usize::try_from(n).unwrap_or(1).clamp(1, MAX_CHOICES))
     }
 
     pub fn stream(&self) -> bool {
@@ -714,7 +723,8 @@ mod tests {
             (r#"{"frequency_penalty": 9}"#, "frequency_penalty"),
             (r#"{"max_tokens": 0}"#, "max_tokens"),
             (r#"{"max_completion_tokens": -5}"#, "max_completion_tokens"),
-            (r#"{"n": 2}"#, "n"),
+            (r#"{"n": 0}"#, "n"),
+            (r#"{"n": 17}"#, "n"),
             (r#"{"top_k": -1}"#, "top_k"),
             (r#"{"logprobs": 7}"#, "logprobs"),
             (r#"{"logprobs": true, "top_logprobs": 21}"#, "top_logprobs"),
