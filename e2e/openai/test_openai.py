@@ -246,3 +246,31 @@ def test_a_tool_the_request_does_not_offer_is_a_400():
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=TOOL_MODEL, messages=WEATHER, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "fly"}})
     assert e.value.body["param"] == "tool_choice"
+
+
+EMBED_MODEL = os.environ["RBEE_EMBED_MODEL"]
+
+
+def test_embeddings_come_back_as_unit_vectors_in_input_order():
+    # The SDK asks for base64 and decodes it; floats are the same numbers.
+    texts = ["the hive", "a bee", "honey"]
+    r = client.embeddings.create(model=EMBED_MODEL, input=texts)
+    assert [d.index for d in r.data] == [0, 1, 2]
+    vecs = [d.embedding for d in r.data]
+    assert all(len(v) == 64 and abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs)
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 0
+    floats = client.embeddings.create(model=EMBED_MODEL, input="a bee", encoding_format="float").data[0].embedding
+    assert max(abs(a - b) for a, b in zip(floats, vecs[1])) < 1e-6
+    short = client.embeddings.create(model=EMBED_MODEL, input="a bee", dimensions=16).data[0].embedding
+    assert len(short) == 16 and abs(sum(x * x for x in short) - 1) < 1e-4
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=MODEL, input="x")
+    assert e.value.body["param"] == "model" and "chat model" in e.value.body["message"]
+
+
+def test_n_choices_share_one_prompt():
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Write about bees."}], n=3, max_tokens=8, seed=11, temperature=1)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    one = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Write about bees."}], max_tokens=8, seed=12, temperature=1)
+    assert r.choices[1].message.content == one.choices[0].message.content, "choice 1 samples with seed + 1"
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens, "the prompt counts once"

@@ -12,8 +12,13 @@ pub enum Error {
     InvalidModel { path: PathBuf, reason: String },
 
     /// The GGUF is well formed but holds an architecture we have no code for.
-    #[error("unsupported model architecture `{0}` (supported: gemma3, llama, mistral, qwen2, qwen3, phi3)")]
+    #[error("unsupported model architecture `{0}` (supported: gemma3, llama, mistral, qwen2, qwen3, phi3; for embeddings bert, nomic-bert)")]
     UnsupportedArchitecture(String),
+
+    /// The model cannot do what was asked: a chat model asked for
+    /// embeddings, an embedding model asked to generate.
+    #[error("{0}")]
+    WrongModelKind(String),
 
     /// No model with this id (or name) is in the catalog.
     #[error("model `{0}` not found; `rbee models ls` lists the models on this machine")]

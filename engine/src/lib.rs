@@ -7,12 +7,15 @@
 //! - [`tokenizer`] and [`template`]: text in and out, chat templates.
 //! - [`sampling`] and [`generate`]: choosing tokens, one streamed generation;
 //!   [`constraint`]: output held to a JSON schema or grammar.
+//! - [`embed`]: embedding models (BERT, Nomic BERT, pooling decoders such
+//!   as Qwen3-Embedding): text in, one unit vector out.
 //! - [`runtime`]: the [`Engine`] — models loaded on first use, slots, queue,
 //!   idle unload.
 //! - [`hardware`]: RAM, CPU, GPU adapters, usable candle devices.
 
 mod attention;
 pub mod constraint;
+pub mod embed;
 pub mod error;
 mod float_kernels;
 pub mod generate;
@@ -30,6 +33,7 @@ pub mod tools;
 /// Where a model runs (candle's device).
 pub use candle_core::Device;
 pub use constraint::Grammar;
+pub use embed::{EmbedInput, Embeddings};
 pub use error::{Error, Result};
 pub use generate::{Event, FinishReason, Model, Prompt, Request, TokenLogprob, TopLogprob, Usage};
 pub use runtime::{Config, Engine, Generation, LoadedInfo};

@@ -26,6 +26,10 @@ pub enum Arch {
     Qwen3,
     Gemma3,
     Phi3,
+    /// BERT encoders (all-MiniLM, bge, e5 and most embedding GGUFs).
+    Bert,
+    /// Nomic's BERT with rotary positions and a SwiGLU feed-forward (nomic-embed-text).
+    NomicBert,
 }
 
 impl Arch {
@@ -40,6 +44,8 @@ impl Arch {
             "qwen3" => Self::Qwen3,
             "gemma3" => Self::Gemma3,
             "phi3" => Self::Phi3,
+            "bert" => Self::Bert,
+            "nomic-bert" => Self::NomicBert,
             other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         })
     }
@@ -52,6 +58,36 @@ impl Arch {
             Self::Qwen3 => "qwen3",
             Self::Gemma3 => "gemma3",
             Self::Phi3 => "phi3",
+            Self::Bert => "bert",
+            Self::NomicBert => "nomic-bert",
+        }
+    }
+
+    /// An encoder: bidirectional attention, no text generation.
+    pub fn is_encoder(self) -> bool {
+        matches!(self, Self::Bert | Self::NomicBert)
+    }
+}
+
+/// How an embedding model turns its per-token states into one vector
+/// (GGUF `{arch}.pooling_type`, llama.cpp's numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean of every token's state.
+    Mean,
+    /// The first token's (`[CLS]`).
+    Cls,
+    /// The last token's (the EOS the tokenizer appends).
+    Last,
+}
+
+impl Pooling {
+    fn from_gguf(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Mean),
+            2 => Some(Self::Cls),
+            3 => Some(Self::Last),
+            _ => None,
         }
     }
 }
@@ -74,6 +110,10 @@ pub struct Config {
     pub sliding_window: Option<usize>,
     pub attn_scale: f64,
     pub final_softcap: Option<f64>,
+    /// Set for an embedding model: how it pools (encoders always have one,
+    /// mean unless the file says otherwise; a decoder has one only when
+    /// the file asks for pooling, as Qwen3-Embedding's does).
+    pub pooling: Option<Pooling>,
 }
 
 impl Config {
@@ -111,12 +151,18 @@ impl Config {
             head_dim,
             rope_dim,
             context_length: gguf.get_u64(&key("context_length")).map(|v| usize::try_from(v).unwrap_or(usize::MAX)).unwrap_or(4096),
-            eps: f64::from(gguf.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)),
+            eps: f64::from(
+                gguf.get_f32(&key("attention.layer_norm_rms_epsilon")).or_else(|_| gguf.get_f32(&key("attention.layer_norm_epsilon"))).unwrap_or(1e-5),
+            ),
             rope_base,
             rope_base_local: if arch == Arch::Gemma3 { 10_000.0 } else { rope_base },
             sliding_window,
             attn_scale,
             final_softcap: gguf.get_f32(&key("final_logit_softcapping")).ok().map(f64::from).filter(|c| *c > 0.0),
+            pooling: match gguf.get_u32(&key("pooling_type")).ok().and_then(Pooling::from_gguf) {
+                None if arch.is_encoder() => Some(Pooling::Mean),
+                p => p,
+            },
         })
     }
 
@@ -139,7 +185,7 @@ impl Config {
 
 /// A linear layer over quantized weights with an optional bias.
 #[derive(Debug)]
-struct Linear {
+pub(crate) struct Linear {
     w: QMatMul,
     b: Option<Tensor>,
 }
@@ -158,7 +204,7 @@ pub enum Precision {
 }
 
 impl Linear {
-    fn load(g: &Gguf, name: &str, dev: &Device, precision: Precision) -> Result<Self> {
+    pub(crate) fn load(g: &Gguf, name: &str, dev: &Device, precision: Precision) -> Result<Self> {
         let qt = g.qtensor(&format!("{name}.weight"), dev)?;
         let w = match precision {
             Precision::Quantized => as_stored(Arc::new(qt))?,
@@ -169,7 +215,7 @@ impl Linear {
         Ok(Self { w, b })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = matmul(&self.w, x)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
@@ -179,7 +225,7 @@ impl Linear {
 }
 
 #[derive(Debug)]
-enum Qkv {
+pub(crate) enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
 }
@@ -379,6 +425,22 @@ impl Weights {
         }
         let x = self.run(tokens, caches, 1)?;
         Ok(self.head(&x)?.to_vec2::<f32>()?)
+    }
+
+    /// The final hidden states (after the output norm) of `tokens` as one
+    /// new sequence, (n, d), run `chunk` tokens at a time: what an embedding
+    /// model built on this decoder pools.
+    ///
+    /// # Errors
+    /// On an out-of-range token id or a tensor failure.
+    pub(crate) fn hidden_states(&self, tokens: &[u32], chunk: usize) -> Result<Tensor> {
+        let mut cache = self.new_cache();
+        let mut rows = Vec::new();
+        for part in tokens.chunks(chunk.max(1)) {
+            rows.push(self.run(part, &mut [&mut cache], part.len())?);
+        }
+        let x = if rows.len() == 1 { rows.pop().expect("one chunk") } else { Tensor::cat(&rows, 0)? };
+        Ok(candle_nn::ops::rms_norm(&x, &self.output_norm, self.cfg.eps as f32)?)
     }
 
     /// Final norm, output projection and soft-capping of the rows of `x` (rows, d).

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::constraint::Constraint;
+use crate::embed::{EmbedInput, Embedder, Embeddings};
 use crate::error::{Error, Result};
 use crate::generate::{self, Event, Model, Need, Prompt, Request, Sequence, Slot};
 use crate::gguf::Gguf;
@@ -106,10 +107,20 @@ pub struct LoadedInfo {
     pub loaded_secs: f64,
 }
 
+/// A loaded embedding model. Requests run on the caller's thread: an
+/// input is one forward pass, with nothing to schedule between steps.
+struct LoadedEmbedder {
+    embedder: Arc<Embedder>,
+    last_used: Mutex<Instant>,
+    /// Requests running now: a model in use is not unloaded.
+    busy: AtomicUsize,
+}
+
 struct Inner {
     store: Store,
     cfg: Config,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    embedders: Mutex<HashMap<String, Arc<LoadedEmbedder>>>,
     /// Serialises loads so two first requests do not load one model twice.
     loading: Mutex<()>,
 }
@@ -136,7 +147,7 @@ impl Engine {
             return Err(Error::InvalidRequest("slots must be at least 1".into()));
         }
         let store = Store::open(&cfg.data_dir)?;
-        let inner = Arc::new(Inner { store, cfg, loaded: Mutex::new(HashMap::new()), loading: Mutex::new(()) });
+        let inner = Arc::new(Inner { store, cfg, loaded: Mutex::new(HashMap::new()), embedders: Mutex::new(HashMap::new()), loading: Mutex::new(()) });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new().name("rbee-idle-reaper".into()).spawn(move || reap_idle(weak)).map_err(Error::io("starting the idle reaper"))?;
         Ok(Self { inner })
@@ -245,6 +256,9 @@ impl Engine {
         let gguf = Gguf::open(&entry.path)?;
         tracing::debug!(secs = opened.elapsed().as_secs_f64(), "GGUF header read");
         let mcfg = ModelConfig::from_gguf(&gguf)?;
+        if mcfg.pooling.is_some() {
+            return Err(Error::WrongModelKind(format!("`{}` is an embedding model: it answers /v1/embeddings, not chat or completions", entry.id)));
+        }
         let context = mcfg.context_length.min(cfg.max_context);
         let needed = gguf.weights_bytes() as u128 + (cfg.slots as u128) * (context as u128) * (mcfg.kv_bytes_per_token(&cfg.device) as u128) + (64u128 << 20);
         let available = crate::hardware::available_memory();
@@ -271,10 +285,75 @@ impl Engine {
         Ok((entry.id, loaded))
     }
 
+    /// Embeds each of `inputs` with the embedding model `model` (loading it
+    /// first if needed): unit vectors, cut to their first `dimensions` and
+    /// scaled to length 1 again when that is given (as Matryoshka-trained
+    /// models are meant to be used).
+    ///
+    /// # Errors
+    /// [`Error::ModelNotFound`], [`Error::WrongModelKind`] for a chat
+    /// model, [`Error::InvalidRequest`] for an empty input, a bad token id
+    /// or `dimensions` out of range, [`Error::PromptTooLong`], load errors.
+    pub fn embed(&self, model: &str, inputs: &[EmbedInput], dimensions: Option<usize>) -> Result<Embeddings> {
+        let (id, loaded) = self.load_embedder(model)?;
+        *loaded.last_used.lock().expect("last_used lock") = Instant::now();
+        loaded.busy.fetch_add(1, Ordering::SeqCst);
+        let result = (|| {
+            let e = &loaded.embedder;
+            if let Some(d) = dimensions
+                && !(1..=e.dims).contains(&d)
+            {
+                return Err(Error::InvalidRequest(format!("dimensions must be between 1 and {} for `{id}`, got {d}", e.dims)));
+            }
+            // Every input is checked before any runs.
+            let tokens = inputs.iter().map(|i| e.tokens(i)).collect::<Result<Vec<_>>>()?;
+            let mut vectors = Vec::with_capacity(tokens.len());
+            for t in &tokens {
+                let mut v = e.embed(t)?;
+                if let Some(d) = dimensions.filter(|&d| d < v.len()) {
+                    v.truncate(d);
+                    crate::embed::normalize(&mut v);
+                }
+                vectors.push(v);
+            }
+            Ok(Embeddings { vectors, prompt_tokens: tokens.iter().map(Vec::len).sum(), model: id.clone() })
+        })();
+        loaded.busy.fetch_sub(1, Ordering::SeqCst);
+        *loaded.last_used.lock().expect("last_used lock") = Instant::now();
+        result
+    }
+
+    fn load_embedder(&self, name: &str) -> Result<(String, Arc<LoadedEmbedder>)> {
+        let entry = self.inner.store.get(name)?;
+        if let Some(l) = self.inner.embedders.lock().expect("embedders lock").get(&entry.id) {
+            return Ok((entry.id, l.clone()));
+        }
+        let _guard = self.inner.loading.lock().expect("loading lock");
+        if let Some(l) = self.inner.embedders.lock().expect("embedders lock").get(&entry.id) {
+            return Ok((entry.id, l.clone()));
+        }
+        let gguf = Gguf::open(&entry.path)?;
+        let needed = gguf.weights_bytes() + (64 << 20);
+        let available = crate::hardware::available_memory();
+        if needed > available {
+            return Err(Error::OutOfMemory { model: entry.id, needed_mib: needed >> 20, available_mib: available >> 20 });
+        }
+        let started = Instant::now();
+        let embedder = Embedder::from_gguf(&gguf, &entry.id, &self.inner.cfg.device)?;
+        drop(gguf);
+        crate::generate::release_freed_heap();
+        tracing::info!(model = %entry.id, secs = started.elapsed().as_secs_f64(), dims = embedder.dims, "embedding model loaded");
+        let loaded = Arc::new(LoadedEmbedder { embedder: Arc::new(embedder), last_used: Mutex::new(Instant::now()), busy: AtomicUsize::new(0) });
+        self.inner.embedders.lock().expect("embedders lock").insert(entry.id.clone(), loaded.clone());
+        Ok((entry.id, loaded))
+    }
+
     /// Unloads `name` now; running requests finish first. Returns whether it was loaded.
     pub fn unload(&self, name: &str) -> bool {
         let id = self.inner.store.get(name).map(|e| e.id).unwrap_or_else(|_| name.to_string());
-        self.inner.loaded.lock().expect("loaded lock").remove(&id).is_some()
+        let generator = self.inner.loaded.lock().expect("loaded lock").remove(&id).is_some();
+        let embedder = self.inner.embedders.lock().expect("embedders lock").remove(&id).is_some();
+        generator || embedder
     }
 
     /// The models loaded now.
@@ -402,5 +481,13 @@ fn reap_idle(inner: Weak<Inner>) {
             map.remove(&id);
             tracing::info!(model = %id, "unloaded after idle timeout");
         }
+        drop(map);
+        inner.embedders.lock().expect("embedders lock").retain(|id, l| {
+            let keep = l.busy.load(Ordering::SeqCst) > 0 || l.last_used.lock().expect("last_used lock").elapsed() < timeout;
+            if !keep {
+                tracing::info!(model = %id, "embedding model unloaded after idle timeout");
+            }
+            keep
+        });
     }
 }

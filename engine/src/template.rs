@@ -110,6 +110,8 @@ impl ChatTemplate {
             (None, Arch::Llama) if has("<|start_header_id|>") => LLAMA3.into(),
             (None, Arch::Llama) if has("<|im_start|>") => CHATML.into(),
             (None, Arch::Llama) => INST.into(),
+            // Encoders are not chatted with; they never render one.
+            (None, Arch::Bert | Arch::NomicBert) => CHATML.into(),
         };
         let name = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default().to_string();
         Self::new(source, name(tokenizer.bos), name(tokenizer.eos), from_file.is_some())

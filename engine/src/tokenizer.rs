@@ -48,6 +48,9 @@ pub struct Tokenizer {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
+    /// Appended to a text to embed: EOS where the file asks for it
+    /// (Qwen3-Embedding pools on it), `[SEP]` for a WordPiece vocabulary.
+    pub end_of_text: Option<u32>,
     /// Every id that ends a turn (EOS, end-of-turn markers).
     pub end_of_generation: HashSet<u32>,
 }
@@ -56,6 +59,7 @@ pub struct Tokenizer {
 enum Kind {
     Spm(Box<Spm>),
     Bpe(Box<Bpe>),
+    Wpm(Box<Wpm>),
 }
 
 /// Token texts in one buffer (a `Vec<String>` of 262 144 tokens costs three
@@ -179,6 +183,125 @@ impl Specials {
             each(Segment::Text(&text[pos..]));
         }
     }
+}
+
+/// A WordPiece vocabulary (BERT) as GGUF stores it: a token that starts a
+/// word carries a leading `▁`, a continuation (`##ing` in BERT's files) is
+/// bare.
+#[derive(Debug)]
+struct Wpm {
+    index: TextIndex,
+    unk: Option<u32>,
+    /// The longest token, in bytes: no match is looked for beyond it.
+    longest: usize,
+    specials: Specials,
+}
+
+impl Wpm {
+    fn new(vocab: &Vocab, unk: Option<u32>) -> Result<Self> {
+        let longest = vocab.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let unk = unk.or_else(|| vocab.iter().find(|(_, t)| *t == "[UNK]").map(|(id, _)| id));
+        Ok(Self { index: TextIndex::new(vocab), unk, longest, specials: Specials::new(vocab)? })
+    }
+
+    fn encode(&self, vocab: &Vocab, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.specials.split(text, |segment| match segment {
+            Segment::Special(id) => out.push(id),
+            Segment::Text(t) => {
+                for word in Self::words(t) {
+                    self.encode_word(vocab, &word, &mut out);
+                }
+            }
+        });
+        out
+    }
+
+    /// BERT's basic splitting (uncased): lowercase, accents stripped, split
+    /// on whitespace, and each punctuation mark and CJK ideograph a word of
+    /// its own; control characters dropped.
+    fn words(text: &str) -> Vec<String> {
+        use unicode_categories::UnicodeCategories;
+        use unicode_normalization::UnicodeNormalization;
+        let mut words = vec![String::new()];
+        for c in text.nfd() {
+            if c.is_whitespace() {
+                if !words.last().is_some_and(String::is_empty) {
+                    words.push(String::new());
+                }
+                continue;
+            }
+            if c == '\0' || c == '\u{FFFD}' || c.is_other_control() || c.is_other_format() || c.is_mark_nonspacing() {
+                continue;
+            }
+            if c.is_punctuation() || (c.is_ascii() && !c.is_ascii_alphanumeric()) || is_cjk(c) {
+                if !words.last().is_some_and(String::is_empty) {
+                    words.push(String::new());
+                }
+                words.last_mut().expect("never empty").push(c);
+                words.push(String::new());
+            } else {
+                words.last_mut().expect("never empty").extend(c.to_lowercase());
+            }
+        }
+        words.retain(|w| !w.is_empty());
+        words
+    }
+
+    /// Greedy longest match from the start of `▁word`; a word with any
+    /// piece missing from the vocabulary becomes one unknown token.
+    fn encode_word(&self, vocab: &Vocab, word: &str, out: &mut Vec<u32>) {
+        let word = format!("{SPACE}{word}");
+        let start_len = out.len();
+        let mut at = 0;
+        while at < word.len() {
+            let mut end = (at + self.longest).min(word.len());
+            let found = loop {
+                while !word.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if end <= at {
+                    break None;
+                }
+                if let Some(id) = self.index.get(vocab, &word[at..end]) {
+                    break Some(id);
+                }
+                end -= 1;
+            };
+            match found {
+                Some(id) => {
+                    out.push(id);
+                    at = end;
+                }
+                None => {
+                    out.truncate(start_len);
+                    out.extend(self.unk);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Appends the text token `id` stands for: a word start as a space and
+    /// the word, a continuation as is; control tokens (`[CLS]`) add nothing.
+    fn push_bytes(vocab: &Vocab, id: u32, bytes: &mut Vec<u8>) {
+        let Some(text) = vocab.get(id) else { return };
+        if vocab.ty(id) == TOKEN_CONTROL {
+            return;
+        }
+        match text.strip_prefix(SPACE) {
+            Some(rest) => {
+                bytes.push(b' ');
+                bytes.extend_from_slice(rest.as_bytes());
+            }
+            None => bytes.extend_from_slice(text.as_bytes()),
+        }
+    }
+}
+
+/// CJK ideographs, which BERT splits one per word.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F | 0x2B740..=0x2B81F | 0x2B820..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
 /// The byte a byte-fallback token `<0xNN>` stands for.
@@ -376,7 +499,13 @@ impl Tokenizer {
                 let pre = gguf.get_str("tokenizer.ggml.pre").unwrap_or("default");
                 Kind::Bpe(Box::new(Bpe::new(&vocab, merges, pre)?))
             }
-            other => return Err(Error::Tokenizer(format!("unsupported tokenizer model `{other}` (supported: llama, gpt2)"))),
+            "bert" => Kind::Wpm(Box::new(Wpm::new(&vocab, opt_id("tokenizer.ggml.unknown_token_id"))?)),
+            other => return Err(Error::Tokenizer(format!("unsupported tokenizer model `{other}` (supported: llama, gpt2, bert)"))),
+        };
+        let end_of_text = match kind {
+            Kind::Wpm(_) => opt_id("tokenizer.ggml.seperator_token_id").or(eos),
+            _ if gguf.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) => eos,
+            _ => None,
         };
         // Ends of turn: EOS, the explicit EOT key, and the markers chat
         // templates close turns with.
@@ -391,7 +520,12 @@ impl Tokenizer {
                 end_of_generation.insert(id);
             }
         }
-        Ok(Self { add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(matches!(kind, Kind::Spm(_))), vocab, kind, bos, eos, end_of_generation })
+        let bos = match kind {
+            Kind::Wpm(_) => opt_id("tokenizer.ggml.cls_token_id").or(bos),
+            _ => bos,
+        };
+        let add_bos = gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(matches!(kind, Kind::Spm(_) | Kind::Wpm(_)));
+        Ok(Self { add_bos, end_of_text, vocab, kind, bos, eos, end_of_generation })
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<bos>`,
@@ -403,7 +537,23 @@ impl Tokenizer {
         match &self.kind {
             Kind::Spm(spm) => Ok(spm.encode(&self.vocab, text)),
             Kind::Bpe(bpe) => Ok(bpe.encode(text)),
+            Kind::Wpm(wpm) => Ok(wpm.encode(&self.vocab, text)),
         }
+    }
+
+    /// Token ids of a text to embed: as a prompt, then EOS or `[SEP]`
+    /// where the model's pooling expects it.
+    ///
+    /// # Errors
+    /// When the tokenizer fails.
+    pub fn encode_to_embed(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode_prompt(text)?;
+        if let Some(end) = self.end_of_text
+            && ids.last() != Some(&end)
+        {
+            ids.push(end);
+        }
+        Ok(ids)
     }
 
     /// Like [`encode`](Self::encode), with BOS in front when the model wants one.
@@ -434,6 +584,16 @@ impl Tokenizer {
         match &self.kind {
             Kind::Spm(spm) => Ok(spm.decode(&self.vocab, ids, strip_prefix_space)),
             Kind::Bpe(bpe) => Ok(bpe.decode(&self.vocab, ids)),
+            Kind::Wpm(_) => {
+                let mut bytes = Vec::new();
+                for &id in ids {
+                    Wpm::push_bytes(&self.vocab, id, &mut bytes);
+                }
+                if strip_prefix_space && bytes.first() == Some(&b' ') {
+                    bytes.remove(0);
+                }
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
         }
     }
 
@@ -464,6 +624,7 @@ impl Tokenizer {
         match &self.kind {
             Kind::Spm(_) => Spm::push_bytes(&self.vocab, id, &mut bytes),
             Kind::Bpe(bpe) => bpe.push_bytes(&self.vocab, id, &mut bytes),
+            Kind::Wpm(_) => Wpm::push_bytes(&self.vocab, id, &mut bytes),
         }
         Some(bytes)
     }

@@ -218,7 +218,7 @@ fn retry_elsewhere(e: &Error) -> bool {
 /// Engine errors about the request itself (the same on every node).
 fn is_client_error(e: &rbee_engine::Error) -> bool {
     use rbee_engine::Error as E;
-    matches!(e, E::InvalidRequest(_) | E::InvalidGrammar { .. } | E::Template(_) | E::PromptTooLong { .. } | E::InvalidName { .. })
+    matches!(e, E::InvalidRequest(_) | E::InvalidGrammar { .. } | E::Template(_) | E::PromptTooLong { .. } | E::InvalidName { .. } | E::WrongModelKind(_))
 }
 
 async fn local(s: &Service, model: &str, prompt: Prompt, params: SamplingParams) -> Result<Started, Error> {
@@ -256,7 +256,7 @@ async fn remote(s: &Service, node: &NodeId, model: &str, prompt: Prompt, params:
 }
 
 /// The codes a peer's refusal may carry that are passed on to clients.
-pub const KNOWN_CODES: &[&str] = &["model_not_found", "context_length_exceeded", "queue_full", "insufficient_memory", "shutting_down"];
+pub const KNOWN_CODES: &[&str] = &["model_not_found", "model_not_supported", "context_length_exceeded", "queue_full", "insufficient_memory", "shutting_down"];
 
 /// How this node refuses a peer's request on the wire: the status and code
 /// its own API would answer, the field at fault, and a message that names no
@@ -273,6 +273,7 @@ fn refusal(e: &Error) -> InferFrame {
         Error::Engine(E::ModelNotFound(_)) | Error::NotFound(_) => frame(404, e.to_string(), Some("model_not_found"), Some("model")),
         Error::Engine(E::PromptTooLong { .. }) => frame(400, e.to_string(), Some("context_length_exceeded"), Some("prompt")),
         Error::Engine(E::InvalidGrammar { field, .. }) => frame(400, e.to_string(), None, Some(field)),
+        Error::Engine(E::WrongModelKind(_)) => frame(400, e.to_string(), Some("model_not_supported"), Some("model")),
         Error::Engine(inner) if is_client_error(inner) => frame(400, e.to_string(), None, Some("prompt")),
         Error::Engine(E::QueueFull { .. }) => frame(503, e.to_string(), Some("queue_full"), None),
         Error::Engine(E::OutOfMemory { .. }) => frame(503, e.to_string(), Some("insufficient_memory"), None),

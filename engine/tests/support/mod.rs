@@ -18,6 +18,8 @@ pub use fixture::{device, fixture, instruct};
 pub enum Vocab {
     SentencePiece,
     ByteLevel,
+    /// BERT's, as GGUF stores it (word starts with `▁`, continuations bare).
+    WordPiece,
 }
 
 /// A tiny random-weight model of a given architecture.
@@ -34,15 +36,51 @@ pub struct Tiny {
     pub context_length: u64,
     /// How the matrices are stored (norms and biases are always F32).
     pub weights: GgmlDType,
+    /// `{arch}.pooling_type` (1 mean, 2 CLS, 3 last): an embedding model.
+    pub pooling: Option<u32>,
 }
 
 pub fn tiny(arch: &'static str) -> Tiny {
     let vocab = match arch {
         "qwen2" | "qwen3" => Vocab::ByteLevel,
+        "bert" | "nomic-bert" => Vocab::WordPiece,
         _ => Vocab::SentencePiece,
     };
-    Tiny { arch, vocab, n_embd: 64, n_head: 4, n_head_kv: 2, n_layer: 2, ffn: 128, sliding_window: None, context_length: 4096, weights: GgmlDType::Q8_0 }
+    let encoder = vocab == Vocab::WordPiece;
+    Tiny {
+        arch,
+        vocab,
+        n_embd: 64,
+        n_head: 4,
+        n_head_kv: if encoder { 4 } else { 2 },
+        n_layer: 2,
+        ffn: 128,
+        sliding_window: None,
+        context_length: if encoder { 512 } else { 4096 },
+        weights: GgmlDType::Q8_0,
+        pooling: encoder.then_some(1),
+    }
 }
+
+/// The tiny embedding models the golden file (e2e/oracle/golden-embeddings.json)
+/// was computed from, by name: BERT pooled by mean and by `[CLS]`, Nomic's
+/// BERT, and a Qwen3 decoder pooled on its last token. F16 weights: the
+/// llama.cpp build that wrote the file crashes in its AMX kernel on Q8_0
+/// matrices this small.
+pub fn tiny_embedders() -> Vec<(&'static str, Tiny)> {
+    vec![
+        ("bert-mean", Tiny { weights: GgmlDType::F16, ..tiny("bert") }),
+        ("bert-cls", Tiny { weights: GgmlDType::F16, pooling: Some(2), ..tiny("bert") }),
+        ("nomic-bert", Tiny { weights: GgmlDType::F16, ..tiny("nomic-bert") }),
+        ("qwen3-last", Tiny { weights: GgmlDType::F16, pooling: Some(3), ..tiny("qwen3") }),
+    ]
+}
+
+/// WordPiece pieces of the tiny BERT vocabulary after its five specials.
+const WORD_PIECES: [&str; 23] = [
+    "▁the", "▁hello", "▁world", "▁bee", "▁honey", "▁hive", "▁sea", "ing", "ed", "▁a", "▁b", "▁e", "▁h", "▁s", "▁t", "▁w", "▁.", "▁,", "▁!", "▁?", "▁'", "▁1",
+    "▁2",
+];
 
 /// GPT-2's reversible byte → printable character mapping.
 pub fn byte_char(b: u8) -> char {
@@ -62,6 +100,21 @@ pub fn vocab(kind: Vocab) -> (Vec<String>, Vec<f32>, Vec<i32>, Vec<String>) {
     let mut types = vec![3; SPECIALS.len()];
     types[3] = 2; // <unk>
     let mut merges = Vec::new();
+    if kind == Vocab::WordPiece {
+        let mut tokens: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
+        let mut types = vec![3, 2, 3, 3, 3];
+        for p in WORD_PIECES {
+            tokens.push(p.to_string());
+            types.push(1);
+        }
+        // Every letter as a continuation, so any ASCII word can be spelled.
+        for c in 'a'..='z' {
+            tokens.push(c.to_string());
+            types.push(1);
+        }
+        let scores = vec![0.0; tokens.len()];
+        return (tokens, scores, types, merges);
+    }
     match kind {
         Vocab::SentencePiece => {
             for b in 0..=255u8 {
@@ -78,6 +131,7 @@ pub fn vocab(kind: Vocab) -> (Vec<String>, Vec<f32>, Vec<i32>, Vec<String>) {
             tokens.push("\n".into());
             types.push(4);
         }
+        Vocab::WordPiece => unreachable!("returned above"),
         Vocab::ByteLevel => {
             for b in 0..=255u8 {
                 tokens.push(byte_char(b).to_string());
@@ -104,6 +158,9 @@ impl Tiny {
 
     /// Writes the model to `path`.
     pub fn write(&self, path: &Path) {
+        if self.vocab == Vocab::WordPiece {
+            return self.write_encoder(path);
+        }
         let dev = Device::Cpu;
         let (tokens, scores, types, merges) = vocab(self.vocab);
         let n_vocab = tokens.len();
@@ -112,7 +169,8 @@ impl Tiny {
         let mut meta: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String(a.into())),
             ("general.name".into(), Value::String(format!("tiny {a}"))),
-            (format!("{a}.context_length"), Value::U64(self.context_length)),
+            // u32 as llama.cpp reads it, where it fits.
+            (format!("{a}.context_length"), u32::try_from(self.context_length).map_or(Value::U64(self.context_length), Value::U32)),
             (format!("{a}.embedding_length"), Value::U32(self.n_embd as u32)),
             (format!("{a}.block_count"), Value::U32(self.n_layer as u32)),
             (format!("{a}.feed_forward_length"), Value::U32(self.ffn as u32)),
@@ -138,6 +196,11 @@ impl Tiny {
         }
         if let Some(w) = self.sliding_window {
             meta.push((format!("{a}.attention.sliding_window"), Value::U32(w)));
+        }
+        if let Some(p) = self.pooling {
+            // As Qwen3-Embedding's file: pool on the EOS appended to each input.
+            meta.push((format!("{a}.pooling_type"), Value::U32(p)));
+            meta.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(true)));
         }
 
         // Seeded per architecture: the same weights every run, so a test's
@@ -189,6 +252,92 @@ impl Tiny {
             if a == "gemma3" {
                 tensors.push((p("post_attention_norm.weight"), norm(e)));
                 tensors.push((p("post_ffw_norm.weight"), norm(e)));
+            }
+        }
+        let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut file = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut file, &meta_refs, &tensor_refs).unwrap();
+    }
+
+    /// Writes a BERT-family encoder (`bert`: absolute positions, GELU;
+    /// `nomic-bert`: rotary, fused QKV, SwiGLU) with F32 norms and biases.
+    fn write_encoder(&self, path: &Path) {
+        let dev = Device::Cpu;
+        let (tokens, scores, types, _) = vocab(Vocab::WordPiece);
+        let n_vocab = tokens.len();
+        let a = self.arch;
+        let nomic = a == "nomic-bert";
+        let mut meta: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), Value::String(a.into())),
+            ("general.name".into(), Value::String(format!("tiny {a}"))),
+            (format!("{a}.context_length"), Value::U32(self.context_length as u32)),
+            (format!("{a}.embedding_length"), Value::U32(self.n_embd as u32)),
+            (format!("{a}.block_count"), Value::U32(self.n_layer as u32)),
+            (format!("{a}.feed_forward_length"), Value::U32(self.ffn as u32)),
+            (format!("{a}.attention.head_count"), Value::U32(self.n_head as u32)),
+            (format!("{a}.attention.layer_norm_epsilon"), Value::F32(1e-12)),
+            (format!("{a}.attention.causal"), Value::Bool(false)),
+            (format!("{a}.pooling_type"), Value::U32(self.pooling.unwrap_or(1))),
+            ("tokenizer.ggml.model".into(), Value::String("bert".into())),
+            ("tokenizer.ggml.tokens".into(), Value::Array(tokens.iter().map(|t| Value::String(t.clone())).collect())),
+            ("tokenizer.ggml.scores".into(), Value::Array(scores.iter().map(|s| Value::F32(*s)).collect())),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types.iter().map(|t| Value::I32(*t)).collect())),
+            ("tokenizer.ggml.token_type_count".into(), Value::U32(2)),
+            ("tokenizer.ggml.padding_token_id".into(), Value::U32(0)),
+            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.cls_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.seperator_token_id".into(), Value::U32(3)),
+            ("tokenizer.ggml.mask_token_id".into(), Value::U32(4)),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(3)),
+        ];
+        if nomic {
+            meta.push((format!("{a}.rope.freq_base"), Value::F32(1000.0)));
+        }
+        let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(a.bytes().fold(11u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))));
+        let uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+            let mut r = rng.borrow_mut();
+            (0..n).map(|_| r.random_range(lo..hi)).collect()
+        };
+        let noise = |n: usize, sd: f32| uniform(n, -1.732 * sd, 1.732 * sd);
+        let q = |shape: (usize, usize)| {
+            let t = Tensor::from_vec(noise(shape.0 * shape.1, 1.0 / (shape.1 as f32).sqrt()), shape, &dev).unwrap();
+            QTensor::quantize(&t, self.weights).unwrap()
+        };
+        let f32s = |v: Vec<f32>, shape: &[usize]| QTensor::quantize(&Tensor::from_vec(v, shape, &dev).unwrap(), GgmlDType::F32).unwrap();
+        let (e, f) = (self.n_embd, self.ffn);
+        let mut tensors: Vec<(String, QTensor)> = vec![
+            ("token_embd.weight".into(), q((n_vocab, e))),
+            ("token_types.weight".into(), f32s(noise(2 * e, 0.1), &[2, e])),
+            ("token_embd_norm.weight".into(), f32s(uniform(e, 0.8, 1.2), &[e])),
+            ("token_embd_norm.bias".into(), f32s(noise(e, 0.1), &[e])),
+        ];
+        if !nomic {
+            let ctx = self.context_length as usize;
+            tensors.push(("position_embd.weight".into(), f32s(noise(ctx * e, 0.3), &[ctx, e])));
+        }
+        for i in 0..self.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let mut norm = |name: &str| {
+                tensors.push((p(&format!("{name}.weight")), f32s(uniform(e, 0.8, 1.2), &[e])));
+                tensors.push((p(&format!("{name}.bias")), f32s(noise(e, 0.1), &[e])));
+            };
+            norm("attn_output_norm");
+            norm("layer_output_norm");
+            tensors.push((p("attn_output.weight"), q((e, e))));
+            tensors.push((p("ffn_up.weight"), q((f, e))));
+            tensors.push((p("ffn_down.weight"), q((e, f))));
+            if nomic {
+                tensors.push((p("attn_qkv.weight"), q((3 * e, e))));
+                tensors.push((p("ffn_gate.weight"), q((f, e))));
+            } else {
+                for (name, n) in [("attn_q", e), ("attn_k", e), ("attn_v", e), ("attn_output", e), ("ffn_up", f), ("ffn_down", e)] {
+                    tensors.push((p(&format!("{name}.bias")), f32s(noise(n, 0.1), &[n])));
+                }
+                tensors.push((p("attn_q.weight"), q((e, e))));
+                tensors.push((p("attn_k.weight"), q((e, e))));
+                tensors.push((p("attn_v.weight"), q((e, e))));
             }
         }
         let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -89,6 +89,7 @@ impl ApiError {
         match e {
             EngineError::ModelNotFound(m) => Self::model_not_found(m),
             EngineError::InvalidRequest(m) => Self::invalid(prompt_param, m.clone()),
+            EngineError::WrongModelKind(m) => Self { code: Some("model_not_supported"), ..Self::invalid("model", m.clone()) },
             EngineError::InvalidGrammar { field, message } => Self::invalid(field, message.clone()),
             EngineError::InvalidName { field, message } => Self::invalid(field, message.clone()),
             EngineError::Template(m) => Self::invalid(prompt_param, format!("the chat template rejected these messages: {m}")),

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod embeddings;
 pub mod error;
 pub mod guard;
 pub mod models;
@@ -52,6 +53,7 @@ pub fn router(state: Service) -> Router {
         .route("/api/models/import", post(models::import).layer(DefaultBodyLimit::disable()))
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(chat::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/api/swarm", get(swarm_view))
         .route("/api/swarm/events", get(swarm_events))
         .route("/api/settings", get(settings::get).patch(settings::update))
