@@ -281,6 +281,27 @@ test("a pull from the hub shows progress, can be cancelled, ends in the model li
   await hub.close();
 });
 
+test("the models page recommends models with their size and fit, and one click pulls one", async () => {
+  const hub = await startHub();
+  const dir = mkdtempSync(join(tmpdir(), "rbee-browser-"));
+  dirs.push(dir);
+  const node = await startNode(dir, [], { HF_ENDPOINT: hub.url });
+  const { page, errors } = await openPage(`${node.url}/#/models`);
+  const offers = page.locator(".offer");
+  await offers.first().waitFor();
+  assert.ok((await offers.count()) >= 5);
+  const smol = page.locator('.offer[data-offer="SmolLM2-135M-Instruct.Q4_1.gguf"]');
+  assert.match(await smol.textContent(), /SmolLM2 135M Instruct.*chat.*98 MB.*fits this machine/);
+  await smol.getByRole("button", { name: "Pull SmolLM2 135M Instruct" }).click();
+  // The stand-in hub serves the fixture's bytes for any file.
+  await page.locator('tr[data-model="smollm2-135m-instruct.q4_1"]').waitFor({ timeout: 60_000 });
+  await smol.getByText("on this machine").waitFor();
+  assert.equal(await smol.getByRole("button").count(), 0, "no Pull once it is here");
+  assert.deepEqual(errors, []);
+  await stopNode(node);
+  await hub.close();
+});
+
 test("settings: create a swarm, see its join code, pause sharing, and add an API key", async () => {
   const dir = mkdtempSync(join(tmpdir(), "rbee-browser-"));
   dirs.push(dir);

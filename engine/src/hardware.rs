@@ -54,6 +54,17 @@ pub fn available_memory() -> u64 {
     }
 }
 
+/// Bytes of memory this machine has (0 when the platform does not say).
+pub fn total_memory() -> u64 {
+    match sysinfo::System::new() {
+        Ok(mut sys) => {
+            sys.refresh_memory();
+            sys.total_memory()
+        }
+        Err(_) => 0,
+    }
+}
+
 fn adapters() -> Vec<Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let list = pollster_block_on(instance.enumerate_adapters(wgpu::Backends::all()));

@@ -425,6 +425,12 @@ fn write_sidecar(e: &Entry) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(Error::io(format!("writing {}", path.display())))
 }
 
+/// The id a model file named `file` gets in the catalog (unless taken).
+pub fn id_for_file(file: &str) -> String {
+    let stem = Path::new(file).file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "model".into());
+    sanitize(&stem)
+}
+
 /// Model ids are file-name safe: lowercase letters, digits, `.`, `_`, `-`.
 fn sanitize(s: &str) -> String {
     let id: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_ascii_lowercase() } else { '-' }).collect();

@@ -27,6 +27,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod node;
 pub mod pulls;
+pub mod recommended;
 pub mod server;
 pub mod service;
 pub mod settings;

@@ -105,7 +105,7 @@ fn object(v: &Value, fields: &[Field], ifaces: &HashMap<String, Vec<Field>>, at:
 async fn what_nodes_answer_matches_the_ui_types() {
     let ts = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../ui/src/api.ts")).unwrap();
     let ifaces = interfaces(&ts);
-    for name in ["Swarm", "Peer", "Settings", "Model", "ModelLocation"] {
+    for name in ["Swarm", "Peer", "Settings", "Model", "ModelLocation", "Offer"] {
         assert!(ifaces.contains_key(name), "api.ts declares {name}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -142,6 +142,7 @@ async fn what_nodes_answer_matches_the_ui_types() {
         ("settings in a swarm", format!("{}/api/settings", in_swarm.url), "Settings"),
         ("models", format!("{}/v1/models", in_swarm.url), "{ data: Model[] }"),
         ("models alone", format!("{}/v1/models", alone.url), "{ data: Model[] }"),
+        ("recommended", format!("{}/api/models/recommended", alone.url), "{ memory_bytes: number; data: Offer[] }"),
     ] {
         let v: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
         check(&v, ty, &ifaces, what).unwrap_or_else(|e| panic!("{e}\n{v:#}"));

@@ -77,6 +77,19 @@ export interface Pull {
   error: string | null;
 }
 
+/// A model the Models page recommends (`GET /api/models/recommended`).
+export interface Offer {
+  name: string;
+  repo: string;
+  file: string;
+  size_bytes: number;
+  kind: "chat" | "code" | "embeddings";
+  about: string;
+  needs_bytes: number;
+  fits: boolean;
+  installed: string | null;
+}
+
 export interface Settings {
   config_file: string | null;
   listen: string;
@@ -142,6 +155,7 @@ export const api = {
   pull: (repo: string, file: string) => call<Pull>("POST", "/api/models/pull", { repo, file }),
   pulls: () => call<{ data: Pull[] }>("GET", "/api/models/pulls").then((r) => r.data),
   cancelPull: (id: number) => call<Pull>("DELETE", `/api/models/pulls/${id}`),
+  recommended: () => call<{ memory_bytes: number; data: Offer[] }>("GET", "/api/models/recommended"),
   settings: () => call<Settings>("GET", "/api/settings"),
   updateSettings: (change: SettingsChange) => call<Settings>("PATCH", "/api/settings", change),
   newSwarm: () => call<Settings>("POST", "/api/settings/new-swarm"),

@@ -1,14 +1,16 @@
 // The models page: pull from Hugging Face with progress and cancel, import a
 // file from this computer, delete; every model in the swarm and which
 // machines hold it.
-import { api, importModel, type Model, type Pull, whereLabel } from "./api";
+import { api, importModel, type Model, type Offer, type Pull, whereLabel } from "./api";
 import { h } from "./dom";
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : `${Math.round(b / 1e6)} MB`);
 
 export class ModelsPage {
   root = document.createElement("div");
   private table = h("div", { class: "model-list" });
+  private offers = h("div", { class: "recommended" });
   private pullList = h("ul", { class: "pulls" });
   private message = h("div", { class: "page-message" });
   private timer = 0;
@@ -52,12 +54,60 @@ export class ModelsPage {
     });
     const importForm = h("div", { class: "import" });
     importForm.append(h("h3", {}, "Import a GGUF file from this computer"), picker, importBar);
-    this.root.append(this.message, pullForm, this.pullList, importForm, h("h3", {}, "Models in the swarm"), this.table);
+    this.root.append(
+      this.message,
+      h("h3", {}, "Recommended models"),
+      this.offers,
+      pullForm,
+      this.pullList,
+      importForm,
+      h("h3", {}, "Models in the swarm"),
+      this.table,
+    );
   }
 
   async show(): Promise<void> {
-    await this.refresh();
+    await Promise.all([this.refresh(), this.refreshOffers()]);
     this.watchPulls();
+  }
+
+  /// The recommended list: what each is for, its size, whether it fits
+  /// this machine, and Pull (or where it is, once here).
+  private async refreshOffers(): Promise<void> {
+    let list: { memory_bytes: number; data: Offer[] };
+    try {
+      list = await api.recommended();
+    } catch (e) {
+      this.offers.replaceChildren(h("p", { class: "msg error" }, (e as Error).message));
+      return;
+    }
+    const rows = list.data.map((o) => {
+      const row = h("div", { class: "offer", "data-offer": o.file });
+      const fit = o.fits
+        ? h("span", { class: "fits" }, `fits this machine (needs about ${gb(o.needs_bytes)})`)
+        : h("span", { class: "too-big" }, `needs about ${gb(o.needs_bytes)}; this machine has ${gb(list.memory_bytes)}`);
+      const text = h("div", { class: "offer-text" });
+      text.append(h("strong", {}, o.name), h("span", { class: "offer-kind" }, ` · ${o.kind} · ${gb(o.size_bytes)}`), h("div", {}, o.about), fit);
+      row.append(text);
+      if (o.installed) {
+        row.append(h("span", { class: "installed" }, "on this machine"));
+      } else {
+        const pull = h("button", { type: "button" }, "Pull");
+        pull.setAttribute("aria-label", `Pull ${o.name}`);
+        pull.addEventListener("click", async () => {
+          try {
+            await api.pull(o.repo, o.file);
+            this.say(`Pulling ${o.name} from ${o.repo}.`);
+            this.watchPulls();
+          } catch (err) {
+            this.say((err as Error).message, true);
+          }
+        });
+        row.append(pull);
+      }
+      return row;
+    });
+    this.offers.replaceChildren(...rows);
   }
 
   hide(): void {
@@ -84,7 +134,7 @@ export class ModelsPage {
       this.renderPulls(pulls);
       const finished = pulls.filter((p) => p.state === "done" && !this.seenDone.has(p.id));
       for (const p of finished) this.seenDone.add(p.id);
-      if (finished.length > 0) await this.refresh();
+      if (finished.length > 0) await Promise.all([this.refresh(), this.refreshOffers()]);
       const running = pulls.some((p) => p.state === "running");
       if (running && this.watching) this.timer = window.setTimeout(tick, 300);
       else this.watching = false;

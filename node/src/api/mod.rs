@@ -49,6 +49,7 @@ pub fn router(state: Service) -> Router {
         .route("/v1/models/{*id}", get(models::get).delete(models::delete))
         .route("/api/models/pull", post(models::pull))
         .route("/api/models/pulls", get(models::pulls))
+        .route("/api/models/recommended", get(models::recommended))
         .route("/api/models/pulls/{id}", delete(models::cancel_pull))
         .route("/api/models/import", post(models::import).layer(DefaultBodyLimit::disable()))
         .route("/v1/chat/completions", post(chat::chat))

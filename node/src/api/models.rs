@@ -8,6 +8,8 @@
 //! - `GET /api/models/pulls` — each download's progress
 //! - `DELETE /api/models/pulls/{id}` — cancel one (or dismiss a finished one)
 //! - `POST /api/models/import?filename=NAME` with the file as the body
+//! - `GET /api/models/recommended` — the short list for people who do not
+//!   know Hugging Face, with what fits this machine
 
 use axum::Json;
 use axum::body::Body;
@@ -59,6 +61,25 @@ pub async fn pull(State(s): State<Service>, JsonBody(r): JsonBody<PullRequest>) 
     let revision = r.revision.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).unwrap_or_else(|| "main".into());
     let p = s.pull(repo, file, revision).map_err(|e| ApiError::from_engine(&e, "repo"))?;
     Ok((StatusCode::ACCEPTED, Json(p)))
+}
+
+/// `GET /api/models/recommended`: [`crate::recommended::MODELS`], each with
+/// the memory it needs, whether that fits this machine's RAM, and its id
+/// here when this machine has it.
+pub async fn recommended(State(s): State<Service>) -> Result<Json<serde_json::Value>, ApiError> {
+    let entries = s.engine.store().list().map_err(|e| ApiError::internal(&e))?;
+    let have: Vec<(String, Option<(String, String)>)> = entries
+        .into_iter()
+        .map(|e| {
+            let source = match e.source {
+                rbee_engine::store::Source::HuggingFace { repo, file, .. } => Some((repo, file)),
+                rbee_engine::store::Source::Import { .. } => None,
+            };
+            (e.id, source)
+        })
+        .collect();
+    let memory = rbee_engine::hardware::total_memory();
+    Ok(Json(serde_json::json!({ "object": "list", "memory_bytes": memory, "data": crate::recommended::offers(memory, &have) })))
 }
 
 /// `GET /api/models/pulls`: every pull since the node started, with progress.
