@@ -51,6 +51,18 @@ impl Grammar {
     }
 }
 
+impl Grammar {
+    /// The schema a JSON grammar holds to, with rbee's options, for
+    /// embedding in a Lark grammar as `%json`; `None` for a Lark grammar.
+    pub(crate) fn json_schema(&self) -> Option<Value> {
+        match self {
+            Self::JsonObject => Some(with_options(json!({"type": "object"}), true)),
+            Self::JsonSchema { schema, strict } => Some(with_options(schema.clone(), *strict)),
+            Self::Lark { .. } => None,
+        }
+    }
+}
+
 /// `schema` with rbee's compile options (the caller's own `x-guidance`
 /// options win).
 fn with_options(mut schema: Value, strict: bool) -> Value {

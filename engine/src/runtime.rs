@@ -177,19 +177,19 @@ impl Engine {
             {
                 return Err(Error::InvalidRequest("tools need a chat (messages), not a text prompt".into()));
             }
-            if request.params.grammar.is_some() && t.choice != ToolChoice::None {
-                return Err(Error::InvalidGrammar {
-                    field: "response_format",
-                    message: "response_format cannot be combined with tools (unless tool_choice is \"none\")".into(),
-                });
-            }
         }
         let prompt = loaded.model.prompt_tokens_with(&request.prompt, tools)?;
         let prompt_tokens = prompt.len();
         // The grammar is compiled here, so a schema it cannot enforce is the
         // caller's error before anything runs.
         let grammar = match (tools, &request.params.grammar) {
-            (Some(t), g) if g.is_none() || t.choice != ToolChoice::None => Some(t.grammar(|g| loaded.model.constraint(g).map(|_| ()))?),
+            (Some(t), g) if g.is_none() || t.choice != ToolChoice::None => {
+                // The response format alone first, so that its faults name it.
+                if let Some(g) = g {
+                    loaded.model.constraint(g)?;
+                }
+                Some(t.grammar(g.as_ref(), |g| loaded.model.constraint(g).map(|_| ()))?)
+            }
             (_, g) => g.clone(),
         };
         let continued = match &request.prompt {

@@ -119,12 +119,14 @@ impl Tools {
         )
     }
 
-    /// The grammar the answer must match, or `None` when it is free text
-    /// (choice `none` with no tool opener to keep out is never `None`).
+    /// The grammar the answer must match. With `answer` (a `response_format`
+    /// JSON grammar) and choice `auto`, an answer that is not a call is JSON
+    /// of that format, and a call comes first or not at all.
     ///
     /// # Errors
-    /// [`Error::InvalidGrammar`] for a `strict` tool whose schema cannot be enforced.
-    pub fn grammar(&self, strict_check: impl Fn(&Grammar) -> Result<()>) -> Result<Grammar> {
+    /// [`Error::InvalidGrammar`] for a `strict` tool whose schema cannot be
+    /// enforced, or an `answer` grammar that is not JSON.
+    pub fn grammar(&self, answer: Option<&Grammar>, strict_check: impl Fn(&Grammar) -> Result<()>) -> Result<Grammar> {
         for t in self.tools.iter().filter(|t| t.strict) {
             strict_check(&Grammar::JsonSchema { schema: t.parameters.clone(), strict: true }).map_err(|e| Error::InvalidGrammar {
                 field: "tools",
@@ -149,20 +151,30 @@ impl Tools {
         } else {
             "WS?".to_string()
         };
+        let answer =
+            match answer {
+                Some(g) => Some(g.json_schema().ok_or_else(|| Error::InvalidGrammar {
+                    field: "response_format",
+                    message: "only a JSON response_format can be combined with tools".into(),
+                })?),
+                None => None,
+            };
         let head = match self.choice {
+            // The answer is JSON of the response format, or calls from its
+            // first token: a call cannot follow JSON text.
+            ToolChoice::Auto if answer.is_some() => {
+                let more = if self.parallel { "(WS? FENCE fenced_call)* WS?" } else { "WS?" };
+                format!(
+                    "start: answer | {open} rest | FENCE fenced_call {more}\nanswer: %json {schema}\nFENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nnamed: {named}\n",
+                    open = lark_str(OPEN),
+                    schema = answer.as_ref().expect("matched"),
+                    named = named_calls(&calls).join(" | "),
+                )
+            }
             // Free text until the model writes the opener (or a fenced call,
             // as small Qwen2.5-Coder models write them); then a call.
             ToolChoice::Auto => {
-                let named: Vec<String> = calls
-                    .iter()
-                    .map(|t| {
-                        let args = json!({
-                            "x-guidance": {"whitespace_pattern": crate::constraint::JSON_WHITESPACE, "lenient": true},
-                            "allOf": [arguments_schema(&t.parameters)],
-                        });
-                        format!("{} WS? \",\" WS? \"\\\"arguments\\\"\" WS? \":\" WS? %json {args}", lark_str(&lark_str(&t.name)))
-                    })
-                    .collect();
+                let named = named_calls(&calls);
                 let fenced_more = if self.parallel { "(WS? FENCE fenced_call)* WS?" } else { "WS?" };
                 format!(
                     "start: TEXT | call_hd rest | fence_hd fenced_call {fenced_more}\ncall_hd[lazy]: TEXT {open}\nfence_hd[lazy]: TEXT FENCE\nFENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nnamed: {}\n",
@@ -179,6 +191,21 @@ impl Tools {
             format!("{head}rest: WS? call WS? {close} {more}\ncall: %json {call}\nTEXT: /(?s:.*)/\nWS: /[ \\t\\r\\n]{{1,4}}/\n", close = lark_str(CLOSE),);
         Ok(Grammar::Lark { grammar })
     }
+}
+
+/// Each of `calls` from its name's value on, for a fenced call whose
+/// `{"name"` the fence already matched.
+fn named_calls(calls: &[&Tool]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|t| {
+            let args = json!({
+                "x-guidance": {"whitespace_pattern": crate::constraint::JSON_WHITESPACE, "lenient": true},
+                "allOf": [arguments_schema(&t.parameters)],
+            });
+            format!("{} WS? \",\" WS? \"\\\"arguments\\\"\" WS? \":\" WS? %json {args}", lark_str(&lark_str(&t.name)))
+        })
+        .collect()
 }
 
 /// A tool's `parameters` as the schema of its arguments: an object even

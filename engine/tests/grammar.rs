@@ -288,3 +288,50 @@ fn a_named_tool_that_was_not_offered_and_a_strict_schema_that_cannot_be_enforced
     let v: Value = serde_json::from_str(&calls[0].1).unwrap();
     validate(&v, &tools[1].parameters, "add").unwrap();
 }
+
+#[test]
+fn with_a_response_format_an_auto_answer_is_that_json_or_calls_from_the_first_token() {
+    let offered = weather_and_add();
+    let format =
+        json!({"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}}, "required": ["answer"], "additionalProperties": false});
+    let (_d, engine, id) = engine_with(&tiny("qwen2"), |_| {});
+    let (mut answers, mut called) = (0, 0);
+    for seed in 0..8 {
+        let mut req = constrained(
+            Prompt::Chat(vec![Message::new("user", "What is the weather in Paris?")]),
+            Grammar::JsonSchema { schema: format.clone(), strict: true },
+            seed,
+            300,
+        );
+        req.params.tools = Some(Tools { tools: offered.clone(), choice: ToolChoice::Auto, parallel: true });
+        let (text, calls, finish) = collect_calls(engine.generate(&id, req).unwrap());
+        if calls.is_empty() {
+            // Random weights may run out of tokens mid-answer; what there is must be a prefix.
+            if finish == FinishReason::Stop {
+                let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {text:?}: {e}"));
+                validate(&v, &format, "response_format").unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                answers += 1;
+            }
+        } else {
+            assert!(text.trim().is_empty(), "seed {seed}: no text before or between calls: {text:?}");
+            for (name, args) in &calls {
+                let t = offered.iter().find(|t| &t.name == name).unwrap_or_else(|| panic!("{name} was not offered"));
+                let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("seed {seed}: {args:?}: {e}"));
+                validate(&v, &t.parameters, name).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            }
+            called += 1;
+        }
+    }
+    // These seeds give both kinds (4 and 4 when written).
+    assert!(answers > 0 && called > 0, "{answers} JSON answers, {called} with calls");
+    // A response format that cannot be enforced names response_format, not tools.
+    let mut req = constrained(
+        Prompt::Chat(vec![Message::new("user", "hi")]),
+        Grammar::JsonSchema { schema: json!({"type": "array", "uniqueItems": true}), strict: true },
+        0,
+        10,
+    );
+    req.params.tools = Some(Tools { tools: offered, choice: ToolChoice::Auto, parallel: true });
+    let err = engine.generate(&id, req).unwrap_err();
+    assert!(matches!(&err, Error::InvalidGrammar { field: "response_format", .. }), "{err}");
+}

@@ -109,7 +109,17 @@ pub fn offers(memory: u64, have: &[(String, Option<(String, String)>)]) -> Vec<O
                 .iter()
                 .find(|(have_id, source)| source.as_ref().is_some_and(|(r, f)| r == m.repo && f == m.file) || *have_id == id)
                 .map(|(have_id, _)| have_id.clone());
-            Offer { name: m.name, repo: m.repo, file: m.file, size_bytes: m.size_bytes, kind: m.kind, about: m.about, needs_bytes, fits: needs_bytes <= memory, installed }
+            Offer {
+                name: m.name,
+                repo: m.repo,
+                file: m.file,
+                size_bytes: m.size_bytes,
+                kind: m.kind,
+                about: m.about,
+                needs_bytes,
+                fits: needs_bytes <= memory,
+                installed,
+            }
         })
         .collect()
 }

@@ -161,6 +161,30 @@ async fn every_tool_choice_whole_and_streamed_gives_calls_that_match_the_offered
     let res: Value = node.post("/v1/chat/completions", &r).send().await.unwrap().json().await.unwrap();
     assert!(res["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{res}");
 
+    // With a response format: a call where the model calls, else JSON of that format.
+    let format = json!({"type": "json_schema", "json_schema": {"name": "reply", "strict": true, "schema": {
+        "type": "object", "properties": {"reply": {"type": "string"}}, "required": ["reply"], "additionalProperties": false}}});
+    for (question, calls_expected) in [(weather, true), ("Write a haiku about bees.", false)] {
+        let mut body = request(question, json!("auto"), true, false);
+        body["response_format"] = format.clone();
+        let r: Value = node.post("/v1/chat/completions", &body).send().await.unwrap().json().await.unwrap();
+        let (content, calls, _) = read_whole(&r);
+        // Whether it calls is the model's choice (this one calls a tool even
+        // for the haiku); either way the answer holds.
+        if calls_expected {
+            assert!(!calls.is_empty(), "{r}");
+        }
+        if !calls.is_empty() {
+            assert!(content.is_none(), "{r}");
+            for (_, name, arguments) in &calls {
+                check_call(name, arguments);
+            }
+        } else {
+            let v: Value = serde_json::from_str(content.as_deref().unwrap_or_default()).unwrap_or_else(|e| panic!("{r}: {e}"));
+            assert!(v["reply"].is_string() && v.as_object().unwrap().len() == 1, "{r}");
+        }
+    }
+
     // What cannot be used is a 400 naming its field.
     for (patch, param, says) in [
         (json!({"tool_choice": {"type": "function", "function": {"name": "fly"}}}), "tool_choice", "fly"),
@@ -173,6 +197,11 @@ async fn every_tool_choice_whole_and_streamed_gives_calls_that_match_the_offered
             "uniqueItems",
         ),
         (json!({"tool_choice": "required", "tools": []}), "tool_choice", "no `tools`"),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "r", "strict": true, "schema": {"type": "array", "uniqueItems": true}}}}),
+            "response_format",
+            "uniqueItems",
+        ),
         (
             json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "add", "arguments": "{not json"}}]}]}),
             "messages[0].tool_calls[0].function.arguments",
