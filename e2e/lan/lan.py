@@ -25,6 +25,10 @@ import time
 
 RBEE, FIXTURE = sys.argv[1], sys.argv[2]
 MODEL = "gemma-3-270m-q4_k_m"
+# The instruct model for tool calls, from the same fixture cache.
+TOOL_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+TOOL_FIXTURE = subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fetch-fixture.sh"), "qwen-coder"],
+                              capture_output=True, text=True, check=True).stdout.strip() if "--bench" not in sys.argv else None
 TAG = f"rb{os.getpid() % 100000}"
 BRIDGE_NS = f"{TAG}-br"
 SUBNET = "10.77.{}.{}"
@@ -69,12 +73,13 @@ def add_host(i, subnet=1):
     return ns
 
 
-def start(name, ns, key, extra=(), model=False, data=None):
+def start(name, ns, key, extra=(), model=False, data=None, also=()):
     data = data or os.path.join(workdir, name)
     os.makedirs(data, exist_ok=True)
     env = dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml"), RUST_LOG="warn")
     if model and not os.path.exists(os.path.join(data, "models")):
-        subprocess.run([RBEE, "--data-dir", data, "models", "import", FIXTURE], env=env, check=True, capture_output=True)
+        for f in (FIXTURE, *also):
+            subprocess.run([RBEE, "--data-dir", data, "models", "import", f], env=env, check=True, capture_output=True)
     log = open(os.path.join(workdir, f"{name}.log"), "a")
     p = subprocess.Popen(
         ["ip", "netns", "exec", ns, RBEE, "--data-dir", data, "serve", "--listen", "127.0.0.1:7833",
@@ -103,6 +108,21 @@ def complete(ns, body):
     out = ns_exec(ns, "curl", "-s", "--max-time", "120", "-H", "content-type: application/json", "-d", json.dumps(body),
                   "http://127.0.0.1:7833/v1/completions", check=False)
     return json.loads(out)
+
+
+def chat(ns, body):
+    out = ns_exec(ns, "curl", "-s", "--max-time", "300", "-H", "content-type: application/json", "-d", json.dumps(body),
+                  "http://127.0.0.1:7833/v1/chat/completions", check=False)
+    return json.loads(out)
+
+
+def chat_chunks(ns, body):
+    """A streamed chat answer from inside `ns`: its chunks, then "[DONE]"."""
+    out = ns_exec(ns, "curl", "-sN", "--max-time", "300", "-H", "content-type: application/json", "-d", json.dumps(dict(body, stream=True)),
+                  "http://127.0.0.1:7833/v1/chat/completions", check=False)
+    data = [line[6:] for line in out.splitlines() if line.startswith("data: ")]
+    assert data and data[-1] == "[DONE]", out[-500:]
+    return [json.loads(d) for d in data[:-1]]
 
 
 def stream(ns, body):
@@ -152,6 +172,28 @@ def check(name, fn):
                 print(f"--- {n} log (tail)\n" + "".join(open(log).readlines()[-15:]))
 
 
+LAN_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "add", "description": "Adds two numbers", "parameters": {
+        "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"], "additionalProperties": False}}},
+]
+
+
+def check_tool_call(name, arguments):
+    """A call's arguments against its tool's schema (LAN_TOOLS)."""
+    args = json.loads(arguments)
+    assert isinstance(args, dict), arguments
+    if name == "get_weather":
+        assert isinstance(args.get("city"), str) and set(args) <= {"city", "unit"}, arguments
+        assert args.get("unit", "celsius") in ("celsius", "fahrenheit"), arguments
+    elif name == "add":
+        assert set(args) == {"a", "b"} and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()), arguments
+    else:
+        raise AssertionError(f"{name} was not offered")
+
+
 def key():
     return subprocess.run([RBEE, "swarm", "init"], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -176,7 +218,7 @@ def main():
         t0 = time.monotonic()
         start("a", hosts[1], k)
         start("b", hosts[2], k, ["--slots", "1", "--queue-depth", "0"])
-        start("c", hosts[3], k, ["--slots", "1"], model=True)
+        start("c", hosts[3], k, ["--slots", "1"], model=True, also=[TOOL_FIXTURE])
         ids = sorted(node_id(n) for n in "abc")
         for n in "abc":
             wait_for(lambda n=n: up_hosts(n) == ids, 15, f"{n} lists all three")
@@ -202,6 +244,48 @@ def main():
         # 2000 tokens would keep C's slot busy for most of a minute.
         t = wait_for(lambda: c not in busy_on("c", MODEL), 5, "c's slot free once the client at A is gone")
         print(f"     the client at A went away; C's slot free {t:.2f} s later (its record refreshes each second)")
+
+    def tool_calls_through_a_peer():
+        # The matrix of tool_choice × streamed/whole × parallel, asked at A
+        # and run by C (the only node with the model): every call names an
+        # offered tool with arguments that hold to its schema, and the
+        # streamed deltas assemble to the whole answer.
+        c = node_id("c")
+        question = "What is the weather like in Paris and in Berlin today?"
+        counts = {}
+        for choice in ["auto", "required", {"type": "function", "function": {"name": "add"}}, "none"]:
+            for parallel in (True, False):
+                body = {"model": TOOL_MODEL, "messages": [{"role": "user", "content": question}], "tools": LAN_TOOLS,
+                        "tool_choice": choice, "parallel_tool_calls": parallel, "temperature": 0, "max_tokens": 100}
+                whole = chat(hosts[1], body)
+                assert whole.get("timings", {}).get("node_id") == c, whole
+                msg = whole["choices"][0]["message"]
+                calls = [(t["function"]["name"], t["function"]["arguments"]) for t in msg.get("tool_calls") or []]
+                for name, arguments in calls:
+                    check_tool_call(name, arguments)
+                what = f"{choice} parallel={parallel}: {whole}"
+                if choice == "none":
+                    assert not calls and msg["content"], what
+                else:
+                    assert calls and whole["choices"][0]["finish_reason"] == "tool_calls", what
+                if isinstance(choice, dict):
+                    assert [n for n, _ in calls] == ["add"], what
+                if not parallel:
+                    assert len(calls) <= 1, what
+                streamed, content = {}, ""
+                for chunk in chat_chunks(hosts[1], body):
+                    if not chunk.get("choices"):
+                        continue
+                    delta = chunk["choices"][0]["delta"]
+                    content += delta.get("content") or ""
+                    for d in delta.get("tool_calls") or []:
+                        entry = streamed.setdefault(d["index"], ["", ""])
+                        entry[0] += d["function"].get("name") or ""
+                        entry[1] += d["function"].get("arguments") or ""
+                assert [tuple(streamed[i]) for i in sorted(streamed)] == calls, (what, streamed)
+                assert content == (msg["content"] or ""), (what, content)
+                counts[json.dumps(choice)] = counts.get(json.dumps(choice), 0) + len(calls)
+        print(f"     16 answers by C through A, calls per tool_choice: {counts}")
 
     def busy_holder_is_passed_over():
         # B gets the model too (one slot, no queue).
@@ -340,6 +424,7 @@ def main():
 
     check("three nodes discover each other; a model only C has is listed at A", discovery)
     check("a request to A for a model only C has is answered by C", routed_to_the_only_holder)
+    check("tool calls asked at A and run on C hold to their schemas, whole and streamed alike", tool_calls_through_a_peer)
     check("a client that goes away mid-answer stops the answer on the node running it", a_client_that_goes_away_stops_the_remote_answer)
     check("with the model on B and C and B's slot busy, requests go to C", busy_holder_is_passed_over)
     check("SIGKILL of the serving node mid-stream: the answer completes on another node", crash_mid_stream_continues_elsewhere)
