@@ -515,6 +515,15 @@ impl<'m> Sequence<'m> {
                 return Ok(None);
             }
         }
+        // A control token that opens or closes calls (Mistral's
+        // `[TOOL_CALLS]`) is not text; the call parser still needs it.
+        if let Some(p) = &self.tool_calls
+            && self.model.tokenizer.token_bytes(token).is_none()
+            && let Some(marker) = self.model.tokenizer.token(token).filter(|t| p.is_marker(t))
+        {
+            let marker = format!("{}{marker}", self.stops.flush());
+            self.emit(marker);
+        }
         if self.constraint.as_ref().is_some_and(Constraint::done) {
             self.finish(FinishReason::Stop);
             return Ok(None);

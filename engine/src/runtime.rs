@@ -170,14 +170,23 @@ impl Engine {
     pub fn generate(&self, model: &str, request: Request) -> Result<Generation> {
         request.params.validate()?;
         let (id, loaded) = self.load(model)?;
-        let tools = request.params.tools.as_ref();
-        if let Some(t) = tools {
+        if let Some(t) = &request.params.tools {
             t.validate()?;
             if !matches!(request.prompt, Prompt::Chat(_)) && !matches!(&request.prompt, Prompt::Continue { prompt, .. } if matches!(**prompt, Prompt::Chat(_)))
             {
                 return Err(Error::InvalidRequest("tools need a chat (messages), not a text prompt".into()));
             }
         }
+        let format = loaded.model.template.tool_format;
+        // A continuation of an answer with calls: failover writes them in
+        // the Hermes form; this model continues from its own.
+        let mut request = request;
+        if request.params.tools.is_some()
+            && let Prompt::Continue { text, .. } = &mut request.prompt
+        {
+            *text = tools::rewrite(text, format);
+        }
+        let tools = request.params.tools.as_ref();
         let prompt = loaded.model.prompt_tokens_with(&request.prompt, tools)?;
         let prompt_tokens = prompt.len();
         // The grammar is compiled here, so a schema it cannot enforce is the
@@ -188,7 +197,8 @@ impl Engine {
                 if let Some(g) = g {
                     loaded.model.constraint(g)?;
                 }
-                Some(t.grammar(g.as_ref(), |g| loaded.model.constraint(g).map(|_| ()))?)
+                let special = |text: &str| loaded.model.tokenizer.control_token(text);
+                Some(t.grammar(format, g.as_ref(), special, |g| loaded.model.constraint(g).map(|_| ()))?)
             }
             (_, g) => g.clone(),
         };
@@ -196,7 +206,7 @@ impl Engine {
             Prompt::Continue { text, .. } => Some(text.as_str()),
             _ => None,
         };
-        let tool_calls = tools.filter(|t| t.choice != ToolChoice::None).map(|_| tools::Parser::after(continued.unwrap_or_default()));
+        let tool_calls = tools.filter(|t| t.choice != ToolChoice::None).map(|_| tools::Parser::after(format, continued.unwrap_or_default()));
         let constraint = match &grammar {
             Some(g) => {
                 let mut c = loaded.model.constraint(g).map_err(|e| match e {

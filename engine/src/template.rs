@@ -24,11 +24,14 @@ pub struct Message {
     /// A `tool` message: the function that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A system message's tools as JSON, for templates that take them there (Phi-4-mini).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<String>,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None, name: None }
+        Self { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None, name: None, tools: None }
     }
 
     /// The message as chat templates take it (OpenAI's shape; a call's
@@ -50,6 +53,9 @@ impl Message {
         }
         if let Some(n) = &self.name {
             m["name"] = n.clone().into();
+        }
+        if let Some(t) = &self.tools {
+            m["tools"] = t.clone().into();
         }
         m
     }
@@ -170,7 +176,7 @@ impl ChatTemplate {
         let messages = prepare(self.tool_format, messages, tools);
         let view: Vec<serde_json::Value> = messages.iter().map(Message::for_template).collect();
         let tools = match (self.tool_format, tools) {
-            (ToolFormat::Native, Some(t)) if !t.tools.is_empty() => Some(Value::from(minijinja::value::Serde(t.for_template()))),
+            (f, Some(t)) if f.native() && !t.tools.is_empty() => Some(Value::from(minijinja::value::Serde(t.for_template()))),
             _ => None,
         };
         let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;

@@ -608,6 +608,15 @@ impl Tokenizer {
         self.vocab.get(id)
     }
 
+    /// The id of the control token written `text` (`[TOOL_CALLS]`), if the
+    /// vocabulary has one.
+    pub fn control_token(&self, text: &str) -> Option<u32> {
+        if text.is_empty() {
+            return None;
+        }
+        self.vocab.iter().find(|(id, t)| *t == text && self.vocab.ty(*id) == TOKEN_CONTROL).map(|(id, _)| id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()
     }

@@ -119,20 +119,30 @@ impl Tools {
         )
     }
 
-    /// The grammar the answer must match. With `answer` (a `response_format`
-    /// JSON grammar) and choice `auto`, an answer that is not a call is JSON
-    /// of that format, and a call comes first or not at all.
+    /// The grammar the answer must match, for a model that writes calls in
+    /// `format`; `special` gives the id of a control token by its text (an
+    /// opener such as Mistral's `[TOOL_CALLS]` is one, and the grammar must
+    /// name it as a token). With `answer` (a `response_format` JSON grammar)
+    /// and choice `auto`, an answer that is not a call is JSON of that
+    /// format, and a call comes first or not at all.
     ///
     /// # Errors
     /// [`Error::InvalidGrammar`] for a `strict` tool whose schema cannot be
     /// enforced, or an `answer` grammar that is not JSON.
-    pub fn grammar(&self, answer: Option<&Grammar>, strict_check: impl Fn(&Grammar) -> Result<()>) -> Result<Grammar> {
+    pub fn grammar(
+        &self,
+        format: ToolFormat,
+        answer: Option<&Grammar>,
+        special: impl Fn(&str) -> Option<u32>,
+        strict_check: impl Fn(&Grammar) -> Result<()>,
+    ) -> Result<Grammar> {
         for t in self.tools.iter().filter(|t| t.strict) {
             strict_check(&Grammar::JsonSchema { schema: t.parameters.clone(), strict: true }).map_err(|e| Error::InvalidGrammar {
                 field: "tools",
                 message: format!("tool `{}`: {}", t.name, e.to_string().replace("the JSON schema", "its parameters")),
             })?;
         }
+        let syntax = format.syntax();
         let calls: Vec<&Tool> = match &self.choice {
             ToolChoice::Function { name } => self.tools.iter().filter(|t| &t.name == name).collect(),
             _ => self.tools.iter().collect(),
@@ -141,16 +151,11 @@ impl Tools {
             "x-guidance": {"whitespace_pattern": crate::constraint::JSON_WHITESPACE, "lenient": true},
             "anyOf": calls.iter().map(|t| json!({
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": arguments_schema(&t.parameters)},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": t.name}, syntax.args_key: arguments_schema(&t.parameters)},
+                "required": ["name", syntax.args_key],
                 "additionalProperties": false,
             })).collect::<Vec<_>>(),
         });
-        let more = if self.parallel && !matches!(self.choice, ToolChoice::Function { .. }) {
-            format!("(WS? {open} WS? call WS? {close})* WS?", open = lark_str(OPEN), close = lark_str(CLOSE))
-        } else {
-            "WS?".to_string()
-        };
         let answer =
             match answer {
                 Some(g) => Some(g.json_schema().ok_or_else(|| Error::InvalidGrammar {
@@ -159,43 +164,75 @@ impl Tools {
                 })?),
                 None => None,
             };
+        // A marker that is a control token is named as a token: text never
+        // spells it, so free text cannot write it either.
+        let lit = |s: &str| special(s).map_or_else(|| lark_str(s), |id| format!("<[{id}]>"));
+        let open_special = special(syntax.open).is_some();
+        let parallel = self.parallel && syntax.parallel && !matches!(self.choice, ToolChoice::Function { .. });
+        // What follows the opener (or is the whole call, for a bare one).
+        let rest = if syntax.list {
+            let more = if parallel { "(WS? \",\" WS? call)*" } else { "" };
+            let close = if syntax.close.is_empty() { String::new() } else { format!("WS? {}", lit(syntax.close)) };
+            format!("rest: WS? \"[\" WS? call {more} WS? \"]\" {close} WS?\n")
+        } else if syntax.close.is_empty() {
+            "rest: WS? call WS?\n".to_string()
+        } else {
+            let more = if parallel { format!("(WS? {} WS? call WS? {})*", lit(syntax.open), lit(syntax.close)) } else { String::new() };
+            format!("rest: WS? call WS? {} {more} WS?\n", lit(syntax.close))
+        };
+        let open = if syntax.bare { String::new() } else { lit(syntax.open) };
+        let fence = if syntax.fenced {
+            let more = if parallel { "(WS? FENCE fenced_call)* WS?" } else { "WS?" };
+            format!(
+                "FENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nfenced: FENCE fenced_call {more}\nfence_hd[lazy]: TEXT FENCE\nnamed: {}\n",
+                named_calls(&calls, syntax.args_key).join(" | ")
+            )
+        } else {
+            String::new()
+        };
         let head = match self.choice {
             // The answer is JSON of the response format, or calls from its
             // first token: a call cannot follow JSON text.
             ToolChoice::Auto if answer.is_some() => {
-                let more = if self.parallel { "(WS? FENCE fenced_call)* WS?" } else { "WS?" };
-                format!(
-                    "start: answer | {open} rest | FENCE fenced_call {more}\nanswer: %json {schema}\nFENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nnamed: {named}\n",
-                    open = lark_str(OPEN),
-                    schema = answer.as_ref().expect("matched"),
-                    named = named_calls(&calls).join(" | "),
-                )
+                let fenced = if syntax.fenced { " | fenced" } else { "" };
+                format!("start: answer | {open} rest{fenced}\nanswer: %json {}\n{fence}", answer.as_ref().expect("matched"))
             }
-            // Free text until the model writes the opener (or a fenced call,
-            // as small Qwen2.5-Coder models write them); then a call.
+            // Free text until the model opens a call; then the call.
             ToolChoice::Auto => {
-                let named = named_calls(&calls);
-                let fenced_more = if self.parallel { "(WS? FENCE fenced_call)* WS?" } else { "WS?" };
-                format!(
-                    "start: TEXT | call_hd rest | fence_hd fenced_call {fenced_more}\ncall_hd[lazy]: TEXT {open}\nfence_hd[lazy]: TEXT FENCE\nFENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nnamed: {}\n",
-                    named.join(" | "),
-                    open = lark_str(OPEN),
-                )
+                let fenced = if syntax.fenced { " | fence_hd fenced_call (WS? FENCE fenced_call)* WS?" } else { "" };
+                let fenced = if parallel { fenced.to_string() } else { fenced.replace(" (WS? FENCE fenced_call)*", "") };
+                if syntax.bare {
+                    // A bare `{"name"` anywhere opens a call.
+                    format!(
+                        "start: TEXT | bare_hd bare_call\nbare_hd[lazy]: TEXT BARE\nBARE: /\\{{[ \\t\\r\\n]*\"name\"/\nbare_call: WS? \":\" WS? named WS? \"}}\" WS?\nnamed: {}\n",
+                        named_calls(&calls, syntax.args_key).join(" | ")
+                    )
+                } else if open_special {
+                    format!("start: TEXT | TEXT {open} rest{fenced}\n{fence}")
+                } else {
+                    format!("start: TEXT | call_hd rest{fenced}\ncall_hd[lazy]: TEXT {open}\n{fence}")
+                }
             }
-            ToolChoice::Required | ToolChoice::Function { .. } => format!("start: {} rest\n", lark_str(OPEN)),
+            ToolChoice::Required | ToolChoice::Function { .. } => format!("start: {open} rest\n"),
             ToolChoice::None => {
-                return Ok(Grammar::Lark { grammar: format!("start: NO_CALL\nNO_CALL: /(?s:.*)/ & ~/(?s:.*){}(?s:.*)/\n", regex_escape(OPEN)) });
+                let grammar = if open_special {
+                    // Text never writes a control token.
+                    "start: TEXT\nTEXT: /(?s:.*)/\n".to_string()
+                } else {
+                    let opener = if syntax.bare { "\\{[ \\t\\r\\n]*\"name\"".to_string() } else { regex_escape(syntax.open) };
+                    format!("start: NO_CALL\nNO_CALL: /(?s:.*)/ & ~/(?s:.*){opener}(?s:.*)/\n")
+                };
+                return Ok(Grammar::Lark { grammar });
             }
         };
-        let grammar =
-            format!("{head}rest: WS? call WS? {close} {more}\ncall: %json {call}\nTEXT: /(?s:.*)/\nWS: /[ \\t\\r\\n]{{1,4}}/\n", close = lark_str(CLOSE),);
+        let grammar = format!("{head}{rest}call: %json {call}\nTEXT: /(?s:.*)/\nWS: /[ \\t\\r\\n]{{1,4}}/\n");
         Ok(Grammar::Lark { grammar })
     }
 }
 
-/// Each of `calls` from its name's value on, for a fenced call whose
-/// `{"name"` the fence already matched.
-fn named_calls(calls: &[&Tool]) -> Vec<String> {
+/// Each of `calls` from its name's value on, for a call whose `{"name"`
+/// a lexeme already matched (a fence, or a bare call's start).
+fn named_calls(calls: &[&Tool], args_key: &str) -> Vec<String> {
     calls
         .iter()
         .map(|t| {
@@ -203,7 +240,7 @@ fn named_calls(calls: &[&Tool]) -> Vec<String> {
                 "x-guidance": {"whitespace_pattern": crate::constraint::JSON_WHITESPACE, "lenient": true},
                 "allOf": [arguments_schema(&t.parameters)],
             });
-            format!("{} WS? \",\" WS? \"\\\"arguments\\\"\" WS? \":\" WS? %json {args}", lark_str(&lark_str(&t.name)))
+            format!("{} WS? \",\" WS? {} WS? \":\" WS? %json {args}", lark_str(&lark_str(&t.name)), lark_str(&lark_str(args_key)))
         })
         .collect()
 }
@@ -226,33 +263,163 @@ fn regex_escape(s: &str) -> String {
     s.chars().map(|c| if "\\.+*?()|[]{}^$#&-~/".contains(c) { format!("\\{c}") } else { c.to_string() }).collect()
 }
 
-/// How a chat template takes tools.
+/// How a model family writes tool calls, recognised from its chat template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolFormat {
-    /// The template renders `tools`, assistant `tool_calls` and `tool`
-    /// messages itself, in the Hermes form.
-    Native,
+    /// Hermes, as Qwen2.5, Qwen3 and SmolLM3 write:
+    /// `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, parallel
+    /// calls as consecutive blocks. The template renders `tools`, calls and
+    /// results itself.
+    Hermes,
+    /// Llama 3.1 and 3.2: `{"name": …, "parameters": {…}}` as the whole
+    /// answer, one call per turn (the official templates refuse more).
+    Llama3,
+    /// Mistral: `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]`; call ids
+    /// are nine letters and digits (its templates refuse others).
+    Mistral,
+    /// Phi-4-mini: `<|tool_call|>[{"name": …, "arguments": {…}}]<|/tool_call|>`;
+    /// the tools go in the system message's `tools` field as JSON.
+    Phi4,
     /// The template knows nothing of tools: rbee describes them in the
-    /// system message and writes calls and results as text.
+    /// system message and writes calls and results as text, in the Hermes form.
     Described,
+}
+
+/// The text of one format's calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Syntax {
+    /// What opens the calls ("" when a call is a bare JSON object).
+    pub open: &'static str,
+    /// What closes them ("" when nothing does).
+    pub close: &'static str,
+    /// The key of the arguments object.
+    pub args_key: &'static str,
+    /// The calls are a JSON array after the opener.
+    pub list: bool,
+    /// A call may start as a bare `{"name"` with no opener.
+    pub bare: bool,
+    /// Several calls in one answer.
+    pub parallel: bool,
+    /// A call in a Markdown fence counts (small Qwen2.5-Coder models write them so).
+    pub fenced: bool,
 }
 
 impl ToolFormat {
     /// The format of a template, from its source.
     pub fn of_template(source: &str) -> Self {
-        if source.contains(OPEN) && source.contains("tools") { Self::Native } else { Self::Described }
+        if source.contains(OPEN) && source.contains("tools") {
+            Self::Hermes
+        } else if source.contains("[TOOL_CALLS]") {
+            Self::Mistral
+        } else if source.contains("<|tool_call|>") || source.contains("<|tool|>") {
+            Self::Phi4
+        } else if source.contains("<|start_header_id|>") && source.contains("tools") && (source.contains("ipython") || source.contains("<|python_tag|>")) {
+            Self::Llama3
+        } else {
+            Self::Described
+        }
+    }
+
+    /// Whether the template itself takes `tools`.
+    pub fn native(self) -> bool {
+        matches!(self, Self::Hermes | Self::Llama3 | Self::Mistral)
+    }
+
+    pub fn syntax(self) -> Syntax {
+        match self {
+            Self::Hermes | Self::Described => {
+                Syntax { open: OPEN, close: CLOSE, args_key: "arguments", list: false, bare: false, parallel: true, fenced: true }
+            }
+            Self::Llama3 => Syntax { open: "<|python_tag|>", close: "", args_key: "parameters", list: false, bare: true, parallel: false, fenced: false },
+            Self::Mistral => Syntax { open: "[TOOL_CALLS]", close: "", args_key: "arguments", list: true, bare: false, parallel: true, fenced: false },
+            Self::Phi4 => {
+                Syntax { open: "<|tool_call|>", close: "<|/tool_call|>", args_key: "arguments", list: true, bare: false, parallel: true, fenced: false }
+            }
+        }
+    }
+
+    /// A new call id in the form this family's templates accept.
+    fn call_id(self) -> String {
+        use rand::Rng;
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut rng = rand::rng();
+        let mut random = |n: usize| (0..n).map(|_| char::from(CHARS[rng.random_range(0..CHARS.len())])).collect::<String>();
+        match self {
+            Self::Mistral => random(9),
+            _ => format!("call_{}", random(24)),
+        }
     }
 }
 
-/// The conversation as a template of `format` takes it: for a template that
+/// `id` as nine letters and digits (Mistral's templates refuse other ids):
+/// the same id always maps to the same nine.
+fn nine_char_id(id: &str) -> String {
+    if id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return id.to_string();
+    }
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    // FNV-1a, then base 62.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..9)
+        .map(|_| {
+            let c = CHARS[(h % 62) as usize];
+            h /= 62;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// The conversation as a template of `format` takes it. Templates that
+/// know tools get it as sent (Mistral's with call ids made nine
+/// characters); Phi-4-mini's gets the tools as JSON in the system message's
+/// `tools` field and earlier calls as its own call text; for a template that
 /// does not know tools, the tools go into the system message and calls and
 /// results become text.
 pub fn prepare(format: ToolFormat, messages: &[Message], tools: Option<&Tools>) -> Vec<Message> {
-    if format == ToolFormat::Native {
-        return messages.to_vec();
+    let offered = tools.filter(|t| !t.tools.is_empty() && t.choice != ToolChoice::None);
+    match format {
+        ToolFormat::Hermes | ToolFormat::Llama3 => return messages.to_vec(),
+        ToolFormat::Mistral => {
+            return messages
+                .iter()
+                .map(|m| {
+                    let mut m = m.clone();
+                    for c in &mut m.tool_calls {
+                        c.id = nine_char_id(&c.id);
+                    }
+                    m.tool_call_id = m.tool_call_id.as_deref().map(nine_char_id);
+                    m
+                })
+                .collect();
+        }
+        ToolFormat::Phi4 => {
+            let mut out: Vec<Message> = Vec::with_capacity(messages.len() + 1);
+            if let Some(t) = offered {
+                let list: Vec<Value> = t.for_template().as_array().into_iter().flatten().map(|f| f["function"].clone()).collect();
+                let mut system = match messages.first() {
+                    Some(m) if m.role == "system" => m.clone(),
+                    _ => Message::new("system", ""),
+                };
+                system.tools = Some(python_json(&Value::Array(list)));
+                out.push(system);
+            }
+            let skip = usize::from(!out.is_empty() && messages.first().is_some_and(|m| m.role == "system"));
+            for m in &messages[skip..] {
+                if m.role == "assistant" && !m.tool_calls.is_empty() {
+                    out.push(Message::new("assistant", format!("{}{}", m.content, write_calls(format, &m.tool_calls))));
+                } else {
+                    out.push(m.clone());
+                }
+            }
+            return out;
+        }
+        ToolFormat::Described => {}
     }
     let mut out = Vec::with_capacity(messages.len() + 1);
-    if let Some(t) = tools.filter(|t| !t.tools.is_empty() && t.choice != ToolChoice::None) {
+    if let Some(t) = offered {
         let described = describe(t);
         match messages.first() {
             Some(m) if m.role == "system" => out.push(Message::new("system", format!("{}\n\n{described}", m.content))),
@@ -264,12 +431,10 @@ pub fn prepare(format: ToolFormat, messages: &[Message], tools: Option<&Tools>) 
         match m.role.as_str() {
             "assistant" if !m.tool_calls.is_empty() => {
                 let mut text = m.content.clone();
-                for c in &m.tool_calls {
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(&format!("{OPEN}\n{{\"name\": {}, \"arguments\": {}}}\n{CLOSE}", lark_str(&c.name), c.arguments));
+                if !text.is_empty() {
+                    text.push('\n');
                 }
+                text.push_str(&write_calls(format, &m.tool_calls));
                 out.push(Message::new("assistant", text));
             }
             "tool" => {
@@ -287,6 +452,20 @@ pub fn prepare(format: ToolFormat, messages: &[Message], tools: Option<&Tools>) 
         }
     }
     out
+}
+
+/// `calls` as a model of `format` writes them.
+pub fn write_calls(format: ToolFormat, calls: &[ToolCall]) -> String {
+    let syntax = format.syntax();
+    let one = |c: &ToolCall| format!("{{\"name\": {}, \"{}\": {}}}", lark_str(&c.name), syntax.args_key, c.arguments);
+    if syntax.list {
+        let list: Vec<String> = calls.iter().map(one).collect();
+        return format!("{}[{}]{}", syntax.open, list.join(", "), syntax.close);
+    }
+    if syntax.close.is_empty() {
+        return calls.iter().map(one).collect::<Vec<_>>().join("\n");
+    }
+    calls.iter().map(|c| format!("{}\n{}\n{}", syntax.open, one(c), syntax.close)).collect::<Vec<_>>().join("\n")
 }
 
 /// The system text that offers `tools` to a model whose template does not.
@@ -351,13 +530,46 @@ fn write_py(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) {
     }
 }
 
-/// The text a model wrote to open call `name` (after another call when
-/// `after_call`), up to where its arguments begin: with the arguments sent
-/// so far, what a node that continues an answer another node began must
-/// take as already written.
-pub fn reopen(name: &str, after_call: bool) -> String {
-    let close = if after_call { format!("}}\n{CLOSE}\n") } else { String::new() };
-    format!("{close}{OPEN}\n{{\"name\": {}, \"arguments\": ", lark_str(name))
+/// The text a model of `format` wrote to open call `name` (after another
+/// call when `after_call`), up to where its arguments begin: with the
+/// arguments sent so far, what a node that continues an answer another node
+/// began must take as already written.
+pub fn reopen(format: ToolFormat, name: &str, after_call: bool) -> String {
+    let syntax = format.syntax();
+    let head = format!("{{\"name\": {}, \"{}\": ", lark_str(name), syntax.args_key);
+    match (syntax.list, after_call) {
+        (true, false) => format!("{}[{head}", syntax.open),
+        (true, true) => format!("}}, {head}"),
+        (false, false) if syntax.bare => head,
+        (false, true) if syntax.close.is_empty() => format!("}}\n{head}"),
+        (false, false) => format!("{}\n{head}", syntax.open),
+        (false, true) => format!("}}\n{}\n{}\n{head}", syntax.close, syntax.open),
+    }
+}
+
+/// Rewrites text in which a model of another format (the Hermes form, as
+/// failover writes it) made calls into the form `format` writes: what a
+/// node whose model is of `format` continues from.
+pub fn rewrite(text: &str, format: ToolFormat) -> String {
+    if matches!(format, ToolFormat::Hermes | ToolFormat::Described) {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut open_call = false;
+    let mut p = Parser::new(ToolFormat::Hermes);
+    let mut pieces = p.push(text);
+    pieces.extend(p.finish());
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(&t),
+            Piece::Call { name, .. } => {
+                out.push_str(&reopen(format, &name, open_call));
+                open_call = true;
+            }
+            Piece::Arguments { text, .. } => out.push_str(&text),
+        }
+    }
+    out
 }
 
 /// What the parser makes of the model's output.
@@ -374,37 +586,71 @@ pub enum Piece {
 /// Turns streamed output into text and calls. Text that may be the start of
 /// an opener is held back until it is known not to be; a call's name is
 /// given as soon as it is written, its arguments as they are generated.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Parser {
+    format: ToolFormat,
+    syntax: Syntax,
     state: State,
     buf: String,
     calls: usize,
-    /// The call being read is in a Markdown fence (it ends with ```` ``` ````).
-    fenced: bool,
+    /// How the call being read started (and so how it ends).
+    start: Start,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// After the format's opener.
+    Tagged,
+    /// In a Markdown fence (it ends with ```` ``` ````).
+    Fenced,
+    /// A bare `{"name"` (it ends with its object).
+    Bare,
 }
 
 #[derive(Debug, Default)]
 enum State {
     #[default]
     Text,
+    /// After a list format's opener, before its `[`.
+    List,
     /// After the opener, before the name has been read.
     Head,
     /// In the arguments object: nesting depth, inside a string, after a backslash.
     Arguments { depth: usize, in_string: bool, escaped: bool, started: bool },
     /// After the arguments, up to and including the closer.
     Tail,
+    /// After a list format's `]`, before its closer.
+    Close,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Self::new(ToolFormat::Hermes)
+    }
 }
 
 impl Parser {
+    /// A parser of `format`'s calls.
+    pub fn new(format: ToolFormat) -> Self {
+        Self { format, syntax: format.syntax(), state: State::Text, buf: String::new(), calls: 0, start: Start::Tagged }
+    }
+
     /// Calls opened so far.
     pub fn calls(&self) -> usize {
         self.calls
     }
 
+    /// Whether `token` (a control token's text) opens or closes this
+    /// format's calls: the text stream leaves control tokens out, so the
+    /// generator hands them in.
+    pub fn is_marker(&self, token: &str) -> bool {
+        !token.is_empty() && (token == self.syntax.open || token == self.syntax.close)
+    }
+
     /// A parser that has read `text` (written earlier, by another node):
     /// what follows continues it, and calls are numbered after its calls.
-    pub fn after(text: &str) -> Self {
-        let mut p = Self::default();
+    pub fn after(format: ToolFormat, text: &str) -> Self {
+        let mut p = Self::new(format);
         p.push(text);
         p
     }
@@ -413,36 +659,35 @@ impl Parser {
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.buf.push_str(text);
         let mut out = Vec::new();
+        let syntax = self.syntax;
         loop {
             match &mut self.state {
                 State::Text => {
                     // Between calls only whitespace is written: it is not text.
                     let between = self.calls > 0;
-                    let tagged = self.buf.find(OPEN).map(|at| (at, at + OPEN.len(), false));
-                    let (fenced, fence_hold) = fence_start(&self.buf);
-                    let opener = match (tagged, fenced) {
-                        (Some(t), Some(f)) => Some(if t.0 <= f.0 { t } else { (f.0, f.1, true) }),
-                        (Some(t), None) => Some(t),
-                        (None, Some(f)) => Some((f.0, f.1, true)),
-                        (None, None) => None,
-                    };
-                    if let Some((at, end, fence)) = opener {
+                    let tagged = (!syntax.open.is_empty()).then(|| self.buf.find(syntax.open)).flatten().map(|at| (at, at + syntax.open.len(), Start::Tagged));
+                    let (fenced, fence_hold) = if syntax.fenced { call_start(&self.buf, true) } else { (None, None) };
+                    let (bare, bare_hold) = if syntax.bare { call_start(&self.buf, false) } else { (None, None) };
+                    let opener =
+                        [tagged, fenced.map(|(a, b)| (a, b, Start::Fenced)), bare.map(|(a, b)| (a, b, Start::Bare))].into_iter().flatten().min_by_key(|o| o.0);
+                    if let Some((at, end, start)) = opener {
                         let before: String = self.buf.drain(..at).collect();
                         if !(between && before.trim().is_empty()) {
                             push_text(&mut out, before);
                         }
                         self.buf.drain(..end - at);
-                        if fence {
-                            // The name's key was part of the fence; read on from it.
+                        if start != Start::Tagged {
+                            // The name's key was part of what matched; read on from it.
                             self.buf.insert_str(0, "{\"name\"");
                         }
-                        self.fenced = fence;
-                        self.state = State::Head;
+                        self.start = start;
+                        self.state = if start == Start::Tagged && syntax.list { State::List } else { State::Head };
                         continue;
                     }
                     // Hold back a tail that may be the start of an opener.
-                    let hold = (1..OPEN.len()).rev().find(|&n| self.buf.ends_with(&OPEN[..n])).unwrap_or(0);
-                    let cut = fence_hold.unwrap_or(usize::MAX).min(self.buf.len() - hold);
+                    let open = syntax.open;
+                    let hold = (1..open.len()).rev().find(|&n| self.buf.ends_with(&open[..n])).unwrap_or(0);
+                    let cut = fence_hold.into_iter().chain(bare_hold).fold(self.buf.len() - hold, usize::min);
                     if between && self.buf[..cut].trim().is_empty() {
                         return out;
                     }
@@ -450,9 +695,18 @@ impl Parser {
                     push_text(&mut out, emit);
                     return out;
                 }
+                State::List => {
+                    let t = self.buf.trim_start();
+                    if t.is_empty() {
+                        return out;
+                    }
+                    let skip = self.buf.len() - t.len() + usize::from(t.starts_with('['));
+                    self.buf.drain(..skip);
+                    self.state = State::Head;
+                }
                 State::Head => {
-                    let Some((name, used)) = read_head(&self.buf) else { return out };
-                    out.push(Piece::Call { index: self.calls, id: call_id(), name });
+                    let Some((name, used)) = read_head(&self.buf, syntax.args_key) else { return out };
+                    out.push(Piece::Call { index: self.calls, id: self.format.call_id(), name });
                     self.calls += 1;
                     self.buf.drain(..used);
                     self.state = State::Arguments { depth: 0, in_string: false, escaped: false, started: false };
@@ -502,12 +756,62 @@ impl Parser {
                     }
                     self.state = State::Tail;
                 }
-                State::Tail => {
-                    let close = if self.fenced { "```" } else { CLOSE };
-                    let Some(at) = self.buf.find(close) else { return out };
-                    self.buf.drain(..at + close.len());
+                State::Close => {
+                    // A list format's closer, if it has one.
+                    let close = syntax.close;
+                    let t = self.buf.trim_start();
+                    if !close.is_empty() && t.len() < close.len() && close.starts_with(t) {
+                        return out;
+                    }
+                    if let Some(rest) = t.strip_prefix(close).filter(|_| !close.is_empty()) {
+                        let n = self.buf.len() - rest.len();
+                        self.buf.drain(..n);
+                    }
                     self.state = State::Text;
                 }
+                State::Tail => match self.start {
+                    Start::Fenced => {
+                        let Some(at) = self.buf.find("```") else { return out };
+                        self.buf.drain(..at + 3);
+                        self.state = State::Text;
+                    }
+                    Start::Bare => {
+                        // The call object's own `}`.
+                        let Some(at) = self.buf.find('}') else { return out };
+                        self.buf.drain(..=at);
+                        self.state = State::Text;
+                    }
+                    Start::Tagged if syntax.list => {
+                        // `}` then `,` and the next call, or `]` and the closer.
+                        let t = self.buf.trim_start();
+                        let Some(rest) = t.strip_prefix('}') else {
+                            if t.is_empty() {
+                                return out;
+                            }
+                            // Not the list's shape: the rest is text.
+                            self.state = State::Text;
+                            continue;
+                        };
+                        let r = rest.trim_start();
+                        if r.is_empty() {
+                            return out;
+                        }
+                        let used = self.buf.len() - r.len() + 1;
+                        if r.starts_with(',') {
+                            self.buf.drain(..used);
+                            self.state = State::Head;
+                        } else {
+                            self.buf.drain(..used - usize::from(!r.starts_with(']')));
+                            self.state = State::Close;
+                        }
+                    }
+                    Start::Tagged => {
+                        let close = if syntax.close.is_empty() { "}" } else { syntax.close };
+                        let Some(at) = self.buf.find(close) else { return out };
+                        self.buf.drain(..at + close.len());
+                        self.state = State::Text;
+                    }
+                },
             }
         }
     }
@@ -523,12 +827,14 @@ impl Parser {
     }
 }
 
-/// The first fenced call in `buf` (start, and end after its `"name"`), and
-/// where text must be held back because a fenced call may be starting there.
-fn fence_start(buf: &str) -> (Option<(usize, usize)>, Option<usize>) {
+/// The first call start in `buf` (start, and end after its `"name"`): a
+/// fenced one (```` ```json {"name" ````) when `fenced`, else a bare
+/// `{"name"`; and where text must be held back because one may be starting.
+fn call_start(buf: &str, fenced: bool) -> (Option<(usize, usize)>, Option<usize>) {
+    let first = if fenced { '`' } else { '{' };
     let mut from = 0;
-    while let Some(i) = buf[from..].find('`').map(|i| i + from) {
-        match fence_at(&buf[i..]) {
+    while let Some(i) = buf[from..].find(first).map(|i| i + from) {
+        match call_at(&buf[i..], fenced) {
             Fence::Whole(len) => return (Some((i, i + len)), None),
             Fence::Partial => return (None, Some(i)),
             Fence::No => from = i + 1,
@@ -543,8 +849,9 @@ enum Fence {
     No,
 }
 
-/// Whether `s` starts with what [`FENCE_REGEX`] matches.
-fn fence_at(s: &str) -> Fence {
+/// Whether `s` starts with a call start: [`FENCE_REGEX`] when `fenced`,
+/// else `{` and `"name"` with whitespace between.
+fn call_at(s: &str, fenced: bool) -> Fence {
     let b = s.as_bytes();
     let mut i = 0;
     let lit = |i: &mut usize, lit: &[u8], optional: bool| -> Option<bool> {
@@ -563,14 +870,16 @@ fn fence_at(s: &str) -> Fence {
             *i += 1;
         }
     };
-    for (part, optional) in [(&b"```"[..], false), (&b"json"[..], true)] {
-        match lit(&mut i, part, optional) {
-            None => return Fence::No,
-            Some(false) => return Fence::Partial,
-            Some(true) => {}
+    if fenced {
+        for (part, optional) in [(&b"```"[..], false), (&b"json"[..], true)] {
+            match lit(&mut i, part, optional) {
+                None => return Fence::No,
+                Some(false) => return Fence::Partial,
+                Some(true) => {}
+            }
         }
+        ws(&mut i);
     }
-    ws(&mut i);
     match lit(&mut i, b"{", false) {
         None => return Fence::No,
         Some(false) => return Fence::Partial,
@@ -590,9 +899,10 @@ fn push_text(out: &mut Vec<Piece>, text: String) {
     }
 }
 
-/// Reads `{"name": "…", "arguments":` from the start of a call; returns the
-/// name and the bytes read, or `None` until all of it is there.
-fn read_head(buf: &str) -> Option<(String, usize)> {
+/// Reads `{"name": "…", "arguments":` (or the format's key for the
+/// arguments) from the start of a call; returns the name and the bytes
+/// read, or `None` until all of it is there.
+fn read_head(buf: &str, args_key: &str) -> Option<(String, usize)> {
     let s = buf.trim_start();
     let mut i = buf.len() - s.len();
     let expect = |i: &mut usize, lit: &str| -> Option<()> {
@@ -617,17 +927,9 @@ fn read_head(buf: &str) -> Option<(String, usize)> {
     let name = de.next()?.ok()?;
     i += de.byte_offset();
     expect(&mut i, ",")?;
-    expect(&mut i, "\"arguments\"")?;
+    expect(&mut i, &format!("\"{args_key}\""))?;
     expect(&mut i, ":")?;
     Some((name, i))
-}
-
-/// A new call id, as OpenAI's look.
-fn call_id() -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    format!("call_{}", (0..24).map(|_| char::from(CHARS[rng.random_range(0..CHARS.len())])).collect::<String>())
 }
 
 #[cfg(test)]
@@ -635,7 +937,11 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&str]) -> Vec<Piece> {
-        let mut p = Parser::default();
+        run_as(ToolFormat::Hermes, chunks)
+    }
+
+    fn run_as(format: ToolFormat, chunks: &[&str]) -> Vec<Piece> {
+        let mut p = Parser::new(format);
         let mut out: Vec<Piece> = chunks.iter().flat_map(|c| p.push(c)).collect();
         out.extend(p.finish());
         out
@@ -648,7 +954,7 @@ mod tests {
             let (k, v) = match p {
                 Piece::Text(t) => ("text".to_string(), t),
                 Piece::Call { index, id, name } => {
-                    assert!(id.starts_with("call_") && id.len() == 29);
+                    assert!((id.starts_with("call_") && id.len() == 29) || (id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric())), "{id}");
                     (format!("call{index}"), name)
                 }
                 Piece::Arguments { index, text } => (format!("args{index}"), text),
@@ -708,6 +1014,75 @@ mod tests {
         for step in [1, 3, 1000] {
             let pieces: Vec<String> = code.chars().map(String::from).collect::<Vec<_>>().chunks(step).map(|c| c.concat()).collect();
             assert_eq!(joined(run(&pieces.iter().map(String::as_str).collect::<Vec<_>>())), pairs(&[("text", code)]), "step {step}");
+        }
+    }
+
+    /// `whole` read in pieces of every size gives `want`.
+    fn each_split(format: ToolFormat, whole: &str, want: &[(String, String)]) {
+        let chars: Vec<String> = whole.chars().map(String::from).collect();
+        for step in [1, 2, 3, 5, 7, 1000] {
+            let pieces: Vec<String> = chars.chunks(step).map(|c| c.concat()).collect();
+            assert_eq!(joined(run_as(format, &pieces.iter().map(String::as_str).collect::<Vec<_>>())), want, "{format:?} step {step}");
+        }
+    }
+
+    #[test]
+    fn llama3_mistral_and_phi4_calls_are_read_in_their_own_forms() {
+        let args = "{\"city\": \"Paris ]}\", \"days\": [1, {\"x\": 2}]}";
+        let want = pairs(&[("text", "Sure: "), ("call0", "get_weather"), ("args0", args)]);
+        each_split(ToolFormat::Llama3, &format!("Sure: {{\"name\": \"get_weather\", \"parameters\": {args}}}"), &want);
+        let two = pairs(&[("call0", "get_weather"), ("args0", args), ("call1", "now"), ("args1", "{}")]);
+        each_split(
+            ToolFormat::Mistral,
+            &format!("[TOOL_CALLS] [{{\"name\": \"get_weather\", \"arguments\": {args}}}, {{\"name\": \"now\", \"arguments\": {{}}}}]"),
+            &two,
+        );
+        each_split(
+            ToolFormat::Phi4,
+            &format!("<|tool_call|>[{{\"name\": \"get_weather\", \"arguments\": {args}}},\n {{\"name\": \"now\", \"arguments\": {{}}}}]<|/tool_call|>"),
+            &two,
+        );
+        // Mistral's ids are nine letters and digits.
+        let mut p = Parser::new(ToolFormat::Mistral);
+        let got = p.push("[TOOL_CALLS][{\"name\": \"now\", \"arguments\": {}}]");
+        assert!(matches!(&got[0], Piece::Call { id, .. } if id.len() == 9), "{got:?}");
+        // Text that is not a call stays text.
+        each_split(ToolFormat::Llama3, "A set {\"a\": 1} and {nam}", &pairs(&[("text", "A set {\"a\": 1} and {nam}")]));
+    }
+
+    #[test]
+    fn calls_written_reopened_and_rewritten_read_back_in_each_format() {
+        let calls = vec![
+            ToolCall { id: "call_1".into(), name: "get_weather".into(), arguments: "{\"city\": \"Paris\"}".into() },
+            ToolCall { id: "call_2".into(), name: "now".into(), arguments: "{}".into() },
+        ];
+        let want = pairs(&[("call0", "get_weather"), ("args0", "{\"city\": \"Paris\"}"), ("call1", "now"), ("args1", "{}")]);
+        for format in [ToolFormat::Hermes, ToolFormat::Mistral, ToolFormat::Phi4] {
+            assert_eq!(joined(run_as(format, &[&write_calls(format, &calls)])), want, "{format:?}");
+        }
+        // An answer with a call in the Hermes form (as failover replays it),
+        // rewritten in each format, reads back as the same call.
+        for format in [ToolFormat::Mistral, ToolFormat::Phi4, ToolFormat::Llama3] {
+            let text = rewrite("Checking. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>", format);
+            let got = joined(run_as(format, &[&text]));
+            assert_eq!(got[..3], pairs(&[("text", "Checking. "), ("call0", "get_weather"), ("args0", "{\"city\": \"Paris\"}")])[..], "{format:?}: {text}");
+        }
+        assert_eq!(nine_char_id("call_abc"), nine_char_id("call_abc"));
+        assert_ne!(nine_char_id("call_abc"), nine_char_id("call_abd"));
+        assert_eq!(nine_char_id("abcDEF123"), "abcDEF123");
+    }
+
+    #[test]
+    fn formats_are_told_apart_by_their_templates() {
+        for (source, want) in [
+            ("{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>", ToolFormat::Hermes),
+            ("[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS][TOOL_CALLS]", ToolFormat::Mistral),
+            ("<|system|>{{ m.content }}<|tool|>{{ m.tools }}<|/tool|>", ToolFormat::Phi4),
+            ("<|start_header_id|>ipython<|end_header_id|>{% if tools %}{{ tools }}{% endif %}", ToolFormat::Llama3),
+            ("<|start_header_id|>{{ m.role }}<|end_header_id|>", ToolFormat::Described),
+            ("<|im_start|>{{ m.role }}", ToolFormat::Described),
+        ] {
+            assert_eq!(ToolFormat::of_template(source), want, "{source}");
         }
     }
 

@@ -335,3 +335,116 @@ fn with_a_response_format_an_auto_answer_is_that_json_or_calls_from_the_first_to
     let err = engine.generate(&id, req).unwrap_err();
     assert!(matches!(&err, Error::InvalidGrammar { field: "response_format", .. }), "{err}");
 }
+
+// Templates of the three other families' shape (written here, not the
+// vendors' own): what makes rbee tell them apart and what they do with
+// `tools`, calls and results.
+const MISTRAL_LIKE: &str = "{{ bos_token }}{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}\
+{% for m in messages %}{% if m.role == 'user' %}[INST]{{ m.content }}[/INST]\
+{% elif m.role == 'tool' %}[TOOL_RESULTS]{{ m.tool_call_id }}: {{ m.content }}[/TOOL_RESULTS]\
+{% elif m.tool_calls %}[TOOL_CALLS][{% for c in m.tool_calls %}{% if c.id | length != 9 %}{{ raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{% endif %}\
+{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}, \"id\": \"{{ c.id }}\"}{% endfor %}]{{ eos_token }}\
+{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}";
+const LLAMA3_LIKE: &str = "{{ bos_token }}{% if tools %}<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, respond with a JSON for a function call: {{ tools | tojson }}<|eot_id|>{% endif %}\
+{% for m in messages %}<|start_header_id|>{{ 'ipython' if m.role == 'tool' else m.role }}<|end_header_id|>\n\n\
+{% if m.tool_calls %}{% for c in m.tool_calls %}{\"name\": \"{{ c.function.name }}\", \"parameters\": {{ c.function.arguments | tojson }}}{% endfor %}{% else %}{{ m.content }}{% endif %}<|eot_id|>{% endfor %}\
+{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+const PHI4_LIKE: &str = "{% for m in messages %}{% if m.role == 'system' and 'tools' in m %}<|system|>{{ m.content }}<|tool|>{{ m.tools }}<|/tool|><|end|>\
+{% else %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+
+#[test]
+fn llama3_mistral_and_phi4_models_call_in_their_own_forms_held_to_the_schemas() {
+    let offered = weather_and_add();
+    let cases = [
+        ("mistral", support::Tiny { extra_specials: vec!["[TOOL_CALLS]"], template: Some(MISTRAL_LIKE.into()), ..tiny("llama") }),
+        ("llama3", support::Tiny { template: Some(LLAMA3_LIKE.into()), ..tiny("llama") }),
+        (
+            "phi4",
+            support::Tiny {
+                extra_specials: vec!["<|tool_call|>", "<|/tool_call|>", "<|tool|>", "<|/tool|>"],
+                template: Some(PHI4_LIKE.into()),
+                ..tiny("phi3")
+            },
+        ),
+    ];
+    let question = || vec![Message::new("user", "What is the weather in Paris?")];
+    for (family, t) in cases {
+        let (_d, engine, id) = engine_with(&t, |_| {});
+        let tools = |choice: ToolChoice, parallel: bool| Some(Tools { tools: offered.clone(), choice, parallel });
+        let mut checked = 0;
+        for (choice, parallel, seeds) in
+            [(ToolChoice::Required, true, 0..4), (ToolChoice::Required, false, 4..6), (ToolChoice::Function { name: "add".into() }, true, 0..3)]
+        {
+            for seed in seeds {
+                let mut req = constrained(Prompt::Chat(question()), Grammar::JsonObject, seed, 400);
+                req.params.grammar = None;
+                req.params.tools = tools(choice.clone(), parallel);
+                let mut g = engine.generate(&id, req).unwrap();
+                let (mut calls, mut text, mut finish) = (Vec::<(String, String, String)>::new(), String::new(), None);
+                while let Some(ev) = g.events.blocking_recv() {
+                    match ev {
+                        Event::Text { text: t, .. } => text.push_str(&t),
+                        Event::ToolCall { id, name, .. } => calls.push((id, name, String::new())),
+                        Event::ToolArguments { index, text: t, .. } => calls[index].2.push_str(&t),
+                        Event::Done { finish: f, .. } => finish = Some(f),
+                        Event::Error(e) => panic!("{family}: {e}"),
+                    }
+                }
+                let what = format!("{family} {choice:?} parallel={parallel} seed {seed}: {text:?} {calls:?}");
+                if finish == Some(FinishReason::Length) {
+                    // Random weights can run past max_tokens inside a long string; what there is is a prefix.
+                    continue;
+                }
+                checked += 1;
+                assert_eq!((text.trim(), finish), ("", Some(FinishReason::ToolCalls)), "{what}");
+                assert!(!calls.is_empty(), "{what}");
+                if !parallel || matches!(choice, ToolChoice::Function { .. }) || family == "llama3" {
+                    assert_eq!(calls.len(), 1, "one call: {what}");
+                }
+                for (call_id, name, args) in &calls {
+                    if family == "mistral" {
+                        assert!(call_id.len() == 9 && call_id.chars().all(|c| c.is_ascii_alphanumeric()), "{what}");
+                    }
+                    let tool = offered.iter().find(|t| &t.name == name).unwrap_or_else(|| panic!("{name} was not offered: {what}"));
+                    if let ToolChoice::Function { name: want } = &choice {
+                        assert_eq!(name, want);
+                    }
+                    let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    validate(&v, &tool.parameters, name).unwrap_or_else(|e| panic!("{what}: {e}"));
+                }
+            }
+        }
+        // 8, 9 and 8 of 9 when written.
+        assert!(checked >= 6, "{family}: only {checked} of 9 answers complete");
+        // none: no calls.
+        for seed in 0..3 {
+            let mut req = constrained(Prompt::Chat(question()), Grammar::JsonObject, seed, 60);
+            req.params.grammar = None;
+            req.params.tools = tools(ToolChoice::None, true);
+            let (_, calls, _) = collect_calls(engine.generate(&id, req).unwrap());
+            assert!(calls.is_empty(), "{family} none seed {seed}: {calls:?}");
+        }
+        // A conversation with OpenAI-style call ids and a result renders
+        // (Mistral's template takes only nine-character ids) and runs.
+        let mut history = question();
+        history.push(Message {
+            tool_calls: vec![rbee_engine::ToolCall {
+                id: "call_Xy12ab34cd56ef78gh90ij12".into(),
+                name: "get_weather".into(),
+                arguments: "{\"city\": \"Paris\", \"unit\": \"c\"}".into(),
+            }],
+            ..Message::new("assistant", "")
+        });
+        history.push(Message { tool_call_id: Some("call_Xy12ab34cd56ef78gh90ij12".into()), ..Message::new("tool", "21 C, sunny") });
+        let model = engine.model(&id).unwrap();
+        let rendered = model.template.render_with_tools(&history, tools(ToolChoice::Auto, true).as_ref(), true).unwrap_or_else(|e| panic!("{family}: {e}"));
+        assert!(rendered.contains("get_weather") && rendered.contains("21 C, sunny"), "{family}: {rendered}");
+        if family == "phi4" {
+            assert!(rendered.contains("<|tool|>[{\"name\": \"get_weather\""), "the tools in the system message: {rendered}");
+        }
+        let mut req = constrained(Prompt::Chat(history), Grammar::JsonObject, 1, 20);
+        req.params.grammar = None;
+        req.params.tools = tools(ToolChoice::Auto, true);
+        collect_calls(engine.generate(&id, req).unwrap());
+    }
+}

@@ -372,7 +372,9 @@ fn failover(
                         }
                         Event::ToolCall { name, tokens, .. } => {
                             tokens_now += tokens;
-                            text.push_str(&rbee_engine::tools::reopen(name, in_call));
+                            // Written in the Hermes form; the continuing node's
+                            // engine rewrites it in its model's own.
+                            text.push_str(&rbee_engine::tools::reopen(rbee_engine::tools::ToolFormat::Hermes, name, in_call));
                             in_call = true;
                         }
                         Event::ToolArguments { text: t, tokens, .. } => {

@@ -38,6 +38,10 @@ pub struct Tiny {
     pub weights: GgmlDType,
     /// `{arch}.pooling_type` (1 mean, 2 CLS, 3 last): an embedding model.
     pub pooling: Option<u32>,
+    /// Control tokens added at the end of the vocabulary (`[TOOL_CALLS]`).
+    pub extra_specials: Vec<&'static str>,
+    /// `tokenizer.chat_template`, when the file has one.
+    pub template: Option<String>,
 }
 
 pub fn tiny(arch: &'static str) -> Tiny {
@@ -59,6 +63,8 @@ pub fn tiny(arch: &'static str) -> Tiny {
         context_length: if encoder { 512 } else { 4096 },
         weights: GgmlDType::Q8_0,
         pooling: encoder.then_some(1),
+        extra_specials: Vec::new(),
+        template: None,
     }
 }
 
@@ -162,7 +168,12 @@ impl Tiny {
             return self.write_encoder(path);
         }
         let dev = Device::Cpu;
-        let (tokens, scores, types, merges) = vocab(self.vocab);
+        let (mut tokens, mut scores, mut types, merges) = vocab(self.vocab);
+        for t in &self.extra_specials {
+            tokens.push(t.to_string());
+            scores.push(0.0);
+            types.push(3);
+        }
         let n_vocab = tokens.len();
         let hd = self.head_dim();
         let a = self.arch;
@@ -196,6 +207,9 @@ impl Tiny {
         }
         if let Some(w) = self.sliding_window {
             meta.push((format!("{a}.attention.sliding_window"), Value::U32(w)));
+        }
+        if let Some(t) = &self.template {
+            meta.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
         }
         if let Some(p) = self.pooling {
             // As Qwen3-Embedding's file: pool on the EOS appended to each input.
