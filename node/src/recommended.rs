@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// One recommended file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Recommended {
     pub name: &'static str,
     pub repo: &'static str,
@@ -82,12 +82,8 @@ pub const MODELS: &[Recommended] = &[
 /// A recommended model as the Models page shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Offer {
-    pub name: &'static str,
-    pub repo: &'static str,
-    pub file: &'static str,
-    pub size_bytes: u64,
-    pub kind: &'static str,
-    pub about: &'static str,
+    #[serde(flatten)]
+    pub model: Recommended,
     /// Memory it needs to run: the weights and room for the KV cache and
     /// the runtime (about a fifth more, at least 256 MB).
     pub needs_bytes: u64,
@@ -109,17 +105,7 @@ pub fn offers(memory: u64, have: &[(String, Option<(String, String)>)]) -> Vec<O
                 .iter()
                 .find(|(have_id, source)| source.as_ref().is_some_and(|(r, f)| r == m.repo && f == m.file) || *have_id == id)
                 .map(|(have_id, _)| have_id.clone());
-            Offer {
-                name: m.name,
-                repo: m.repo,
-                file: m.file,
-                size_bytes: m.size_bytes,
-                kind: m.kind,
-                about: m.about,
-                needs_bytes,
-                fits: needs_bytes <= memory,
-                installed,
-            }
+            Offer { model: *m, needs_bytes, fits: needs_bytes <= memory, installed }
         })
         .collect()
 }

@@ -157,6 +157,36 @@ pub fn vocab(kind: Vocab) -> (Vec<String>, Vec<f32>, Vec<i32>, Vec<String>) {
     (tokens, scores, types, merges)
 }
 
+/// Seeded random values for a tiny model's tensors.
+struct Random {
+    rng: std::cell::RefCell<rand::rngs::StdRng>,
+    dtype: GgmlDType,
+}
+
+impl Random {
+    /// Seeded by the architecture's name and `salt`; matrices stored as `dtype`.
+    fn new(arch: &str, salt: u64, dtype: GgmlDType) -> Self {
+        let seed = arch.bytes().fold(salt, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Self { rng: std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed)), dtype }
+    }
+
+    fn uniform(&self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        let mut r = self.rng.borrow_mut();
+        (0..n).map(|_| r.random_range(lo..hi)).collect()
+    }
+
+    /// Zero mean, standard deviation `sd` (uniform on ±√3·sd).
+    fn noise(&self, n: usize, sd: f32) -> Vec<f32> {
+        self.uniform(n, -1.732 * sd, 1.732 * sd)
+    }
+
+    /// A (rows, cols) matrix scaled for unit-variance outputs.
+    fn matrix(&self, shape: (usize, usize)) -> QTensor {
+        let t = Tensor::from_vec(self.noise(shape.0 * shape.1, 1.0 / (shape.1 as f32).sqrt()), shape, &Device::Cpu).unwrap();
+        QTensor::quantize(&t, self.dtype).unwrap()
+    }
+}
+
 impl Tiny {
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
@@ -219,17 +249,8 @@ impl Tiny {
 
         // Seeded per architecture: the same weights every run, so a test's
         // tolerance is judged once, not re-rolled on every run.
-        let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(a.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))));
-        let uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            let mut r = rng.borrow_mut();
-            (0..n).map(|_| r.random_range(lo..hi)).collect()
-        };
-        // Zero mean, standard deviation `sd` (uniform on ±√3·sd).
-        let noise = |n: usize, sd: f32| uniform(n, -1.732 * sd, 1.732 * sd);
-        let q = |shape: (usize, usize)| {
-            let t = Tensor::from_vec(noise(shape.0 * shape.1, 1.0 / (shape.1 as f32).sqrt()), shape, &dev).unwrap();
-            QTensor::quantize(&t, self.weights).unwrap()
-        };
+        let r = Random::new(a, 7, self.weights);
+        let (uniform, noise, q) = (|n, lo, hi| r.uniform(n, lo, hi), |n, sd| r.noise(n, sd), |shape| r.matrix(shape));
         let norm = |n: usize| QTensor::quantize(&Tensor::from_vec(uniform(n, 0.8, 1.2), n, &dev).unwrap(), GgmlDType::F32).unwrap();
         let bias = |n: usize| QTensor::quantize(&Tensor::from_vec(noise(n, 0.1), n, &dev).unwrap(), GgmlDType::F32).unwrap();
         let (e, f) = (self.n_embd, self.ffn);
@@ -309,16 +330,8 @@ impl Tiny {
         if nomic {
             meta.push((format!("{a}.rope.freq_base"), Value::F32(1000.0)));
         }
-        let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(a.bytes().fold(11u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))));
-        let uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            let mut r = rng.borrow_mut();
-            (0..n).map(|_| r.random_range(lo..hi)).collect()
-        };
-        let noise = |n: usize, sd: f32| uniform(n, -1.732 * sd, 1.732 * sd);
-        let q = |shape: (usize, usize)| {
-            let t = Tensor::from_vec(noise(shape.0 * shape.1, 1.0 / (shape.1 as f32).sqrt()), shape, &dev).unwrap();
-            QTensor::quantize(&t, self.weights).unwrap()
-        };
+        let r = Random::new(a, 11, self.weights);
+        let (uniform, noise, q) = (|n, lo, hi| r.uniform(n, lo, hi), |n, sd| r.noise(n, sd), |shape| r.matrix(shape));
         let f32s = |v: Vec<f32>, shape: &[usize]| QTensor::quantize(&Tensor::from_vec(v, shape, &dev).unwrap(), GgmlDType::F32).unwrap();
         let (e, f) = (self.n_embd, self.ffn);
         let mut tensors: Vec<(String, QTensor)> = vec![
