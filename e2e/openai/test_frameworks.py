@@ -2,7 +2,7 @@
 import os
 
 import pydantic
-from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from openai import AsyncOpenAI
 
@@ -58,7 +58,9 @@ def test_an_agent_calls_a_function_tool_and_answers_from_its_result():
         instructions="You answer questions about the weather. Use the get_weather tool, then answer in one sentence.",
         tools=[get_weather],
         model=model,
+        model_settings=ModelSettings(temperature=0),
     )
     result = Runner.run_sync(agent, "What is the weather in Paris?")
-    assert cities == ["Paris"]
+    # This model may look the weather up more than once before it answers.
+    assert cities and set(cities) == {"Paris"}, cities
     assert "21" in result.final_output and "sunny" in result.final_output.lower(), result.final_output

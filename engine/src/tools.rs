@@ -197,21 +197,48 @@ impl Tools {
                 let fenced = if syntax.fenced { " | fenced" } else { "" };
                 format!("start: answer | {open} rest{fenced}\nanswer: %json {}\n{fence}", answer.as_ref().expect("matched"))
             }
-            // Free text until the model opens a call; then the call.
+            // Free text until the model opens a call; then the call. The
+            // text alone never holds an opener, so every call goes through
+            // the grammar's call rules.
             ToolChoice::Auto => {
-                let fenced = if syntax.fenced { " | fence_hd fenced_call (WS? FENCE fenced_call)* WS?" } else { "" };
-                let fenced = if parallel { fenced.to_string() } else { fenced.replace(" (WS? FENCE fenced_call)*", "") };
+                let ws = "[ \\t\\r\\n]*";
+                let mut excluded: Vec<String> = Vec::new();
+                let mut alternatives: Vec<String> = Vec::new();
+                let mut rules = fence.clone();
+                let named = named_calls(&calls, syntax.args_key).join(" | ");
                 if syntax.bare {
                     // A bare `{"name"` anywhere opens a call.
-                    format!(
-                        "start: TEXT | bare_hd bare_call\nbare_hd[lazy]: TEXT BARE\nBARE: /\\{{[ \\t\\r\\n]*\"name\"/\nbare_call: WS? \":\" WS? named WS? \"}}\" WS?\nnamed: {}\n",
-                        named_calls(&calls, syntax.args_key).join(" | ")
-                    )
+                    excluded.push(format!("(?s:.*)\\{{{ws}\"name\"(?s:.*)"));
+                    alternatives.push("bare_hd bare_call".into());
+                    rules.push_str(&format!(
+                        "bare_hd[lazy]: TEXT BARE\nBARE: /\\{{{ws}\"name\"/\nbare_call: WS? \":\" WS? bare_named WS? \"}}\" WS?\nbare_named: {named}\n"
+                    ));
                 } else if open_special {
-                    format!("start: TEXT | TEXT {open} rest{fenced}\n{fence}")
+                    alternatives.push(format!("TEXT {open} rest"));
                 } else {
-                    format!("start: TEXT | call_hd rest{fenced}\ncall_hd[lazy]: TEXT {open}\n{fence}")
+                    excluded.push(format!("(?s:.*){}(?s:.*)", regex_escape(syntax.open)));
+                    alternatives.push("call_hd rest".into());
+                    rules.push_str(&format!("call_hd[lazy]: TEXT {open}\n"));
                 }
+                if syntax.fenced {
+                    excluded.push(format!("(?s:.*){FENCE_REGEX}(?s:.*)"));
+                    alternatives.push(if parallel { "fence_hd fenced_call (WS? FENCE fenced_call)* WS?".into() } else { "fence_hd fenced_call WS?".into() });
+                }
+                if syntax.lead {
+                    // A call as the whole answer, with no opener: `{"name"…}`,
+                    // or `{{"name"…}}` as Qwen2.5-Coder's template shows it.
+                    excluded.push(format!("{ws}\\{{\\{{?{ws}\"name\"(?s:.*)"));
+                    alternatives.push("LEAD1 lead_call1 | LEAD2 lead_call2".into());
+                    rules.push_str(&format!(
+                        "LEAD1: /{ws}\\{{{ws}\"name\"/\nLEAD2: /{ws}\\{{\\{{{ws}\"name\"/\nlead_call1: WS? \":\" WS? lead_named WS? \"}}\" WS?\nlead_call2: WS? \":\" WS? lead_named WS? \"}}}}\" WS?\nlead_named: {named}\n"
+                    ));
+                }
+                let text = if excluded.is_empty() {
+                    "NO_CALL: /(?s:.*)/\n".to_string()
+                } else {
+                    format!("NO_CALL: /(?s:.*)/{}\n", excluded.iter().map(|e| format!(" & ~/{e}/")).collect::<String>())
+                };
+                format!("start: NO_CALL | {}\n{text}{rules}", alternatives.join(" | "))
             }
             ToolChoice::Required | ToolChoice::Function { .. } => format!("start: {open} rest\n"),
             ToolChoice::None => {
@@ -296,8 +323,12 @@ pub struct Syntax {
     pub args_key: &'static str,
     /// The calls are a JSON array after the opener.
     pub list: bool,
-    /// A call may start as a bare `{"name"` with no opener.
+    /// A call may start as a bare `{"name"` with no opener, anywhere.
     pub bare: bool,
+    /// A call may be the whole answer as a bare `{"name"` or `{{"name"`
+    /// (Qwen2.5-Coder's template shows the form with doubled braces, and its
+    /// small models copy it).
+    pub lead: bool,
     /// Several calls in one answer.
     pub parallel: bool,
     /// A call in a Markdown fence counts (small Qwen2.5-Coder models write them so).
@@ -328,13 +359,24 @@ impl ToolFormat {
     pub fn syntax(self) -> Syntax {
         match self {
             Self::Hermes | Self::Described => {
-                Syntax { open: OPEN, close: CLOSE, args_key: "arguments", list: false, bare: false, parallel: true, fenced: true }
+                Syntax { open: OPEN, close: CLOSE, args_key: "arguments", list: false, bare: false, lead: true, parallel: true, fenced: true }
             }
-            Self::Llama3 => Syntax { open: "<|python_tag|>", close: "", args_key: "parameters", list: false, bare: true, parallel: false, fenced: false },
-            Self::Mistral => Syntax { open: "[TOOL_CALLS]", close: "", args_key: "arguments", list: true, bare: false, parallel: true, fenced: false },
-            Self::Phi4 => {
-                Syntax { open: "<|tool_call|>", close: "<|/tool_call|>", args_key: "arguments", list: true, bare: false, parallel: true, fenced: false }
+            Self::Llama3 => {
+                Syntax { open: "<|python_tag|>", close: "", args_key: "parameters", list: false, bare: true, lead: false, parallel: false, fenced: false }
             }
+            Self::Mistral => {
+                Syntax { open: "[TOOL_CALLS]", close: "", args_key: "arguments", list: true, bare: false, lead: false, parallel: true, fenced: false }
+            }
+            Self::Phi4 => Syntax {
+                open: "<|tool_call|>",
+                close: "<|/tool_call|>",
+                args_key: "arguments",
+                list: true,
+                bare: false,
+                lead: false,
+                parallel: true,
+                fenced: false,
+            },
         }
     }
 
@@ -595,6 +637,10 @@ pub struct Parser {
     calls: usize,
     /// How the call being read started (and so how it ends).
     start: Start,
+    /// It started with doubled braces (`{{"name"…}}`).
+    doubled: bool,
+    /// Text other than whitespace has been given: a call can no longer lead.
+    spoke: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -632,7 +678,7 @@ impl Default for Parser {
 impl Parser {
     /// A parser of `format`'s calls.
     pub fn new(format: ToolFormat) -> Self {
-        Self { format, syntax: format.syntax(), state: State::Text, buf: String::new(), calls: 0, start: Start::Tagged }
+        Self { format, syntax: format.syntax(), state: State::Text, buf: String::new(), calls: 0, start: Start::Tagged, doubled: false, spoke: false }
     }
 
     /// Calls opened so far.
@@ -665,6 +711,24 @@ impl Parser {
                 State::Text => {
                     // Between calls only whitespace is written: it is not text.
                     let between = self.calls > 0;
+                    if syntax.lead && !self.spoke && !between {
+                        let t = self.buf.trim_start();
+                        let lead = self.buf.len() - t.len();
+                        let doubled = t.starts_with("{{");
+                        match call_at(&t[usize::from(doubled)..], false) {
+                            Fence::Whole(len) => {
+                                self.buf.drain(..lead + usize::from(doubled) + len);
+                                self.buf.insert_str(0, "{\"name\"");
+                                (self.start, self.doubled) = (Start::Bare, doubled);
+                                self.state = State::Head;
+                                continue;
+                            }
+                            // Only whitespace so far, or what may still become a call.
+                            Fence::Partial => return out,
+                            _ if t.is_empty() => return out,
+                            Fence::No => {}
+                        }
+                    }
                     let tagged = (!syntax.open.is_empty()).then(|| self.buf.find(syntax.open)).flatten().map(|at| (at, at + syntax.open.len(), Start::Tagged));
                     let (fenced, fence_hold) = if syntax.fenced { call_start(&self.buf, true) } else { (None, None) };
                     let (bare, bare_hold) = if syntax.bare { call_start(&self.buf, false) } else { (None, None) };
@@ -672,6 +736,7 @@ impl Parser {
                         [tagged, fenced.map(|(a, b)| (a, b, Start::Fenced)), bare.map(|(a, b)| (a, b, Start::Bare))].into_iter().flatten().min_by_key(|o| o.0);
                     if let Some((at, end, start)) = opener {
                         let before: String = self.buf.drain(..at).collect();
+                        self.spoke |= !before.trim().is_empty();
                         if !(between && before.trim().is_empty()) {
                             push_text(&mut out, before);
                         }
@@ -692,6 +757,7 @@ impl Parser {
                         return out;
                     }
                     let emit: String = self.buf.drain(..cut).collect();
+                    self.spoke |= !emit.trim().is_empty();
                     push_text(&mut out, emit);
                     return out;
                 }
@@ -776,9 +842,15 @@ impl Parser {
                         self.state = State::Text;
                     }
                     Start::Bare => {
-                        // The call object's own `}`.
-                        let Some(at) = self.buf.find('}') else { return out };
-                        self.buf.drain(..=at);
+                        // The call object's own `}` (two when it opened with two).
+                        let close = if self.doubled { "}}" } else { "}" };
+                        let t = self.buf.trim_start();
+                        let skip = self.buf.len() - t.len();
+                        if t.len() < close.len() && close.starts_with(t) {
+                            return out;
+                        }
+                        let n = if t.starts_with(close) { skip + close.len() } else { skip + usize::from(t.starts_with('}')) };
+                        self.buf.drain(..n);
                         self.state = State::Text;
                     }
                     Start::Tagged if syntax.list => {
@@ -1048,6 +1120,17 @@ mod tests {
         assert!(matches!(&got[0], Piece::Call { id, .. } if id.len() == 9), "{got:?}");
         // Text that is not a call stays text.
         each_split(ToolFormat::Llama3, "A set {\"a\": 1} and {nam}", &pairs(&[("text", "A set {\"a\": 1} and {nam}")]));
+    }
+
+    #[test]
+    fn a_bare_call_leading_the_answer_is_a_call_in_either_brace_form() {
+        let want = pairs(&[("call0", "get_weather"), ("args0", "{\"city\": \"Paris\"}")]);
+        each_split(ToolFormat::Hermes, "{{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}}", &want);
+        each_split(ToolFormat::Hermes, "\n {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n", &want);
+        // Only leading the answer; other JSON is text.
+        let later = "Sure: {\"name\": \"get_weather\", \"arguments\": {}}";
+        each_split(ToolFormat::Hermes, later, &pairs(&[("text", later)]));
+        each_split(ToolFormat::Hermes, "{\"a\": 1} {{x}}", &pairs(&[("text", "{\"a\": 1} {{x}}")]));
     }
 
     #[test]

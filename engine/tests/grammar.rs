@@ -448,3 +448,24 @@ fn llama3_mistral_and_phi4_models_call_in_their_own_forms_held_to_the_schemas() 
         collect_calls(engine.generate(&id, req).unwrap());
     }
 }
+
+#[test]
+fn in_auto_the_text_never_holds_a_call_that_escaped_the_grammar() {
+    let offered = weather_and_add();
+    for arch in ["qwen2", "llama"] {
+        let (_d, engine, id) = engine_with(&tiny(arch), |_| {});
+        for seed in 0..6 {
+            let mut req = constrained(Prompt::Chat(vec![Message::new("user", "What is the weather in Paris?")]), Grammar::JsonObject, seed, 120);
+            req.params.grammar = None;
+            req.params.tools = Some(Tools { tools: offered.clone(), choice: ToolChoice::Auto, parallel: true });
+            let (text, calls, _) = collect_calls(engine.generate(&id, req).unwrap());
+            let lead = text.trim_start().trim_start_matches('{').trim_start();
+            assert!(!text.contains("<tool_call>") && !lead.starts_with("\"name\""), "{arch} seed {seed}: {text:?}");
+            for (name, args) in &calls {
+                let t = offered.iter().find(|t| &t.name == name).unwrap_or_else(|| panic!("{name} was not offered"));
+                let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{arch} seed {seed}: {args:?}: {e}"));
+                validate(&v, &t.parameters, name).unwrap_or_else(|e| panic!("{arch} seed {seed}: {e}"));
+            }
+        }
+    }
+}
