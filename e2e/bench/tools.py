@@ -78,6 +78,7 @@ def main():
     a = ap.parse_args()
     rng = random.Random(a.seed)
     called = valid = invalid = truncated = 0
+    cut = []
     problems = []
     started = time.time()
     for i in range(a.n):
@@ -95,6 +96,7 @@ def main():
         if res["choices"][0]["finish_reason"] == "length" and calls:
             # Cut short by max_tokens inside a call: its last arguments are unfinished.
             truncated += 1
+            cut.append(f"request {i}: {q!r}: {calls[-1]['function']['name']} cut at {calls[-1]['function']['arguments'][-80:]!r}")
             calls = calls[:-1]
         for c in calls:
             name = c["function"]["name"]
@@ -111,6 +113,8 @@ def main():
     print(json.dumps({"requests": a.n, "answers_with_calls": called, "calls_valid": valid, "calls_invalid": invalid, "cut_by_max_tokens": truncated, "secs": round(time.time() - started, 1)}))
     for p in problems:
         print(p)
+    for c in cut:
+        print(c)
     raise SystemExit(1 if invalid else 0)
 
 

@@ -251,7 +251,7 @@ test("a pull from the hub shows progress, can be cancelled, ends in the model li
   hub.pace = hub.size / 8;
   await page.getByPlaceholder(/Repository/).fill("unsloth/gemma-3-270m-it-GGUF");
   await page.getByPlaceholder(/File/).fill("gemma-3-270m-it-Q4_K_M.gguf");
-  await page.getByRole("button", { name: "Pull" }).click();
+  await page.getByRole("button", { name: "Pull", exact: true }).click();
   const pull = page.locator(".pulls li").first();
   await page.waitForFunction(() => Number(document.querySelector(".pulls li progress")?.getAttribute("value") ?? 0) > 0);
   const shown = await pull.locator(".pull-status").textContent();
@@ -264,7 +264,7 @@ test("a pull from the hub shows progress, can be cancelled, ends in the model li
   // Again at full speed: it finishes and the model is in the list, on this machine.
   hub.pace = 0;
   await pull.getByRole("button", { name: "Dismiss" }).click();
-  await page.getByRole("button", { name: "Pull" }).click();
+  await page.getByRole("button", { name: "Pull", exact: true }).click();
   const row = page.locator('tr[data-model="gemma-3-270m-it-q4_k_m"]');
   await row.waitFor({ timeout: 60_000 });
   assert.match(await row.textContent(), /gemma3.*Q4_K_M.*this machine/);
@@ -292,6 +292,7 @@ test("the models page recommends models with their size and fit, and one click p
   assert.ok((await offers.count()) >= 5);
   const smol = page.locator('.offer[data-offer="SmolLM2-135M-Instruct.Q4_1.gguf"]');
   assert.match(await smol.textContent(), /SmolLM2 135M Instruct.*chat.*98 MB.*fits this machine/);
+  await page.screenshot({ path: join(SHOTS, "recommended.png") });
   await smol.getByRole("button", { name: "Pull SmolLM2 135M Instruct" }).click();
   // The stand-in hub serves the fixture's bytes for any file.
   await page.locator('tr[data-model="smollm2-135m-instruct.q4_1"]').waitFor({ timeout: 60_000 });

@@ -184,7 +184,7 @@ impl Tools {
         let fence = if syntax.fenced {
             let more = if parallel { "(WS? FENCE fenced_call)* WS?" } else { "WS?" };
             format!(
-                "FENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nfenced: FENCE fenced_call {more}\nfence_hd[lazy]: TEXT FENCE\nnamed: {}\n",
+                "FENCE: /{FENCE_REGEX}/\nfenced_call: WS? \":\" WS? named WS? \"}}\" WS? \"```\"\nfenced: FENCE fenced_call {more}\nnamed: {}\n",
                 named_calls(&calls, syntax.args_key).join(" | ")
             )
         } else {
@@ -198,8 +198,10 @@ impl Tools {
                 format!("start: answer | {open} rest{fenced}\nanswer: %json {}\n{fence}", answer.as_ref().expect("matched"))
             }
             // Free text until the model opens a call; then the call. The
-            // text alone never holds an opener, so every call goes through
-            // the grammar's call rules.
+            // text never holds an opener, alone or before a call (the text
+            // of a `[lazy]` rule is only a prefix while it runs: it could
+            // otherwise carry a call the parser reads but the grammar never
+            // checked), so every call goes through the call rules.
             ToolChoice::Auto => {
                 let ws = "[ \\t\\r\\n]*";
                 let mut excluded: Vec<String> = Vec::new();
@@ -211,18 +213,19 @@ impl Tools {
                     excluded.push(format!("(?s:.*)\\{{{ws}\"name\"(?s:.*)"));
                     alternatives.push("bare_hd bare_call".into());
                     rules.push_str(&format!(
-                        "bare_hd[lazy]: TEXT BARE\nBARE: /\\{{{ws}\"name\"/\nbare_call: WS? \":\" WS? bare_named WS? \"}}\" WS?\nbare_named: {named}\n"
+                        "bare_hd[lazy]: NO_CALL BARE\nBARE: /\\{{{ws}\"name\"/\nbare_call: WS? \":\" WS? bare_named WS? \"}}\" WS?\nbare_named: {named}\n"
                     ));
                 } else if open_special {
                     alternatives.push(format!("TEXT {open} rest"));
                 } else {
                     excluded.push(format!("(?s:.*){}(?s:.*)", regex_escape(syntax.open)));
                     alternatives.push("call_hd rest".into());
-                    rules.push_str(&format!("call_hd[lazy]: TEXT {open}\n"));
+                    rules.push_str(&format!("call_hd[lazy]: NO_CALL {open}\n"));
                 }
                 if syntax.fenced {
                     excluded.push(format!("(?s:.*){FENCE_REGEX}(?s:.*)"));
                     alternatives.push(if parallel { "fence_hd fenced_call (WS? FENCE fenced_call)* WS?".into() } else { "fence_hd fenced_call WS?".into() });
+                    rules.push_str("fence_hd[lazy]: NO_CALL FENCE\n");
                 }
                 if syntax.lead {
                     // A call as the whole answer, with no opener: `{"name"…}`,

@@ -469,3 +469,33 @@ fn in_auto_the_text_never_holds_a_call_that_escaped_the_grammar() {
         }
     }
 }
+
+#[test]
+fn no_text_can_carry_a_call_past_the_grammar_whatever_follows_it() {
+    // The grammar is checked on prefixes, as a model writes: anything it
+    // lets through is something a model may write.
+    let (_d, engine, id) = engine_with(&tiny("qwen2"), |_| {});
+    let model = engine.model(&id).unwrap();
+    let tools = Tools { tools: weather_and_add(), choice: ToolChoice::Auto, parallel: true };
+    let grammar = tools.grammar(model.template.tool_format, None, |s| model.tokenizer.control_token(s), |_| Ok(())).unwrap();
+    let fits = |text: &str| model.constraint(&grammar).unwrap().advance_text(text).is_ok();
+    for ok in [
+        "Plain text, with {\"name\": \"x\"} later on.",
+        "{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}",
+        "{{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}}",
+        "Let me look.\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>",
+        "Sure.\n```json\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n```",
+    ] {
+        assert!(fits(ok), "{ok:?}");
+    }
+    for bad in [
+        // A leading call with text after it, or arguments off its schema.
+        "{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}} and more",
+        "{\"name\": \"add\", \"arguments\": {\"a\": \"x\"",
+        // A call in text before another opener.
+        "```json\n{\"name\": \"add\", \"arguments\": {\"a\": \"x\"}}\n``` then <tool_call>",
+        "<tool_call>\n{\"name\": \"fly\"",
+    ] {
+        assert!(!fits(bad), "{bad:?}");
+    }
+}
