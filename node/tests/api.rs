@@ -112,14 +112,7 @@ async fn a_stream_has_one_identity_role_first_one_finish_usage_last_then_done() 
 
     // The same request whole: the same text, with usage; without
     // include_usage a stream has no usage field at all.
-    let whole: Value = node
-        .post("/v1/chat/completions", &chat("Tell me about bees.", json!({"max_tokens": 12, "temperature": 0})))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let whole: Value = node.post_json("/v1/chat/completions", &chat("Tell me about bees.", json!({"max_tokens": 12, "temperature": 0}))).await;
     assert_eq!(whole["object"], "chat.completion");
     assert_eq!(whole["choices"][0]["message"]["content"], text.as_str());
     assert_eq!(whole["choices"][0]["finish_reason"], "length");
@@ -316,14 +309,7 @@ async fn response_format_holds_the_answer_to_json_whole_and_streamed_and_bad_for
     });
     let format = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": true}});
     let ask = "Describe Paris as JSON.";
-    let whole: Value = node
-        .post("/v1/chat/completions", &chat(ask, json!({"temperature": 0, "max_tokens": 60, "response_format": format})))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let whole: Value = node.post_json("/v1/chat/completions", &chat(ask, json!({"temperature": 0, "max_tokens": 60, "response_format": format}))).await;
     let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
     let v: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?} is not JSON: {e}"));
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -352,13 +338,8 @@ async fn response_format_holds_the_answer_to_json_whole_and_streamed_and_bad_for
         json!({"type": "json_object", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false}}),
     ] {
         let r: Value = node
-            .post("/v1/completions", &json!({"model": MODEL, "prompt": "A JSON object:", "max_tokens": 80, "temperature": 0, "response_format": format}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .post_json("/v1/completions", &json!({"model": MODEL, "prompt": "A JSON object:", "max_tokens": 80, "temperature": 0, "response_format": format}))
+            .await;
         let text = r["choices"][0]["text"].as_str().unwrap();
         if r["choices"][0]["finish_reason"] == "stop" {
             let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{format}: {text:?} is not JSON: {e}"));
@@ -385,14 +366,7 @@ async fn response_format_holds_the_answer_to_json_whole_and_streamed_and_bad_for
     }
     // Without `strict`, what cannot be enforced is left out and the rest holds.
     let lenient = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 9}, "maxItems": 4, "uniqueItems": true}}});
-    let r: Value = node
-        .post("/v1/chat/completions", &chat("Numbers:", json!({"temperature": 0, "max_tokens": 30, "response_format": lenient})))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = node.post_json("/v1/chat/completions", &chat("Numbers:", json!({"temperature": 0, "max_tokens": 30, "response_format": lenient}))).await;
     let text = r["choices"][0]["message"]["content"].as_str().unwrap();
     let v: Vec<u64> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
     assert!(v.len() <= 4 && v.iter().all(|n| (1..=9).contains(n)), "{text}");
@@ -403,7 +377,7 @@ async fn response_format_holds_the_answer_to_json_whole_and_streamed_and_bad_for
 async fn logprobs_describe_each_token_whole_and_streamed_in_chat_and_completions() {
     let node = TestNode::start(|_| {}).await;
     let ask = json!({"max_tokens": 10, "temperature": 0, "logprobs": true, "top_logprobs": 3});
-    let whole: Value = node.post("/v1/chat/completions", &chat("Tell me about bees.", ask.clone())).send().await.unwrap().json().await.unwrap();
+    let whole: Value = node.post_json("/v1/chat/completions", &chat("Tell me about bees.", ask.clone())).await;
     let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
     let tokens = whole["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert_eq!(tokens.len() as u64, whole["usage"]["completion_tokens"].as_u64().unwrap(), "one entry per generated token");
@@ -439,13 +413,8 @@ async fn logprobs_describe_each_token_whole_and_streamed_in_chat_and_completions
 
     // Text completions: the legacy shape.
     let r: Value = node
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 2}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 2}))
+        .await;
     let lp = &r["choices"][0]["logprobs"];
     let toks: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(toks.concat(), r["choices"][0]["text"].as_str().unwrap());
@@ -455,7 +424,7 @@ async fn logprobs_describe_each_token_whole_and_streamed_in_chat_and_completions
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
     assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|m| m.as_object().unwrap().len() <= 2));
     // Without the flag there are none.
-    let plain: Value = node.post("/v1/chat/completions", &chat("Hi", json!({"max_tokens": 2}))).send().await.unwrap().json().await.unwrap();
+    let plain: Value = node.post_json("/v1/chat/completions", &chat("Hi", json!({"max_tokens": 2}))).await;
     assert!(plain["choices"][0]["logprobs"].is_null());
     node.stop().await.unwrap();
 }
@@ -476,7 +445,7 @@ async fn n_choices_each_answer_as_their_own_seed_would_whole_and_streamed() {
                 .into(),
         )
     };
-    let whole: Value = node.post("/v1/chat/completions", &ask(json!({"n": 3}))).send().await.unwrap().json().await.unwrap();
+    let whole: Value = node.post_json("/v1/chat/completions", &ask(json!({"n": 3}))).await;
     let choices = whole["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 3, "{whole}");
     let texts: Vec<&str> = choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
@@ -484,7 +453,7 @@ async fn n_choices_each_answer_as_their_own_seed_would_whole_and_streamed() {
     // Choice i is what a single request with seed 40 + i answers.
     let mut completion = 0;
     for (i, text) in texts.iter().enumerate() {
-        let one: Value = node.post("/v1/chat/completions", &ask(json!({"seed": 40 + i}))).send().await.unwrap().json().await.unwrap();
+        let one: Value = node.post_json("/v1/chat/completions", &ask(json!({"seed": 40 + i}))).await;
         assert_eq!(one["choices"][0]["message"]["content"].as_str().unwrap(), *text, "choice {i}");
         completion += one["usage"]["completion_tokens"].as_u64().unwrap();
         assert_eq!(one["usage"]["prompt_tokens"], whole["usage"]["prompt_tokens"], "the prompt is counted once");
@@ -513,14 +482,8 @@ async fn n_choices_each_answer_as_their_own_seed_would_whole_and_streamed() {
     assert_eq!(finishes, [1, 1, 1]);
     assert_eq!(streamed, texts);
     // Text completions too.
-    let r: Value = node
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": "The sea is", "max_tokens": 6, "seed": 3, "temperature": 1.0, "n": 2}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value =
+        node.post_json("/v1/completions", &json!({"model": MODEL, "prompt": "The sea is", "max_tokens": 6, "seed": 3, "temperature": 1.0, "n": 2})).await;
     assert_eq!(r["choices"].as_array().unwrap().len(), 2, "{r}");
     assert_eq!(r["choices"][1]["index"], 1);
     node.stop().await.unwrap();

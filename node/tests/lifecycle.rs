@@ -194,14 +194,8 @@ async fn tools_schemas_logprobs_and_n_routed_to_a_peer_behave_as_local_ones_fail
     };
 
     // Whole answers from b, asked at a.
-    let r: Value = a
-        .post("/v1/chat/completions", &ask(json!({"tools": [note], "tool_choice": "required", "parallel_tool_calls": false, "logprobs": true})))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value =
+        a.post_json("/v1/chat/completions", &ask(json!({"tools": [note], "tool_choice": "required", "parallel_tool_calls": false, "logprobs": true}))).await;
     assert_eq!(r["timings"]["node_id"], b_id.as_str(), "b ran it: {r}");
     assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
     let calls = r["choices"][0]["message"]["tool_calls"].as_array().unwrap();
@@ -209,21 +203,13 @@ async fn tools_schemas_logprobs_and_n_routed_to_a_peer_behave_as_local_ones_fail
     check_note(calls[0]["function"]["arguments"].as_str().unwrap());
     let schema =
         json!({"type": "object", "properties": {"bees": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["bees"], "additionalProperties": false});
-    let r: Value = a
-        .post("/v1/chat/completions", &ask(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": true}}, "logprobs": true, "top_logprobs": 2})))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = a.post_json("/v1/chat/completions", &ask(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": true}}, "logprobs": true, "top_logprobs": 2}))).await;
     assert_eq!(r["timings"]["node_id"], b_id.as_str());
     let v: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(v["bees"].as_u64().unwrap() <= 9, "{r}");
     assert!(!r["choices"][0]["logprobs"]["content"].as_array().unwrap().is_empty(), "logprobs come over the swarm: {r}");
     // `n` choices all go to b, which runs the prompt once for them.
-    let r: Value =
-        a.post("/v1/chat/completions", &ask(json!({"n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 8}))).send().await.unwrap().json().await.unwrap();
+    let r: Value = a.post_json("/v1/chat/completions", &ask(json!({"n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 8}))).await;
     assert_eq!(r["timings"]["node_id"], b_id.as_str());
     assert_eq!(r["choices"].as_array().unwrap().len(), 2, "{r}");
     assert!(a.state.engine.loaded().is_empty(), "no choice ran on a");

@@ -84,6 +84,11 @@ impl TestNode {
         reqwest::Client::new().post(format!("{}{path}", self.url)).json(body)
     }
 
+    /// POSTs `body` to `path` and reads the answer as JSON, whatever its status.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        self.post(path, body).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn get_text(&self, path: &str) -> String {
         reqwest::get(format!("{}{path}", self.url)).await.unwrap().text().await.unwrap()
     }
