@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 # The desktop app's build needs WebKitGTK and the tray's libraries; its test
 # runs it under Xvfb with a D-Bus session, driven over WebKitWebDriver.
-for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 curl chromium fonts-dejavu-core \
+for p in build-essential pkg-config python3 python3-pip python3-venv ca-certificates iproute2 nftables curl chromium fonts-dejavu-core \
   libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev \
   xvfb xauth dbus dbus-x11 imagemagick webkit2gtk-driver python3-dbus python3-gi python3-xlib; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")

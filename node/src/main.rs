@@ -282,7 +282,7 @@ fn peers(cfg: &Config, url: Option<String>) -> Result<()> {
     }
     let this = v.node_id.as_ref().map(ToString::to_string).unwrap_or_default();
     println!("swarm key {} · this node {this}", v.swarm_key_fingerprint.as_deref().unwrap_or(""));
-    println!("{:<14} {:<16} {:<5} {:>7} {:>8}  {:<30} ON DISK", "NODE", "HOST", "STATE", "SEEN", "RTT", "LOADED (busy/slots, tok/s)");
+    println!("{:<14} {:<16} {:<7} {:>7} {:>8}  {:<30} ON DISK", "NODE", "HOST", "STATE", "SEEN", "RTT", "LOADED (busy/slots, tok/s)");
     for p in &v.peers {
         let id = p.peer.node_id.as_str();
         let short = if id.len() > 12 { &id[id.len() - 12..] } else { id };
@@ -290,10 +290,15 @@ fn peers(cfg: &Config, url: Option<String>) -> Result<()> {
         let loaded: Vec<String> = r.models_loaded.iter().map(|m| format!("{} {}/{} {:.0}", m.id, m.busy, m.slots, m.decode_tps)).collect();
         let disk: Vec<&str> = r.models_on_disk.iter().map(|m| m.id.as_str()).collect();
         println!(
-            "{:<14} {:<16} {:<5} {:>6}s {:>8}  {:<30} {}",
+            "{:<14} {:<16} {:<7} {:>6}s {:>8}  {:<30} {}",
             format!("{short}{}", if p.peer.local { "*" } else { "" }),
             r.hostname,
-            if p.peer.up { "up" } else { "down" },
+            match p.peer.status {
+                rbee_swarm::registry::Status::Up => "up",
+                rbee_swarm::registry::Status::Suspect => "suspect",
+                rbee_swarm::registry::Status::Down => "down",
+                rbee_swarm::registry::Status::Left => "left",
+            },
             p.peer.last_seen_ms / 1000,
             p.rtt_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms")),
             loaded.join(", "),

@@ -82,8 +82,8 @@ async fn a_stopped_node_leaves_no_task_behind_and_its_peers_see_it_leave() {
     a.stop().await.unwrap();
     // The client's end of the swarm page's stream (ended by a's shutdown).
     drop(events);
-    // b marks a down: a closed its connections when it left (had a's swarm
-    // kept running, its heartbeats would keep it up in b's registry).
+    // b no longer lists a as up: a said goodbye when it stopped (had a's
+    // swarm kept running, it would still answer b's probes).
     let mut down = false;
     for _ in 0..100 {
         if !peers_up(&b).await.contains(&a_id) {

@@ -1,10 +1,10 @@
 //! Many swarm nodes in one process on libp2p's memory transport: how long
 //! the registry takes to converge and what the swarm costs each node on the
 //! wire. Every node runs the real stack (pnet, Noise, Yamux, gossipsub,
-//! identify, ping, snapshot exchange); only mDNS is replaced by dialing.
+//! identify, SWIM membership, snapshot exchange); only mDNS is replaced by dialing.
 //!
 //! `swarm_sim NODES [mesh|sparse] [SECONDS]`; `STAGGER_MS` spaces the
-//! starts, `TTL_MS` overrides the 2.5 s after which a silent node is down.
+//! starts.
 //!
 //! - `mesh`: every node connects to every other, as mDNS makes on a LAN.
 //! - `sparse`: every node dials three earlier ones (bootstrap lists only), so
@@ -12,7 +12,7 @@
 //!
 //! It prints: the time from starting all nodes until every registry lists
 //! every node up; then, over SECONDS of steady state, bytes on the wire per
-//! node per second (everything: gossip, ping, identify, their framing and
+//! node per second (everything: gossip, probes, identify, their framing and
 //! encryption) and the record bytes gossiped; then how long a node that joins
 //! the converged swarm takes to be in every registry (and to see everyone).
 
@@ -37,10 +37,9 @@ fn start(key: SwarmKey, bootstrap: Vec<Multiaddr>) -> Node {
     cfg.listen = vec![listen.clone()];
     cfg.bootstrap = bootstrap;
     cfg.memory_transport = true;
-    if let Some(ms) = std::env::var("TTL_MS").ok().and_then(|v| v.parse().ok()) {
-        cfg.ttl = Duration::from_millis(ms);
-    }
     let client = rbee_swarm::start(cfg).expect("swarm starts");
+    let c = client.clone();
+    tokio::spawn(async move { c.update(rbee_swarm::NodeRecord { hostname: format!("sim-{peer}"), share: true, ..Default::default() }).await });
     Node { client, addr: listen.with(Protocol::P2p(peer)) }
 }
 
@@ -136,11 +135,18 @@ async fn main() {
     );
 
     // Steady state: let the start-up traffic settle, then count a window.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let wire = |c: &Client| {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &c.stats;
-        (s.wire_bytes_in.load(Relaxed), s.wire_bytes_out.load(Relaxed), s.gossip_bytes_in.load(Relaxed), s.gossip_bytes_out.load(Relaxed))
+        (
+            s.wire_bytes_in.load(Relaxed),
+            s.wire_bytes_out.load(Relaxed),
+            s.gossip_bytes_in.load(Relaxed),
+            s.gossip_bytes_out.load(Relaxed),
+            s.swim_out.load(Relaxed),
+            s.record_syncs.load(Relaxed),
+        )
     };
     let before: Vec<_> = clients.iter().map(wire).collect();
     let (cpu0, w0) = (cpu_time(), Instant::now());
@@ -148,23 +154,35 @@ async fn main() {
     let secs = w0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     let after: Vec<_> = clients.iter().map(wire).collect();
-    let per_node: Vec<[f64; 4]> = before
+    let per_node: Vec<[f64; 6]> = before
         .iter()
         .zip(&after)
-        .map(|(b, a)| [(a.0 - b.0) as f64 / secs, (a.1 - b.1) as f64 / secs, (a.2 - b.2) as f64 / secs, (a.3 - b.3) as f64 / secs])
+        .map(|(b, a)| {
+            [
+                (a.0 - b.0) as f64 / secs,
+                (a.1 - b.1) as f64 / secs,
+                (a.2 - b.2) as f64 / secs,
+                (a.3 - b.3) as f64 / secs,
+                (a.4 - b.4) as f64 / secs,
+                (a.5 - b.5) as f64 / secs,
+            ]
+        })
         .collect();
     let mean = |i: usize| per_node.iter().map(|x| x[i]).sum::<f64>() / n as f64;
     let max = |i: usize| per_node.iter().map(|x| x[i]).fold(0.0, f64::max);
     let still = clients.iter().all(|c| up(c) == n);
     println!(
         "  steady state over {secs:.1} s, per node per second: wire in {:.1} KiB (max {:.1}), out {:.1} KiB (max {:.1}); \
-         records received {:.1} KiB, published {:.2} KiB; CPU {:.1} ms per node per second; all still up: {still}",
+         records received {:.1} KiB, published {:.2} KiB; membership messages sent {:.1}, record syncs {:.2}; \
+         CPU {:.1} ms per node per second; all still up: {still}",
         mean(0) / 1024.0,
         max(0) / 1024.0,
         mean(1) / 1024.0,
         max(1) / 1024.0,
         mean(2) / 1024.0,
         mean(3) / 1024.0,
+        mean(4),
+        mean(5),
         cpu / secs / n as f64 * 1e3,
     );
 

@@ -20,6 +20,7 @@ pub mod node;
 pub mod record;
 pub mod registry;
 pub mod routing;
+pub mod swim;
 
 pub use error::{Error, Result};
 pub use key::SwarmKey;

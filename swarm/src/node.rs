@@ -2,10 +2,17 @@
 //!
 //! One task owns the libp2p `Swarm`: it dials what mDNS and the bootstrap
 //! list find (on a fresh source port, and again every `redial` while not
-//! connected: simultaneous dials from listen ports collide), gossips this
-//! node's signed record every heartbeat and on change, trades snapshots with
-//! every new connection, and keeps the [`Registry`]. Readers get the
-//! registry as a `watch` value; updates go in over a bounded channel.
+//! connected: simultaneous dials from listen ports collide), publishes this
+//! node's signed record on gossipsub when it changes (never to say it is
+//! alive), trades snapshots with every new connection, runs the SWIM
+//! membership protocol ([`crate::swim`]) over one stream each way per
+//! connection, and keeps the [`Registry`]. Readers get the registry as a
+//! `watch` value; updates go in over a bounded channel.
+//!
+//! Idle, a node sends one probe per period and answers the probes it gets:
+//! its traffic does not grow with the swarm. Every probe and answer carries
+//! a digest of the records its sender holds; a peer whose digest differs is
+//! asked for what it has that this node lacks (anti-entropy).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,20 +30,24 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, mdns, noise, tcp, yamux};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
+use crate::frame;
 use crate::key::SwarmKey;
 use crate::record::{Envelope, MAX_ENVELOPE, NodeId, NodeRecord, SCHEMA};
-use crate::registry::{Merge, PeerView, Registry};
+use crate::registry::{PeerView, Registry, Status};
+use crate::swim::{self, Swim};
 
 /// The gossip topic of registry records.
 pub const TOPIC: &str = "/rbee/registry/1";
 /// The snapshot exchange's protocol.
-pub const SNAPSHOT_PROTOCOL: &str = "/rbee/snapshot/1";
+pub const SNAPSHOT_PROTOCOL: &str = "/rbee/snapshot/2";
+/// The membership protocol's streams.
+pub const SWIM_PROTOCOL: &str = "/rbee/swim/1";
 
 /// Swarm settings.
 #[derive(Debug, Clone)]
@@ -48,10 +59,11 @@ pub struct Config {
     /// Peers to dial without mDNS (offices whose networks block multicast).
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
-    /// How often this node's record is gossiped.
-    pub heartbeat: Duration,
-    /// A peer not heard from for this long is down.
-    pub ttl: Duration,
+    /// Membership timings (probe period, suspicion).
+    pub swim: swim::Config,
+    /// How often at most this node asks one peer for records when their
+    /// digests differ.
+    pub record_sync: Duration,
     /// A down peer is forgotten after this long.
     pub forget_after: Duration,
     /// How often known but unconnected peers are dialed again.
@@ -68,10 +80,8 @@ impl Config {
             listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")],
             bootstrap: Vec::new(),
             mdns: true,
-            heartbeat: Duration::from_secs(1),
-            // Two and a half heartbeats: one lost gossip is not a death, and a
-            // silent peer is down in under 3 s.
-            ttl: Duration::from_millis(2500),
+            swim: swim::Config::default(),
+            record_sync: Duration::from_secs(1),
             forget_after: Duration::from_secs(60),
             redial: Duration::from_secs(2),
             memory_transport: false,
@@ -86,9 +96,25 @@ impl Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Snapshot {
     envelopes: Vec<Envelope>,
-    /// (node id, incarnation) of every record the asker holds; empty in answers.
+    /// (node id, incarnation, seq) of every record the asker holds; empty in answers.
     #[serde(default)]
-    have: Vec<(String, u64)>,
+    have: Vec<(String, u64, u64)>,
+}
+
+/// One membership message on the wire, with the digest of the records its
+/// sender holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Wire {
+    m: swim::Msg<NodeId>,
+    #[serde(default)]
+    r: u64,
+}
+
+/// What a peer's writer task is given.
+enum Out {
+    Frame(Wire),
+    /// Answered once everything before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 #[derive(NetworkBehaviour)]
@@ -96,7 +122,6 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
     snapshot: request_response::cbor::Behaviour<Snapshot, Snapshot>,
     stream: libp2p_stream::Behaviour,
 }
@@ -122,6 +147,11 @@ pub struct Stats {
     /// Connections established and closed (all peers, all reasons).
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
+    /// Membership messages sent and received.
+    pub swim_out: AtomicU64,
+    pub swim_in: AtomicU64,
+    /// Snapshot requests sent because a peer's record digest differed.
+    pub record_syncs: AtomicU64,
 }
 
 /// A connection that adds what passes through it to [`Stats`].
@@ -257,9 +287,10 @@ impl Client {
         control.accept(StreamProtocol::new(protocol)).map_err(|e| Error::Stream(e.to_string()))
     }
 
-    /// Leaves the swarm: closes every connection (peers mark this node down
-    /// at once, not after the TTL) and stops the event loop; returns when it
-    /// has stopped. Streams already open end with their connections.
+    /// Leaves the swarm: says goodbye to every peer (they show this node as
+    /// left, not crashed), closes every connection and stops the event loop;
+    /// returns when it has stopped. Streams already open end with their
+    /// connections.
     pub async fn leave(&self) {
         let task = self.task.lock().expect("task lock").take();
         let _ = self.commands.send(Command::Leave).await;
@@ -367,7 +398,6 @@ pub fn start(cfg: Config) -> Result<Client> {
                 gossipsub,
                 mdns: Toggle::from(mdns),
                 identify: identify::Behaviour::new(identify::Config::new("/rbee/1".into(), key.public())),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
                 snapshot: request_response::cbor::Behaviour::new(
                     [(StreamProtocol::new(SNAPSHOT_PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
@@ -390,7 +420,12 @@ pub fn start(cfg: Config) -> Result<Client> {
     tracing::info!(%peer_id, swarm_key = %fingerprint, mdns = mdns_on, "swarm starting");
     let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let local = NodeRecord { schema: SCHEMA, node_id: peer_id.to_string(), incarnation, ..Default::default() };
-    let registry = Registry::new(peer_id, cfg.ttl, cfg.forget_after);
+    let registry = Registry::new(peer_id, cfg.forget_after);
+    let mut swim_cfg = cfg.swim.clone();
+    swim_cfg.forget_after = cfg.forget_after;
+    let swim = Swim::new(NodeId::from(peer_id), incarnation, swim_cfg, rand::random());
+    let (inbound_tx, inbound) = mpsc::channel(1024);
+    let incoming = control.0.clone().accept(StreamProtocol::new(SWIM_PROTOCOL)).map_err(|e| Error::Start(e.to_string()))?;
     let mut ev = EventLoop {
         swarm,
         cfg,
@@ -403,6 +438,12 @@ pub fn start(cfg: Config) -> Result<Client> {
         view_stale: false,
         rtts: rtts.clone(),
         stats: stats.clone(),
+        swim,
+        t0: Instant::now(),
+        writers: HashMap::new(),
+        control: control.0.clone(),
+        last_record_sync: HashMap::new(),
+        inbound_tx,
     };
     for addr in ev.cfg.bootstrap.clone() {
         ev.bootstrap.insert(addr.clone());
@@ -411,7 +452,7 @@ pub fn start(cfg: Config) -> Result<Client> {
     // Nothing is announced until the owner gives its first record
     // (`Client::update`): peers never see a placeholder without models,
     // memory or hostname.
-    let task = Arc::new(Mutex::new(Some(tokio::spawn(ev.run(rx)))));
+    let task = Arc::new(Mutex::new(Some(tokio::spawn(ev.run(rx, inbound, incoming)))));
     Ok(Client { task, commands, view, rtts, stats, peer_id, fingerprint, control })
 }
 
@@ -427,20 +468,76 @@ struct EventLoop {
     known: HashMap<PeerId, (Multiaddr, Instant)>,
     bootstrap: HashSet<Multiaddr>,
     view: watch::Sender<Arc<Vec<PeerView>>>,
-    /// Heartbeats arrived since the view was last built: they move only
-    /// `seq` and the time last heard, so the view is rebuilt with the next
-    /// expiry tick rather than on each (at 100 nodes, 100 rebuilds of a
-    /// 100-entry view a second: an eighth of the 100-node simulation's CPU).
+    /// Peers were heard from since the view was last built: that moves
+    /// only their time last heard, so the view is rebuilt once a second
+    /// rather than on every probe.
     view_stale: bool,
     rtts: Arc<Mutex<HashMap<NodeId, Duration>>>,
     stats: Arc<Stats>,
+    swim: Swim<NodeId>,
+    /// The membership protocol's clock starts here.
+    t0: Instant,
+    /// One writer task per connected peer, each with its own stream.
+    writers: HashMap<PeerId, mpsc::Sender<Out>>,
+    control: libp2p_stream::Control,
+    /// When each peer was last asked for records (anti-entropy).
+    last_record_sync: HashMap<PeerId, Instant>,
+    /// Where the readers of peers' membership streams put what they read.
+    inbound_tx: mpsc::Sender<(PeerId, Wire)>,
+}
+
+/// Reads one peer's membership stream into `tx` until the stream ends (a
+/// message that finds the event loop's queue full is dropped, as a datagram
+/// would be: the protocol expects losses).
+async fn read_swim(peer: PeerId, mut stream: libp2p::Stream, tx: mpsc::Sender<(PeerId, Wire)>) {
+    loop {
+        let w = tokio::select! {
+            r = frame::read::<_, Wire>(&mut stream) => match r {
+                Ok(Some(w)) => w,
+                _ => return,
+            },
+            // The event loop ended: the stream is dropped, so its
+            // connection can close.
+            () = tx.closed() => return,
+        };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send((peer, w)) {
+            return;
+        }
+    }
+}
+
+/// Writes what the event loop sends `peer` onto one stream, in order.
+fn spawn_writer(mut control: libp2p_stream::Control, peer: PeerId) -> mpsc::Sender<Out> {
+    let (tx, mut rx) = mpsc::channel::<Out>(64);
+    tokio::spawn(async move {
+        // Bounded: a stream asked for as the connection closes would
+        // otherwise wait for a connection that never comes.
+        let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), control.open_stream(peer, StreamProtocol::new(SWIM_PROTOCOL))).await else {
+            return;
+        };
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Frame(w) => {
+                    if frame::write(&mut stream, &w).await.is_err() {
+                        return;
+                    }
+                }
+                Out::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        let _ = futures_util::AsyncWriteExt::close(&mut stream).await;
+    });
+    tx
 }
 
 impl EventLoop {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut inbound: mpsc::Receiver<(PeerId, Wire)>, mut incoming: libp2p_stream::IncomingStreams) {
         let mut redial = tokio::time::interval(self.cfg.redial);
-        let mut expire = tokio::time::interval(Duration::from_millis(100));
+        let mut expire = tokio::time::interval(Duration::from_secs(1));
+        let wake = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(wake);
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_event(ev),
@@ -451,7 +548,9 @@ impl EventLoop {
                     Some(Command::Dial(addr)) => { self.bootstrap.insert(addr.clone()); self.dial_addr(addr); }
                     None => break,
                 },
-                _ = heartbeat.tick() => self.heartbeat(),
+                Some((peer, wire)) = inbound.recv() => self.on_swim(peer, wire),
+                Some((peer, stream)) = incoming.next() => { tokio::spawn(read_swim(peer, stream, self.inbound_tx.clone())); }
+                () = &mut wake => self.swim.tick(self.now()),
                 _ = redial.tick() => self.redial(),
                 _ = expire.tick() => {
                     if self.registry.tick(Instant::now()) || self.view_stale {
@@ -459,14 +558,138 @@ impl EventLoop {
                     }
                 }
             }
+            self.flush_swim();
+            wake.as_mut().reset((self.t0 + self.swim.next_wake()).into());
         }
         self.leave().await;
         tracing::info!("swarm stopped");
     }
 
-    /// Closes every connection, so peers mark this node down now rather
-    /// than after the TTL (bounded: a peer that does not answer is left).
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Sends what the membership protocol wrote and acts on what it
+    /// decided.
+    fn flush_swim(&mut self) {
+        loop {
+            let out = self.swim.take_outbox();
+            let events = self.swim.take_events();
+            if out.is_empty() && events.is_empty() {
+                return;
+            }
+            if !out.is_empty() {
+                let digest = self.registry.digest();
+                for (to, m) in out {
+                    self.send_swim(&to, Wire { m, r: digest });
+                }
+            }
+            for e in events {
+                self.on_membership(e);
+            }
+        }
+    }
+
+    fn send_swim(&mut self, to: &NodeId, w: Wire) {
+        let Ok(peer) = to.as_str().parse::<PeerId>() else { return };
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
+        let control = &self.control;
+        let tx = self.writers.entry(peer).or_insert_with(|| spawn_writer(control.clone(), peer));
+        match tx.try_send(Out::Frame(w)) {
+            Ok(()) => {
+                self.stats.swim_out.fetch_add(1, Ordering::Relaxed);
+            }
+            // The writer gave up (its stream failed): a new one next time.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.writers.remove(&peer);
+            }
+            // Backed up: dropped, like a datagram.
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+        }
+    }
+
+    fn on_swim(&mut self, peer: PeerId, w: Wire) {
+        self.stats.swim_in.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.registry.heard(&peer, now);
+        self.view_stale = true;
+        self.swim.handle(NodeId::from(peer), w.m, self.now());
+        // Anti-entropy: the peer holds records that differ from ours; ask it
+        // for those we lack (at most once per `record_sync`).
+        if w.r != 0 && self.envelope.is_some() && w.r != self.registry.digest() {
+            let due = self.last_record_sync.get(&peer).is_none_or(|t| now.duration_since(*t) >= self.cfg.record_sync);
+            if due {
+                self.last_record_sync.insert(peer, now);
+                self.stats.record_syncs.fetch_add(1, Ordering::Relaxed);
+                self.ask_snapshot(peer);
+            }
+        }
+    }
+
+    fn ask_snapshot(&mut self, peer: PeerId) {
+        let ask = Snapshot { envelopes: self.envelope.iter().cloned().collect(), have: self.registry.summary() };
+        self.swarm.behaviour_mut().snapshot.send_request(&peer, ask);
+    }
+
+    /// A membership change: the registry shows it.
+    fn on_membership(&mut self, e: swim::Event<NodeId>) {
+        let now = Instant::now();
+        let (id, status) = match e {
+            swim::Event::Alive(id) => (id, Status::Up),
+            swim::Event::Suspect(id) => (id, Status::Suspect),
+            swim::Event::Down(id) => (id, Status::Down),
+            swim::Event::Left(id) => (id, Status::Left),
+            swim::Event::Rtt(id, rtt) => {
+                self.rtts.lock().expect("rtt lock").insert(id, rtt);
+                return;
+            }
+            swim::Event::Forgotten(_) => return,
+        };
+        let Ok(peer) = id.as_str().parse::<PeerId>() else { return };
+        tracing::debug!(%peer, ?status, "membership");
+        if status == Status::Left {
+            // Gone for good: not dialed again (mDNS brings it back if it returns).
+            self.known.remove(&peer);
+        }
+        if self.registry.record(&peer).is_none() {
+            // Alive but its record is not here yet: ask it.
+            if status == Status::Up && self.swarm.is_connected(&peer) {
+                self.ask_snapshot(peer);
+            }
+            return;
+        }
+        if self.registry.set_status(&peer, status, now) {
+            self.publish_view();
+        }
+    }
+
+    /// Says goodbye, then closes every connection, so peers show this node
+    /// as left at once (bounded: a peer that does not answer is left).
     async fn leave(&mut self) {
+        self.swim.leave();
+        self.flush_swim();
+        let flushed: Vec<oneshot::Receiver<()>> = self
+            .writers
+            .values()
+            .filter_map(|tx| {
+                let (done, rx) = oneshot::channel();
+                tx.try_send(Out::Flush(done)).ok().map(|()| rx)
+            })
+            .collect();
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            let all = futures_util::future::join_all(flushed);
+            tokio::pin!(all);
+            loop {
+                tokio::select! {
+                    _ = &mut all => break,
+                    _ = self.swarm.select_next_some() => {}
+                }
+            }
+        })
+        .await;
+        self.writers.clear();
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             let _ = self.swarm.disconnect_peer_id(p);
@@ -498,23 +721,14 @@ impl EventLoop {
         match Envelope::seal(&self.local, &self.cfg.identity) {
             Ok(env) => {
                 let peer = *self.swarm.local_peer_id();
-                let merged = self.registry.merge(peer, self.local.clone(), env.clone(), true, Instant::now());
+                let merged = self.registry.merge(peer, self.local.clone(), env.clone(), Instant::now());
                 self.envelope = Some(env);
-                self.view_after(merged);
+                if merged.changed() {
+                    self.publish_view();
+                }
             }
             Err(e) => tracing::error!(error = %e, "cannot sign our record"),
         }
-    }
-
-    /// Publishes this node's record with the next seq: every heartbeat is a
-    /// newer record, which is what keeps this node alive in others' registries.
-    fn heartbeat(&mut self) {
-        if self.envelope.is_none() {
-            return;
-        }
-        self.local.seq += 1;
-        self.publish_local();
-        self.gossip();
     }
 
     fn gossip(&mut self) {
@@ -531,16 +745,6 @@ impl EventLoop {
                 self.stats.gossip_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "gossip not published");
             }
-        }
-    }
-
-    /// Rebuilds the view at once for a change anyone would see; a heartbeat
-    /// leaves it for the next expiry tick.
-    fn view_after(&mut self, merged: Merge) {
-        if merged.visible() {
-            self.publish_view();
-        } else if merged.changed() {
-            self.view_stale = true;
         }
     }
 
@@ -571,7 +775,7 @@ impl EventLoop {
 
     /// Merges a received record. A node learned of from a snapshot (a peer
     /// that just connected) is passed on to everyone at once, so a new node
-    /// is in every registry without waiting for its next heartbeat.
+    /// is in every registry within milliseconds.
     fn take(&mut self, env: Result<Envelope>, from: Option<PeerId>, via_snapshot: bool) {
         match self.check(env, from) {
             Ok(None) => {}
@@ -585,8 +789,28 @@ impl EventLoop {
                 } else {
                     record.addrs.iter().filter_map(|a| a.parse().ok()).collect()
                 };
-                let merged = self.registry.merge(owner, record, env, Some(owner) == from, Instant::now());
-                self.view_after(merged);
+                let incarnation = record.incarnation;
+                let merged = self.registry.merge(owner, record, env, Instant::now());
+                if merged.changed() {
+                    self.publish_view();
+                    // A member from now on (or again, for a new run).
+                    let reachable = self.swarm.is_connected(&owner);
+                    self.swim.meet(NodeId::from(owner), incarnation, reachable, self.now());
+                    // The membership protocol may hold it down (its death
+                    // was news before this record): the record does not
+                    // overrule it.
+                    if let Some(state) = self.swim.state(&NodeId::from(owner)) {
+                        let status = match state {
+                            swim::State::Alive => Status::Up,
+                            swim::State::Suspect => Status::Suspect,
+                            swim::State::Down => Status::Down,
+                            swim::State::Left => Status::Left,
+                        };
+                        if self.registry.set_status(&owner, status, Instant::now()) {
+                            self.publish_view();
+                        }
+                    }
+                }
                 // Connect to every node heard of, as mDNS would: with
                 // bootstrap peers alone the swarm would otherwise be a star,
                 // and gossipsub keeps only a few of a hub's leaves in its
@@ -600,8 +824,8 @@ impl EventLoop {
                     }
                 }
                 // Only a join is relayed: a snapshot also carries newer
-                // heartbeats of nodes everyone already has, and relaying
-                // those floods the swarm while many nodes start at once.
+                // records of nodes everyone already has (anti-entropy), and
+                // relaying those floods the swarm while many nodes start.
                 if merged.joined()
                     && let Some(bytes) = relay
                 {
@@ -679,6 +903,7 @@ impl EventLoop {
                     if self.envelope.is_some() {
                         self.local.seq += 1;
                         self.publish_local();
+                        self.gossip();
                     }
                 }
             }
@@ -686,8 +911,8 @@ impl EventLoop {
                 tracing::debug!(%peer_id, "connected");
                 self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
                 if num_established.get() == 1 {
-                    let ask = Snapshot { envelopes: self.envelope.iter().cloned().collect(), have: self.registry.summary() };
-                    self.swarm.behaviour_mut().snapshot.send_request(&peer_id, ask);
+                    self.ask_snapshot(peer_id);
+                    self.swim.set_reachable(&NodeId::from(peer_id), true);
                 }
             }
             SwarmEvent::ConnectionClosed { num_established: n, .. } if n > 0 => {
@@ -696,9 +921,10 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, .. } => {
                 tracing::debug!(%peer_id, "disconnected");
                 self.stats.connections_closed.fetch_add(1, Ordering::Relaxed);
-                if self.registry.mark_down(&peer_id, Instant::now()) {
-                    self.publish_view();
-                }
+                self.writers.remove(&peer_id);
+                // Its process ended or its machine is gone: down now, and
+                // the others are told (a live node refutes and reconnects).
+                self.swim.closed(&NodeId::from(peer_id), self.now());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
@@ -710,9 +936,6 @@ impl EventLoop {
                 if let Some(addr) = info.listen_addrs.iter().find(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()))) {
                     self.known.entry(peer_id).or_insert_with(|| (addr.clone(), Instant::now()));
                 }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
-                self.rtts.lock().expect("rtt lock").insert(NodeId::from(peer), rtt);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message, .. })) => {
                 self.stats.gossip_bytes_in.fetch_add(message.data.len() as u64, Ordering::Relaxed);

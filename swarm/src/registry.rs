@@ -1,12 +1,15 @@
-//! The replicated registry: every node's newest record, and whether it is up.
+//! The replicated registry: every node's newest record, and what is known
+//! of its liveness.
 //!
-//! Merge rule: per owner, the record with the higher (incarnation, seq)
-//! wins, and a newer record proves its owner alive (owners bump seq on every
-//! heartbeat). A peer whose connections all
-//! closed is down at once; one not heard from within the TTL is down; a down
-//! peer is forgotten after `forget_after`.
+//! Records: per owner, the one with the higher (incarnation, seq) wins;
+//! owners bump `seq` only when something in their record changed. Liveness
+//! is not the records' business: the membership protocol ([`crate::swim`])
+//! sets each entry's [`Status`] (a closed connection is down at once, a
+//! silent node down after its suspicion runs out, a node that said goodbye
+//! left). A node down or left is forgotten after `forget_after`.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,27 +18,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{Envelope, NodeId, NodeRecord};
 
+/// A node's liveness as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Up,
+    /// Probes to it went unanswered; down unless it answers soon.
+    Suspect,
+    /// Crashed, hung or cut off.
+    Down,
+    /// Shut down and said so.
+    Left,
+}
+
+impl Status {
+    /// Up or suspected (not yet convicted): still routed to.
+    pub fn up(self) -> bool {
+        matches!(self, Status::Up | Status::Suspect)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     /// Shared with every view handed out (a view is taken on every change).
     record: Arc<NodeRecord>,
     envelope: Envelope,
     heard: Instant,
-    down_since: Option<Instant>,
-    /// Down because its connection to us closed (not for silence).
-    closed: bool,
+    status: Status,
+    /// When it went down or left.
+    gone_since: Option<Instant>,
 }
 
 /// What a [`Registry::merge`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
     Unchanged,
-    /// A newer record of an owner that is up, saying nothing new but that it
-    /// is alive (a heartbeat: only `seq` moved).
-    Refreshed,
-    /// A newer record of an owner that is up, with something changed.
+    /// A newer record of an owner already known.
     Updated,
-    /// A newer record of an owner that was down: it is back.
+    /// A new run (higher incarnation) of an owner that was down or left.
     Revived,
     /// An owner not known before.
     New,
@@ -46,14 +66,8 @@ impl Merge {
         self != Merge::Unchanged
     }
 
-    /// Whether anyone looking at the registry would see a difference (a
-    /// heartbeat moves only `seq` and the time last heard).
-    pub fn visible(self) -> bool {
-        !matches!(self, Merge::Unchanged | Merge::Refreshed)
-    }
-
     /// Whether the owner joined (or came back) with this record: news worth
-    /// passing on at once rather than at the owner's next heartbeat.
+    /// passing on at once.
     pub fn joined(self) -> bool {
         matches!(self, Merge::New | Merge::Revived)
     }
@@ -63,8 +77,11 @@ impl Merge {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {
     pub node_id: NodeId,
+    /// Up or suspected: `status` says which.
     pub up: bool,
-    /// Milliseconds since the owner was last heard from.
+    pub status: Status,
+    /// Milliseconds since the owner was last heard from (when the view was
+    /// taken).
     pub last_seen_ms: u64,
     /// This node's own entry.
     pub local: bool,
@@ -76,101 +93,105 @@ pub struct PeerView {
 pub struct Registry {
     local: PeerId,
     entries: HashMap<PeerId, Entry>,
-    ttl: Duration,
     forget_after: Duration,
 }
 
 impl Registry {
-    pub fn new(local: PeerId, ttl: Duration, forget_after: Duration) -> Self {
-        Self { local, entries: HashMap::new(), ttl, forget_after }
+    pub fn new(local: PeerId, forget_after: Duration) -> Self {
+        Self { local, entries: HashMap::new(), forget_after }
     }
 
-    /// Takes a verified record of `owner`; `from_owner` when the owner itself
-    /// sent it (otherwise a peer relayed it). Returns what changed.
-    pub fn merge(&mut self, owner: PeerId, record: NodeRecord, envelope: Envelope, from_owner: bool, now: Instant) -> Merge {
+    /// Takes a verified record of `owner`. Returns what changed.
+    pub fn merge(&mut self, owner: PeerId, record: NodeRecord, envelope: Envelope, now: Instant) -> Merge {
         match self.entries.get_mut(&owner) {
-            // A node whose connection closed is back when it says so itself
-            // (it reconnected) or restarts; a peer's copy of a record of the
-            // same run, maybe the last heartbeat it sent before dying and
-            // still being forwarded (gossip caches messages for seconds), is
-            // believed only once that window is past.
-            Some(e)
-                if e.closed
-                    && !from_owner
-                    && record.incarnation == e.record.incarnation
-                    && e.down_since.is_some_and(|d| now.saturating_duration_since(d) < self.ttl * 2) =>
-            {
-                Merge::Unchanged
-            }
-            // A newer record is news of its owner, whoever brings it.
             Some(e) if record.newer_than(&e.record) => {
-                e.closed = false;
-                let same = record.content_eq(&e.record);
+                // A new run of a node that was gone is back; a newer record
+                // of the same run changes what it offers, not whether it is
+                // alive (that is the membership protocol's word).
+                let revived = !e.status.up() && record.incarnation > e.record.incarnation;
                 e.record = Arc::new(record);
                 e.envelope = envelope;
                 e.heard = now;
-                match (e.down_since.take(), same) {
-                    (Some(_), _) => Merge::Revived,
-                    (None, true) => Merge::Refreshed,
-                    (None, false) => Merge::Updated,
+                if revived {
+                    e.status = Status::Up;
+                    e.gone_since = None;
+                    Merge::Revived
+                } else {
+                    Merge::Updated
                 }
             }
-            // Owners bump seq on every heartbeat, so only a newer record is
-            // news: a late or replayed copy of a down node's last record
-            // (gossip caches and forwards messages) must not bring it back.
             Some(_) => Merge::Unchanged,
             None => {
-                self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, down_since: None, closed: false });
+                self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, status: Status::Up, gone_since: None });
                 Merge::New
             }
         }
     }
 
-    /// All connections to `peer` closed: it is down now.
-    pub fn mark_down(&mut self, peer: &PeerId, now: Instant) -> bool {
+    /// Sets `peer`'s liveness; whether that changed anything.
+    pub fn set_status(&mut self, peer: &PeerId, status: Status, now: Instant) -> bool {
         match self.entries.get_mut(peer) {
-            Some(e) if e.down_since.is_none() && *peer != self.local => {
-                e.down_since = Some(now);
-                e.closed = true;
+            Some(e) if e.status != status && *peer != self.local => {
+                e.status = status;
+                e.gone_since = (!status.up()).then_some(now);
+                if status.up() {
+                    e.heard = now;
+                }
                 true
             }
             _ => false,
         }
     }
 
-    /// Applies the TTL and forgets long-down peers. Returns whether anything changed.
-    pub fn tick(&mut self, now: Instant) -> bool {
-        let mut changed = false;
-        let (ttl, forget, local) = (self.ttl, self.forget_after, self.local);
-        for (peer, e) in &mut self.entries {
-            if *peer != local && e.down_since.is_none() && now.saturating_duration_since(e.heard) > ttl {
-                e.down_since = Some(now);
-                changed = true;
-            }
+    /// Something arrived from `peer` (a probe, an answer).
+    pub fn heard(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(e) = self.entries.get_mut(peer) {
+            e.heard = now;
         }
+    }
+
+    pub fn status(&self, peer: &PeerId) -> Option<Status> {
+        self.entries.get(peer).map(|e| e.status)
+    }
+
+    /// Forgets peers down or left for `forget_after`. Returns whether any were.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let forget = self.forget_after;
         let before = self.entries.len();
-        self.entries.retain(|_, e| e.down_since.is_none_or(|d| now.saturating_duration_since(d) < forget));
-        changed || self.entries.len() != before
+        self.entries.retain(|_, e| e.gone_since.is_none_or(|d| now.saturating_duration_since(d) < forget));
+        self.entries.len() != before
     }
 
-    /// What this registry holds, as (node id, incarnation) of every up
-    /// entry: a peer answers it with only what is missing.
-    pub fn summary(&self) -> Vec<(String, u64)> {
-        self.entries.values().filter(|e| e.down_since.is_none()).map(|e| (e.record.node_id.clone(), e.record.incarnation)).collect()
+    /// What this registry holds, as (node id, incarnation, seq) of every
+    /// live entry: a peer answers it with only what is missing or newer.
+    pub fn summary(&self) -> Vec<(String, u64, u64)> {
+        self.entries.values().filter(|e| e.status.up()).map(|e| (e.record.node_id.clone(), e.record.incarnation, e.record.seq)).collect()
     }
 
-    /// The envelopes of up entries whose owner `summary` lacks, or has only
-    /// from an older incarnation. A newer seq of the same incarnation is left
-    /// out: every heartbeat bumps it, gossip brings it within a second, and
-    /// sending it would make every answer the whole registry.
-    pub fn envelopes_missing_from(&self, summary: &[(String, u64)]) -> Vec<Envelope> {
-        let held: HashMap<&str, u64> = summary.iter().map(|(id, i)| (id.as_str(), *i)).collect();
+    /// The envelopes of live entries that `summary` lacks or holds older.
+    pub fn envelopes_missing_from(&self, summary: &[(String, u64, u64)]) -> Vec<Envelope> {
+        let held: HashMap<&str, (u64, u64)> = summary.iter().map(|(id, i, s)| (id.as_str(), (*i, *s))).collect();
         self.entries
             .values()
-            .filter(|e| e.down_since.is_none())
-            .filter(|e| held.get(e.record.node_id.as_str()).is_none_or(|&incarnation| e.record.incarnation > incarnation))
+            .filter(|e| e.status.up())
+            .filter(|e| held.get(e.record.node_id.as_str()).is_none_or(|&v| (e.record.incarnation, e.record.seq) > v))
             .map(|e| e.envelope.clone())
             .collect()
+    }
+
+    /// A digest of the live records held (owner, incarnation, seq): two
+    /// registries with the same digest hold the same records, so
+    /// anti-entropy compares eight bytes, not the registry.
+    pub fn digest(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| e.status.up())
+            .map(|e| {
+                let mut h = crate::swim::StableHasher::new();
+                (e.record.node_id.as_str(), e.record.incarnation, e.record.seq).hash(&mut h);
+                h.finish()
+            })
+            .fold(0, |a, b| a ^ b)
     }
 
     /// Whether the record held for `owner` is at least as new as
@@ -192,7 +213,8 @@ impl Registry {
                 // Verified equal to the signer's id, and cheaper than
                 // formatting the peer id (base58) for every entry of every view.
                 node_id: NodeId::from(e.record.node_id.as_str()),
-                up: e.down_since.is_none(),
+                up: e.status.up(),
+                status: e.status,
                 last_seen_ms: u64::try_from(now.saturating_duration_since(e.heard).as_millis()).unwrap_or(u64::MAX),
                 local: *peer == self.local,
                 record: e.record.clone(),
@@ -216,7 +238,7 @@ mod tests {
     }
 
     fn reg() -> (Registry, Instant) {
-        (Registry::new(Keypair::generate_ed25519().public().to_peer_id(), Duration::from_secs(3), Duration::from_secs(30)), Instant::now())
+        (Registry::new(Keypair::generate_ed25519().public().to_peer_id(), Duration::from_secs(30)), Instant::now())
     }
 
     #[test]
@@ -224,86 +246,63 @@ mod tests {
         let (mut r, t) = reg();
         let k = Keypair::generate_ed25519();
         let (p, rec, env) = sealed(&k, 1, 5, "old");
-        assert_eq!(r.merge(p, rec, env, true, t), Merge::New);
+        assert_eq!(r.merge(p, rec, env, t), Merge::New);
         let (p, rec, env) = sealed(&k, 1, 4, "stale");
-        assert_eq!(r.merge(p, rec, env, true, t), Merge::Unchanged);
+        assert_eq!(r.merge(p, rec, env, t), Merge::Unchanged);
         assert_eq!(r.record(&p).unwrap().hostname, "old");
-        // A heartbeat (only seq moved) is newer but shows nothing new.
-        let (p, rec, env) = sealed(&k, 1, 6, "old");
-        let m = r.merge(p, rec, env, true, t);
-        assert_eq!(m, Merge::Refreshed);
-        assert!(m.changed() && !m.visible());
-        assert_eq!(r.record(&p).unwrap().seq, 6);
+        let (p, rec, env) = sealed(&k, 1, 6, "changed");
+        assert_eq!(r.merge(p, rec, env, t), Merge::Updated);
         // A restart: lower seq, higher incarnation.
         let (p, rec, env) = sealed(&k, 2, 0, "restarted");
-        assert_eq!(r.merge(p, rec, env, true, t), Merge::Updated);
+        assert_eq!(r.merge(p, rec, env, t), Merge::Updated);
         assert_eq!(r.record(&p).unwrap().hostname, "restarted");
         assert_eq!(r.view(t).len(), 1, "one entry per owner");
     }
 
     #[test]
-    fn silence_past_the_ttl_is_down_then_forgotten_and_speech_revives() {
+    fn liveness_is_set_from_outside_a_gone_node_is_forgotten_and_only_a_new_run_revives_it_by_record() {
         let (mut r, t) = reg();
         let k = Keypair::generate_ed25519();
         let (p, rec, env) = sealed(&k, 1, 1, "a");
-        r.merge(p, rec.clone(), env.clone(), true, t);
-        assert!(!r.tick(t + Duration::from_millis(2900)));
-        assert!(r.tick(t + Duration::from_millis(3100)));
-        assert!(!r.view(t + Duration::from_secs(4))[0].up);
-        // Its last record again (a replay) does not bring it back; its next heartbeat does.
-        assert!(!r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(5)).changed());
-        assert!(!r.view(t + Duration::from_secs(5))[0].up);
-        let (p, rec, env) = sealed(&k, 1, 2, "a");
-        assert!(r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(5)).changed());
-        assert!(r.view(t + Duration::from_secs(5))[0].up);
-        // Connections closed: down at once; forgotten after 30 s down.
-        assert!(r.mark_down(&p, t + Duration::from_secs(6)));
-        r.tick(t + Duration::from_secs(35));
-        assert_eq!(r.view(t + Duration::from_secs(35)).len(), 1);
-        r.tick(t + Duration::from_secs(37));
-        assert!(r.view(t + Duration::from_secs(37)).is_empty());
+        r.merge(p, rec, env, t);
+        assert!(r.set_status(&p, Status::Suspect, t));
+        assert!(r.view(t)[0].up, "a suspect is still routed to");
+        assert!(r.set_status(&p, Status::Down, t));
+        assert!(!r.view(t)[0].up && r.summary().is_empty() && r.digest() == 0);
+        // A changed record of the same run does not say it is alive…
+        let (p, rec, env) = sealed(&k, 1, 2, "a2");
+        assert_eq!(r.merge(p, rec, env, t), Merge::Updated);
+        assert_eq!(r.view(t)[0].status, Status::Down);
+        // …a new run does.
+        let (p, rec, env) = sealed(&k, 2, 0, "a3");
+        assert_eq!(r.merge(p, rec, env, t), Merge::Revived);
+        assert_eq!(r.view(t)[0].status, Status::Up);
+        assert!(r.set_status(&p, Status::Left, t + Duration::from_secs(1)));
+        assert!(!r.tick(t + Duration::from_secs(30)));
+        assert!(r.tick(t + Duration::from_secs(32)));
+        assert!(r.view(t).is_empty());
     }
 
     #[test]
-    fn a_peer_whose_connection_closed_is_revived_by_its_own_word_a_restart_or_late_enough_gossip() {
+    fn a_peer_is_sent_only_the_records_it_lacks_or_holds_older_and_equal_registries_have_equal_digests() {
         let (mut r, t) = reg();
-        let k = Keypair::generate_ed25519();
-        let (p, rec, env) = sealed(&k, 1, 1, "a");
-        assert_eq!(r.merge(p, rec.clone(), env.clone(), false, t), Merge::New);
-        r.mark_down(&p, t);
-        assert_eq!(r.merge(p, rec, env, false, t), Merge::Unchanged);
-        assert!(!r.view(t)[0].up);
-        // Its connection closed: a newer heartbeat of the same run relayed
-        // by a peer (sent just before it died) does not bring it back…
-        let (p, rec, env) = sealed(&k, 1, 2, "a");
-        assert_eq!(r.merge(p, rec.clone(), env.clone(), false, t + Duration::from_secs(1)), Merge::Unchanged);
-        assert!(!r.view(t)[0].up);
-        // …but its own word does (it reconnected), as would a restart, and
-        // a relayed one once gossip can no longer be carrying old copies.
-        assert_eq!(r.merge(p, rec.clone(), env.clone(), true, t + Duration::from_secs(1)), Merge::Revived);
-        r.mark_down(&p, t + Duration::from_secs(2));
-        let (p, rec, env) = sealed(&k, 1, 3, "a");
-        assert_eq!(r.merge(p, rec, env, false, t + Duration::from_secs(9)), Merge::Revived);
-        r.mark_down(&p, t + Duration::from_secs(10));
-        let (p, rec, env) = sealed(&k, 2, 1, "a");
-        assert_eq!(r.merge(p, rec, env, false, t + Duration::from_secs(10)), Merge::Revived);
-        assert!(r.view(t)[0].up);
-    }
-
-    #[test]
-    fn a_joining_peer_is_sent_only_the_nodes_it_lacks_or_holds_from_an_older_incarnation() {
-        let (mut r, t) = reg();
+        let (mut r2, _) = reg();
         let (a, b, c) = (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
         for (k, inc, host) in [(&a, 1, "a"), (&b, 2, "b"), (&c, 1, "c")] {
             let (p, rec, env) = sealed(k, inc, 9, host);
-            r.merge(p, rec, env, true, t);
+            r.merge(p, rec.clone(), env.clone(), t);
+            r2.merge(p, rec, env, t);
         }
+        assert_eq!(r.digest(), r2.digest());
         let id = |k: &Keypair| k.public().to_peer_id().to_string();
-        // The asker has a (this run of it) and b's first incarnation.
-        let summary = vec![(id(&a), 1), (id(&b), 1)];
+        // The asker has a (this version), b's first incarnation, and an older c.
+        let summary = vec![(id(&a), 1, 9), (id(&b), 1, 9), (id(&c), 1, 8)];
         let mut sent: Vec<String> = r.envelopes_missing_from(&summary).iter().map(|e| e.verify().unwrap().1.hostname).collect();
         sent.sort();
         assert_eq!(sent, ["b", "c"]);
+        let (p, rec, env) = sealed(&c, 1, 10, "c");
+        r.merge(p, rec, env, t);
+        assert_ne!(r.digest(), r2.digest(), "one newer record changes the digest");
         assert!(r.holds(&a.public().to_peer_id(), 1, 9) && !r.holds(&a.public().to_peer_id(), 1, 10));
     }
 }

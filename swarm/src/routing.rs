@@ -108,6 +108,7 @@ mod tests {
             .map(|n| PeerView {
                 node_id: n.id.into(),
                 up: n.up,
+                status: if n.up { crate::registry::Status::Up } else { crate::registry::Status::Down },
                 last_seen_ms: 0,
                 local: n.local,
                 record: std::sync::Arc::new(NodeRecord {

@@ -40,9 +40,12 @@ export interface LoadedModel {
   decode_tps: number;
 }
 
+/** A node of the swarm; `status` "suspect": its probes went unanswered
+ * (still routed to), "left": it shut down and said so. */
 export interface Peer {
   node_id: string;
   up: boolean;
+  status: "up" | "suspect" | "down" | "left";
   last_seen_ms: number;
   local: boolean;
   rtt_ms: number | null;

@@ -1,5 +1,5 @@
 // The swarm page: every machine the registry knows, live over server-sent events.
-import { type Swarm, watchSwarm } from "./api";
+import { type Peer, type Swarm, watchSwarm } from "./api";
 import { h } from "./dom";
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
@@ -38,7 +38,7 @@ export class SwarmPage {
         const loaded = p.record.models_loaded.map((m) => `${m.id} (${m.busy}/${m.slots} busy${m.decode_tps ? `, ${m.decode_tps.toFixed(0)} tok/s` : ""})`);
         const cells = [
           p.record.hostname + (p.local ? " (this machine)" : ""),
-          p.up ? (p.record.share || p.local ? "up" : "up, not sharing") : "down",
+          state(p),
           p.record.devices.join(", "),
           `${gib(p.record.ram_free_bytes)} free of ${gib(p.record.ram_total_bytes)}`,
           loaded.join(", ") || "—",
@@ -60,5 +60,19 @@ export class SwarmPage {
     body.append(...rows);
     table.append(body);
     this.root.replaceChildren(head, table);
+  }
+}
+
+/** A peer's state in words. */
+function state(p: Peer): string {
+  switch (p.status) {
+    case "left":
+      return "left (shut down)";
+    case "down":
+      return "down (not answering)";
+    case "suspect":
+      return "not answering: checking";
+    default:
+      return p.record.share || p.local ? "up" : "up, not sharing";
   }
 }
