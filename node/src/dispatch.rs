@@ -47,6 +47,15 @@ pub enum Error {
 /// The request stream's protocol name.
 pub const INFER_PROTOCOL: &str = "/rbee/infer/2";
 
+/// The load query: a peer opens a stream and this node writes the models it
+/// has loaded with their slots' load now (`Vec<LoadedModel>`), then closes it.
+pub const LOAD_PROTOCOL: &str = "/rbee/load/1";
+
+/// Routing asks this many of the best-ranked peers for their load…
+const ASK_LOAD: usize = 3;
+/// …and waits this long before going by their records.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Events buffered between a source and the HTTP layer.
 const BUFFER: usize = 64;
 
@@ -142,7 +151,8 @@ pub async fn generate_on(s: &Service, model: &str, prompt: Prompt, params: Sampl
         return local(s, model, prompt, params).await;
     };
     let id = resolve(s, model);
-    let ranked = rbee_swarm::routing::rank(&client.peers(), &id, |n| client.rtt(n));
+    let peers = with_current_load(s, client, &id).await;
+    let ranked = rbee_swarm::routing::rank(&peers, &id, |n| client.rtt(n));
     let mut candidates: Vec<Candidate> = ranked.iter().map(|c| (c.node_id.clone(), c.local)).collect();
     // This node's catalog is the truth about itself; its record may not say
     // so yet (the first one goes out after the hardware probe). It goes
@@ -177,6 +187,43 @@ pub async fn generate_on(s: &Service, model: &str, prompt: Prompt, params: Sampl
         }
     }
     Err(last.unwrap_or_else(|| Error::NotFound(model.to_string())))
+}
+
+/// The registry with the load of this node and of the best-ranked peers for
+/// `model` as it is now: records carry load only as it was when last
+/// published (a change of load alone goes out at most every few seconds),
+/// so the few peers a request may go to are asked, all at once. A peer that
+/// does not answer within `LOAD_WAIT` is ranked by its record.
+async fn with_current_load(s: &Service, client: &rbee_swarm::Client, model: &str) -> Vec<rbee_swarm::PeerView> {
+    let mut peers: Vec<rbee_swarm::PeerView> = client.peers().as_ref().clone();
+    let mine = crate::swarm::loaded_models(s);
+    let current = |p: &mut rbee_swarm::PeerView, loaded: Vec<rbee_swarm::record::LoadedModel>| {
+        let mut r = p.record.as_ref().clone();
+        r.models_loaded = loaded;
+        p.record = std::sync::Arc::new(r);
+    };
+    if let Some(me) = peers.iter_mut().find(|p| p.local) {
+        current(me, mine);
+    }
+    let ask: Vec<NodeId> =
+        rbee_swarm::routing::rank(&peers, model, |n| client.rtt(n)).into_iter().filter(|c| !c.local).take(ASK_LOAD).map(|c| c.node_id).collect();
+    let answers = futures_util::future::join_all(ask.iter().map(|n| ask_load(client, n))).await;
+    for (n, loaded) in ask.iter().zip(answers) {
+        if let Some(loaded) = loaded
+            && let Some(p) = peers.iter_mut().find(|p| &p.node_id == n)
+        {
+            current(p, loaded);
+        }
+    }
+    peers
+}
+
+async fn ask_load(client: &rbee_swarm::Client, node: &NodeId) -> Option<Vec<rbee_swarm::record::LoadedModel>> {
+    let ask = async {
+        let mut stream = client.open(node, LOAD_PROTOCOL).await.ok()?;
+        frame::read(&mut stream).await.ok().flatten()
+    };
+    tokio::time::timeout(LOAD_WAIT, ask).await.ok().flatten()
 }
 
 /// Starts the request on `node`: here, or over the swarm.
@@ -441,6 +488,7 @@ pub const MAX_INBOUND: usize = 64;
 
 /// Answers other nodes' request streams until the node stops.
 pub fn serve(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()> {
+    serve_load(state.clone(), client)?;
     let mut incoming = client.accept(INFER_PROTOCOL)?;
     let (tasks, stop) = (state.tasks.clone(), state.background.clone());
     let room = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
@@ -467,6 +515,37 @@ pub fn serve(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()> 
                     () = answer(s, peer.to_string(), stream) => {}
                     () = stop.cancelled() => {}
                 }
+                drop(permit);
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Answers other nodes' load queries until the node stops (a few at a
+/// time: one that finds no room is closed unanswered, and the asker goes by
+/// the record).
+fn serve_load(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()> {
+    let mut incoming = client.accept(LOAD_PROTOCOL)?;
+    let (tasks, stop) = (state.tasks.clone(), state.background.clone());
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
+    tasks.clone().spawn(async move {
+        loop {
+            let (_, mut stream) = tokio::select! {
+                next = incoming.next() => match next {
+                    Some(s) => s,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            };
+            let Ok(permit) = room.clone().try_acquire_owned() else { continue };
+            let loaded = crate::swarm::loaded_models(&state);
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(LOAD_WAIT, async {
+                    let _ = frame::write(&mut stream, &loaded).await;
+                    let _ = futures_util::AsyncWriteExt::close(&mut stream).await;
+                })
+                .await;
                 drop(permit);
             });
         }

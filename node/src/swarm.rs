@@ -15,6 +15,12 @@ use crate::service::Service;
 /// How often this node's record is rebuilt (the swarm gossips it when it changed).
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// A record whose only change is load (busy and queued slots, free memory)
+/// goes out at most this often: routing asks the candidates it may use for
+/// their load at the time (`dispatch::LOAD_PROTOCOL`), so the records' load
+/// is only what the Swarm page shows.
+const LOAD_REPUBLISH: Duration = Duration::from_secs(5);
+
 /// Starts the swarm when a key is configured; `None` (and a log line saying
 /// so) when the node runs alone.
 ///
@@ -51,17 +57,53 @@ pub fn publish(state: Service, client: rbee_swarm::Client, api: SocketAddr) {
             .unwrap_or_else(|| vec!["cpu".into()]);
         let ram_total = hw.as_ref().map_or(0, |h| h.ram_total);
         let mut tick = tokio::time::interval(REFRESH);
+        let mut sent: Option<(NodeRecord, std::time::Instant)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
             let record = record(&state, &hostname, &devices, ram_total, api);
-            if client.update(record).await.is_err() {
+            let due = match &sent {
+                None => true,
+                Some((last, at)) => !without_load(last).content_eq(&without_load(&record)) || (!last.content_eq(&record) && at.elapsed() >= LOAD_REPUBLISH),
+            };
+            if !due {
+                continue;
+            }
+            if client.update(record.clone()).await.is_err() {
                 return;
             }
+            sent = Some((record, std::time::Instant::now()));
         }
     });
+}
+
+/// `r` with its load left out: what changes with every request.
+fn without_load(r: &NodeRecord) -> NodeRecord {
+    let mut r = r.clone();
+    r.ram_free_bytes = 0;
+    for m in &mut r.models_loaded {
+        m.busy = 0;
+        m.queued = 0;
+    }
+    r
+}
+
+/// The models this node has in memory now, with their slots' load.
+pub fn loaded_models(state: &Service) -> Vec<LoadedModel> {
+    state
+        .engine
+        .loaded()
+        .into_iter()
+        .map(|m| LoadedModel {
+            decode_tps: state.decode_speed(&m.id).unwrap_or(0.0),
+            id: m.id,
+            slots: u32::try_from(m.slots).unwrap_or(u32::MAX),
+            busy: u32::try_from(m.busy).unwrap_or(u32::MAX),
+            queued: u32::try_from(m.queued).unwrap_or(u32::MAX),
+        })
+        .collect()
 }
 
 fn record(state: &Service, hostname: &str, devices: &[String], ram_total: u64, api: SocketAddr) -> NodeRecord {
@@ -73,18 +115,7 @@ fn record(state: &Service, hostname: &str, devices: &[String], ram_total: u64, a
         .into_iter()
         .map(|e| ModelOnDisk { id: e.id, architecture: e.architecture, quantization: e.quantization, size_bytes: e.size })
         .collect();
-    let models_loaded = state
-        .engine
-        .loaded()
-        .into_iter()
-        .map(|m| LoadedModel {
-            decode_tps: state.decode_speed(&m.id).unwrap_or(0.0),
-            id: m.id,
-            slots: u32::try_from(m.slots).unwrap_or(u32::MAX),
-            busy: u32::try_from(m.busy).unwrap_or(u32::MAX),
-            queued: u32::try_from(m.queued).unwrap_or(u32::MAX),
-        })
-        .collect();
+    let models_loaded = loaded_models(state);
     // Rounded to 64 MiB so that small fluctuations do not count as a change.
     let free = rbee_engine::hardware::available_memory();
     NodeRecord {

@@ -8,7 +8,8 @@
 //! `swim_sim NODES [LOSS_PERCENT]` prints, in virtual time:
 //! - start-up: the nodes start within one second, each knowing one node
 //!   started before it; how long until every node lists every other alive;
-//! - steady state: messages and bytes (as JSON) per node per second;
+//! - how long the start-up's updates take to spread, then the steady
+//!   state: messages and bytes (as JSON) per node per second;
 //! - a node that stops answering (hung, cut off): until every other lists it
 //!   down;
 //! - a node that leaves: until every other lists it left;
@@ -180,8 +181,10 @@ fn main() {
     let t = sim.run(started + Duration::from_secs(60), |s| s.all_see(|x| x.members().filter(|(_, st)| *st == State::Alive).count() == all));
     println!("{n} nodes started over 1 s, each knowing one other: every node lists all others alive {} after the last start", secs(t, started));
 
-    // Steady state.
-    sim.run(sim.now + Duration::from_secs(10), |_| false);
+    // Steady state, once the start-up's news has been spread.
+    let t0 = sim.now;
+    let t = sim.run(t0 + Duration::from_secs(300), |s| s.nodes.iter().all(|x| x.pending() == 0));
+    println!("  the start-up's updates all spread (no node has any left to send) {} later", secs(t, t0));
     let (m0, b0, t0) = (sim.messages, sim.bytes, sim.now);
     sim.run(t0 + Duration::from_secs(30), |_| false);
     let per = |x: u64| x as f64 / 30.0 / f64::from(n);

@@ -64,6 +64,11 @@ pub struct Config {
     /// How often at most this node asks one peer for records when their
     /// digests differ.
     pub record_sync: Duration,
+    /// Up to this many nodes every node connects to every other (as mDNS
+    /// finds them); in a larger swarm each keeps about `degree` connections
+    /// to random others, and records and membership travel over them.
+    pub full_mesh: usize,
+    pub degree: usize,
     /// A down peer is forgotten after this long.
     pub forget_after: Duration,
     /// How often known but unconnected peers are dialed again.
@@ -81,7 +86,9 @@ impl Config {
             bootstrap: Vec::new(),
             mdns: true,
             swim: swim::Config::default(),
-            record_sync: Duration::from_secs(1),
+            record_sync: Duration::from_millis(500),
+            full_mesh: 64,
+            degree: 16,
             forget_after: Duration::from_secs(60),
             redial: Duration::from_secs(2),
             memory_transport: false,
@@ -89,16 +96,22 @@ impl Config {
     }
 }
 
-/// The exchange when a connection opens. Each side asks with its own
-/// record and a summary of what it holds, and is answered with only the
-/// records it lacks: with everyone connected to everyone (mDNS), a node
-/// joining a swarm of N gets each record about once, not N times.
+/// The exchange when a connection opens: each side sends its own record
+/// and is answered with the other's. With everyone connected to everyone
+/// (mDNS), a node joining a swarm of N gets each record once, from its
+/// owner; what a node still lacks (it is connected to only some nodes, or a
+/// record was lost) comes by anti-entropy: asked with `delta` and a
+/// summary of what it holds, a peer answers with every record it holds
+/// newer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Snapshot {
     envelopes: Vec<Envelope>,
-    /// (node id, incarnation, seq) of every record the asker holds; empty in answers.
+    /// (node id, incarnation, seq) of every record the asker holds (with
+    /// `delta`); empty in answers.
     #[serde(default)]
     have: Vec<(String, u64, u64)>,
+    #[serde(default)]
+    delta: bool,
 }
 
 /// One membership message on the wire, with the digest of the records its
@@ -193,6 +206,8 @@ enum Command {
     Leave,
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial(Multiaddr),
+    /// Connect to a node (if not connected) and say whether it worked.
+    Connect(PeerId, oneshot::Sender<bool>),
 }
 
 /// A handle on the running swarm. Cheap to clone; the swarm stops when
@@ -227,6 +242,7 @@ impl std::fmt::Debug for Command {
             Command::Leave => "Leave",
             Command::ListenAddrs(_) => "ListenAddrs",
             Command::Dial(_) => "Dial",
+            Command::Connect(..) => "Connect",
         })
     }
 }
@@ -257,14 +273,22 @@ impl Client {
         self.commands.send(Command::Update(Box::new(record))).await.map_err(|_| Error::Stopped)
     }
 
-    /// The addresses this node listens on.
+    /// The addresses this node listens on (a listener just asked for has
+    /// none until its socket is bound: this waits up to 5 s for the first).
     ///
     /// # Errors
     /// [`Error::Stopped`] when the swarm has stopped.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::ListenAddrs(tx)).await.map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
+        let start = Instant::now();
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.commands.send(Command::ListenAddrs(tx)).await.map_err(|_| Error::Stopped)?;
+            let addrs = rx.await.map_err(|_| Error::Stopped)?;
+            if !addrs.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                return Ok(addrs);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Opens a stream of `protocol` to `node_id` (encrypted like every
@@ -274,6 +298,14 @@ impl Client {
     /// [`Error::Stream`] when the node id is not one or the stream cannot be opened.
     pub async fn open(&self, node_id: &NodeId, protocol: &'static str) -> Result<libp2p::Stream> {
         let peer: PeerId = node_id.as_str().parse().map_err(|e| Error::Stream(format!("{node_id}: {e}")))?;
+        // In a large swarm a node is connected to only some others: connect
+        // first (from the addresses its record gives).
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Connect(peer, tx)).await.map_err(|_| Error::Stopped)?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(true)) => {}
+            _ => return Err(Error::Stream(format!("{node_id}: cannot connect"))),
+        }
         let mut control = self.control.0.clone();
         control.open_stream(peer, StreamProtocol::new(protocol)).await.map_err(|e| Error::Stream(format!("{node_id}: {e}")))
     }
@@ -442,13 +474,12 @@ pub fn start(cfg: Config) -> Result<Client> {
         t0: Instant::now(),
         writers: HashMap::new(),
         control: control.0.clone(),
-        last_record_sync: HashMap::new(),
+        last_record_sync: None,
         inbound_tx,
+        connecting: HashMap::new(),
     };
-    for addr in ev.cfg.bootstrap.clone() {
-        ev.bootstrap.insert(addr.clone());
-        ev.dial_addr(addr);
-    }
+    ev.bootstrap.extend(ev.cfg.bootstrap.iter().cloned());
+    ev.dial_bootstrap();
     // Nothing is announced until the owner gives its first record
     // (`Client::update`): peers never see a placeholder without models,
     // memory or hostname.
@@ -480,10 +511,14 @@ struct EventLoop {
     /// One writer task per connected peer, each with its own stream.
     writers: HashMap<PeerId, mpsc::Sender<Out>>,
     control: libp2p_stream::Control,
-    /// When each peer was last asked for records (anti-entropy).
-    last_record_sync: HashMap<PeerId, Instant>,
+    /// When a peer was last asked for records (anti-entropy: one peer per
+    /// `record_sync`, however many differ, or a node that lacks records
+    /// would be sent them by every peer at once).
+    last_record_sync: Option<Instant>,
     /// Where the readers of peers' membership streams put what they read.
     inbound_tx: mpsc::Sender<(PeerId, Wire)>,
+    /// Those waiting for a connection to a node (`Client::open`).
+    connecting: HashMap<PeerId, Vec<oneshot::Sender<bool>>>,
 }
 
 /// Reads one peer's membership stream into `tx` until the stream ends (a
@@ -546,6 +581,7 @@ impl EventLoop {
                     Some(Command::Leave) => break,
                     Some(Command::ListenAddrs(tx)) => { let _ = tx.send(self.swarm.listeners().cloned().collect()); }
                     Some(Command::Dial(addr)) => { self.bootstrap.insert(addr.clone()); self.dial_addr(addr); }
+                    Some(Command::Connect(peer, tx)) => self.connect(peer, tx),
                     None => break,
                 },
                 Some((peer, wire)) = inbound.recv() => self.on_swim(peer, wire),
@@ -619,17 +655,20 @@ impl EventLoop {
         // Anti-entropy: the peer holds records that differ from ours; ask it
         // for those we lack (at most once per `record_sync`).
         if w.r != 0 && self.envelope.is_some() && w.r != self.registry.digest() {
-            let due = self.last_record_sync.get(&peer).is_none_or(|t| now.duration_since(*t) >= self.cfg.record_sync);
+            let due = self.last_record_sync.is_none_or(|t| now.duration_since(t) >= self.cfg.record_sync);
             if due {
-                self.last_record_sync.insert(peer, now);
+                self.last_record_sync = Some(now);
                 self.stats.record_syncs.fetch_add(1, Ordering::Relaxed);
-                self.ask_snapshot(peer);
+                self.ask_snapshot(peer, true);
             }
         }
     }
 
-    fn ask_snapshot(&mut self, peer: PeerId) {
-        let ask = Snapshot { envelopes: self.envelope.iter().cloned().collect(), have: self.registry.summary() };
+    /// Sends `peer` this node's record and asks for its own; with `delta`,
+    /// for every record it holds that this node lacks or holds older.
+    fn ask_snapshot(&mut self, peer: PeerId, delta: bool) {
+        let have = if delta { self.registry.summary() } else { Vec::new() };
+        let ask = Snapshot { envelopes: self.envelope.iter().cloned().collect(), have, delta };
         self.swarm.behaviour_mut().snapshot.send_request(&peer, ask);
     }
 
@@ -653,11 +692,12 @@ impl EventLoop {
             // Gone for good: not dialed again (mDNS brings it back if it returns).
             self.known.remove(&peer);
         }
+        // Alive, or back: its record may be missing or from an earlier run
+        // (a restart is news to the membership protocol first); ask it.
+        if status == Status::Up && self.swarm.is_connected(&peer) {
+            self.ask_snapshot(peer, false);
+        }
         if self.registry.record(&peer).is_none() {
-            // Alive but its record is not here yet: ask it.
-            if status == Status::Up && self.swarm.is_connected(&peer) {
-                self.ask_snapshot(peer);
-            }
             return;
         }
         if self.registry.set_status(&peer, status, now) {
@@ -708,11 +748,21 @@ impl EventLoop {
         r.addrs.clone_from(&self.local.addrs);
         r.incarnation = self.local.incarnation;
         r.seq = self.local.seq;
-        if !r.content_eq(&self.local) || self.envelope.is_none() {
+        let first = self.envelope.is_none();
+        if !r.content_eq(&self.local) || first {
             r.seq = self.local.seq + 1;
             self.local = r;
             self.publish_local();
             self.gossip();
+            // The first record is handed to every peer connected so far as
+            // well: gossipsub drops a publish to peers whose subscription it
+            // has not heard yet, which is likely this early.
+            if first {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for p in peers {
+                    self.ask_snapshot(p, false);
+                }
+            }
         }
     }
 
@@ -819,7 +869,9 @@ impl EventLoop {
                     && let Some(first) = dial.first()
                 {
                     self.known.insert(owner, (first.clone(), Instant::now()));
-                    if let Err(e) = self.swarm.dial(DialOpts::peer_id(owner).addresses(dial).allocate_new_port().build()) {
+                    if self.wants_more()
+                        && let Err(e) = self.swarm.dial(DialOpts::peer_id(owner).addresses(dial).allocate_new_port().build())
+                    {
                         tracing::debug!(%owner, error = %e, "dial failed");
                     }
                 }
@@ -858,8 +910,65 @@ impl EventLoop {
         }
     }
 
+    /// How many nodes the swarm has, as far as this node can tell.
+    fn swarm_size(&self) -> usize {
+        self.registry.live().max(self.known.len() + 1).max(self.bootstrap.len() + 1)
+    }
+
+    /// Whether to connect to one more node: always in a swarm small enough
+    /// for a full mesh, else while this node has fewer than `degree`
+    /// connections.
+    fn wants_more(&self) -> bool {
+        self.swarm_size() <= self.cfg.full_mesh || self.swarm.connected_peers().count() < self.cfg.degree
+    }
+
+    /// Dials the bootstrap peers: all of them in a small swarm, else a
+    /// random `degree` of them (any one is enough to learn the rest).
+    fn dial_bootstrap(&mut self) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut boot: Vec<Multiaddr> = self.bootstrap.iter().cloned().collect();
+        boot.retain(|addr| {
+            let peer = addr.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+            // Without a peer id we cannot tell whether it is connected: redial
+            // only while nobody at all is connected.
+            peer.is_some_and(|p| !connected.contains(&p)) || (peer.is_none() && connected.is_empty())
+        });
+        if self.swarm_size() > self.cfg.full_mesh {
+            use rand::seq::SliceRandom;
+            boot.shuffle(&mut rand::rng());
+            boot.truncate(self.cfg.degree.saturating_sub(connected.len()).max(usize::from(connected.is_empty())));
+        }
+        for addr in boot {
+            self.dial_addr(addr);
+        }
+    }
+
+    /// Connects to `peer` for `Client::open`, from the addresses its record
+    /// or discovery gave.
+    fn connect(&mut self, peer: PeerId, tx: oneshot::Sender<bool>) {
+        if self.swarm.is_connected(&peer) || peer == *self.swarm.local_peer_id() {
+            let _ = tx.send(true);
+            return;
+        }
+        let mut addrs: Vec<Multiaddr> = self.registry.record(&peer).map(|r| r.addrs.iter().filter_map(|a| a.parse().ok()).collect()).unwrap_or_default();
+        if let Some((a, _)) = self.known.get(&peer) {
+            addrs.push(a.clone());
+        }
+        if addrs.is_empty() {
+            let _ = tx.send(false);
+            return;
+        }
+        self.connecting.entry(peer).or_default().push(tx);
+        if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).allocate_new_port().build()) {
+            tracing::debug!(%peer, error = %e, "dial failed");
+            for tx in self.connecting.remove(&peer).unwrap_or_default() {
+                let _ = tx.send(false);
+            }
+        }
+    }
+
     fn dial_peer(&mut self, peer: PeerId, addr: Multiaddr) {
-        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) || !self.wants_more() {
             return;
         }
         let opts = DialOpts::peer_id(peer).addresses(vec![addr]).allocate_new_port().build();
@@ -882,15 +991,8 @@ impl EventLoop {
         for (p, a) in known {
             self.dial_peer(p, a);
         }
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        let boot: Vec<Multiaddr> = self.bootstrap.iter().cloned().collect();
-        for addr in boot {
-            let peer = addr.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
-            // Without a peer id we cannot tell whether it is connected: redial
-            // only while nobody at all is connected.
-            if peer.is_some_and(|p| !connected.contains(&p)) || (peer.is_none() && connected.is_empty()) {
-                self.dial_addr(addr);
-            }
+        if self.wants_more() {
+            self.dial_bootstrap();
         }
     }
 
@@ -910,8 +1012,11 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 tracing::debug!(%peer_id, "connected");
                 self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+                for tx in self.connecting.remove(&peer_id).unwrap_or_default() {
+                    let _ = tx.send(true);
+                }
                 if num_established.get() == 1 {
-                    self.ask_snapshot(peer_id);
+                    self.ask_snapshot(peer_id, false);
                     self.swim.set_reachable(&NodeId::from(peer_id), true);
                 }
             }
@@ -944,8 +1049,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Snapshot(request_response::Event::Message { peer, message, .. })) => {
                 let snapshot = match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        let envelopes = self.registry.envelopes_missing_from(&request.have);
-                        let _ = self.swarm.behaviour_mut().snapshot.send_response(channel, Snapshot { envelopes, have: Vec::new() });
+                        let envelopes =
+                            if request.delta { self.registry.envelopes_missing_from(&request.have) } else { self.envelope.iter().cloned().collect() };
+                        let _ = self.swarm.behaviour_mut().snapshot.send_response(channel, Snapshot { envelopes, have: Vec::new(), delta: false });
                         request
                     }
                     request_response::Message::Response { response, .. } => response,
@@ -959,7 +1065,16 @@ impl EventLoop {
                 self.stats.gossip_dropped.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::debug!(%peer_id, dropped = n, "gossip to a slow peer dropped");
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => tracing::debug!(?peer_id, %error, "dial error"),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "dial error");
+                if let Some(p) = peer_id
+                    && !self.swarm.is_connected(&p)
+                {
+                    for tx in self.connecting.remove(&p).unwrap_or_default() {
+                        let _ = tx.send(false);
+                    }
+                }
+            }
             _ => {}
         }
     }

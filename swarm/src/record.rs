@@ -112,7 +112,7 @@ impl NodeRecord {
     }
 
     /// The same record without `seq`, to tell whether anything changed.
-    pub(crate) fn content_eq(&self, other: &NodeRecord) -> bool {
+    pub fn content_eq(&self, other: &NodeRecord) -> bool {
         // Every field but seq (spelled out: the compiler then says when a
         // new field is not compared).
         let NodeRecord {

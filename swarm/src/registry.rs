@@ -150,6 +150,11 @@ impl Registry {
         }
     }
 
+    /// Entries up or suspected, this node's own included.
+    pub fn live(&self) -> usize {
+        self.entries.values().filter(|e| e.status.up()).count()
+    }
+
     pub fn status(&self, peer: &PeerId) -> Option<Status> {
         self.entries.get(peer).map(|e| e.status)
     }

@@ -63,7 +63,8 @@ pub struct Config {
     /// `gossip_interval`.
     pub gossip_fanout: usize,
     pub gossip_interval: Duration,
-    /// Anti-entropy with one member is done at most this often.
+    /// This node starts anti-entropy (sends its membership to a peer whose
+    /// digest differs) at most this often.
     pub sync_interval: Duration,
     /// The local health multiplier's ceiling (periods and timeouts stretch
     /// up to `1 + lhm_max` times).
@@ -231,9 +232,14 @@ pub struct Swim<K> {
     /// Updates to spread, with how often each has been sent.
     pending: Vec<(Update<K>, u32)>,
     next_gossip: Duration,
-    last_sync: HashMap<K, Duration>,
+    /// When this node last sent its membership unasked (once per
+    /// `sync_interval` at most, whatever the number of peers that differ).
+    last_sync: Option<Duration>,
     lhm: u32,
     leaving: bool,
+    /// Taking in a peer's whole membership (anti-entropy): what it brings
+    /// is not passed on (the digests reconcile the rest).
+    syncing: bool,
     digest: u64,
     rng: StdRng,
     outbox: Vec<(K, Msg<K>)>,
@@ -258,9 +264,10 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
             seq: 0,
             pending: Vec::new(),
             next_gossip: Duration::ZERO,
-            last_sync: HashMap::new(),
+            last_sync: None,
             lhm: 0,
             leaving: false,
+            syncing: false,
             digest: 0,
             rng: StdRng::seed_from_u64(seed),
             outbox: Vec::new(),
@@ -285,6 +292,11 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
 
     pub fn state(&self, k: &K) -> Option<State> {
         self.members.get(k).map(|m| m.state)
+    }
+
+    /// Updates waiting to be spread.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Members not down or left (this node not included).
@@ -401,7 +413,6 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
         for k in gone {
             let m = self.members.remove(&k).expect("listed");
             self.digest ^= self.entry_hash(&k, m.inc);
-            self.last_sync.remove(&k);
             self.events.push(Event::Forgotten(k));
         }
     }
@@ -441,25 +452,27 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
             }
             Kind::Gossip => {}
             Kind::Sync { members, reply } => {
+                self.syncing = true;
                 for u in members {
                     self.apply(u, now);
                 }
+                self.syncing = false;
                 if reply && msg.digest != self.digest {
-                    self.sync_to(from.clone(), false, now);
+                    self.sync_to(from.clone(), false);
                 }
                 return;
             }
         }
         if msg.digest != 0 && msg.digest != self.digest && self.members.get(&from).is_some_and(|m| m.reachable) {
-            let due = self.last_sync.get(&from).is_none_or(|t| now.saturating_sub(*t) >= self.cfg.sync_interval);
+            let due = self.last_sync.is_none_or(|t| now.saturating_sub(t) >= self.cfg.sync_interval);
             if due {
-                self.sync_to(from, true, now);
+                self.last_sync = Some(now);
+                self.sync_to(from, true);
             }
         }
     }
 
-    fn sync_to(&mut self, to: K, reply: bool, now: Duration) {
-        self.last_sync.insert(to.clone(), now);
+    fn sync_to(&mut self, to: K, reply: bool) {
         let mut members: Vec<Update<K>> = self.members.iter().map(|(k, m)| Update { node: k.clone(), inc: m.inc, state: m.state, by: None }).collect();
         members.push(Update { node: self.me.clone(), inc: self.inc, state: State::Alive, by: None });
         self.outbox.push((to, Msg { kind: Kind::Sync { members, reply }, gossip: Vec::new(), digest: self.digest }));
@@ -547,6 +560,10 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
 
     /// Queues an update to spread, replacing an older one of the same node.
     fn enqueue(&mut self, u: Update<K>) {
+        // A refutation of this node's own death is always spread.
+        if self.syncing && u.node != self.me {
+            return;
+        }
         self.pending.retain(|(p, _)| p.node != u.node || (p.state == State::Suspect && u.state == State::Suspect && p.by != u.by));
         self.pending.push((u, 0));
     }
