@@ -486,9 +486,11 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
     /// Takes in one update; news is passed on.
     fn apply(&mut self, u: Update<K>, now: Duration) {
         if u.node == self.me {
-            // Suspected or declared down while alive: refute with a higher
+            // Suspected, declared down or left while alive: refute with a higher
             // incarnation (and take it as a sign of being slow).
-            if matches!(u.state, State::Suspect | State::Down) && u.inc >= self.inc && !self.leaving {
+            // A "left" this node did not say is refuted too: a peer cannot
+            // make a live node look shut down.
+            if matches!(u.state, State::Suspect | State::Down | State::Left) && u.inc >= self.inc && !self.leaving {
                 let old = self.inc;
                 self.inc = u.inc + 1;
                 self.digest ^= self.entry_hash(&self.me.clone(), old) ^ self.entry_hash(&self.me.clone(), self.inc);
@@ -865,6 +867,17 @@ mod tests {
         net.run(Duration::from_secs(10));
         assert!(net.nodes[3].incarnation() > inc, "3 refuted");
         assert!((0..5).filter(|&i| i != 3).all(|i| net.state(i, 3) == Some(State::Alive)));
+    }
+
+    #[test]
+    fn a_peer_cannot_make_a_live_member_look_shut_down() {
+        let mut net = Net::new(4);
+        net.run(Duration::from_secs(1));
+        // 0 claims 2 left (2 said no such thing); the claim spreads, 2 hears it.
+        let inc = net.nodes[0].members.get(&2).unwrap().inc;
+        net.nodes[0].apply(Update { node: 2, inc, state: State::Left, by: None }, net.now);
+        net.run(Duration::from_secs(5));
+        assert!((0..4).filter(|&i| i != 2).all(|i| net.state(i, 2) == Some(State::Alive)), "2 refuted the false goodbye");
     }
 
     #[test]
