@@ -6,12 +6,15 @@
 //!   node's persistent identity.
 //! - [`record`]: a node's [`NodeRecord`] and the signed [`Envelope`] it
 //!   travels in.
-//! - [`registry`]: the merge rules (newest incarnation and seq win; TTL; down
-//!   on disconnect).
+//! - [`registry`]: the merge rules (newest incarnation and seq win), each
+//!   node's liveness as the membership protocol says, a digest of it all.
+//! - [`swim`]: membership and failure detection (SWIM with Lifeguard), a
+//!   state machine without I/O.
 //! - [`routing`]: ranking the nodes that can run a request.
 //! - [`frame`]: length-prefixed JSON frames for request streams.
 //! - [`node`]: the libp2p event loop (TCP + pnet + Noise + Yamux, mDNS,
-//!   gossipsub, identify, ping, snapshot exchange) and its [`Client`].
+//!   gossipsub, identify, membership streams, snapshot exchange) and its
+//!   [`Client`].
 
 pub mod error;
 pub mod frame;
