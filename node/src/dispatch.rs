@@ -493,14 +493,7 @@ pub fn serve(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()> 
     let (tasks, stop) = (state.tasks.clone(), state.background.clone());
     let room = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     tasks.clone().spawn(async move {
-        loop {
-            let (peer, mut stream) = tokio::select! {
-                next = incoming.next() => match next {
-                    Some(s) => s,
-                    None => return,
-                },
-                () = stop.cancelled() => return,
-            };
+        while let Some((peer, mut stream)) = next_stream(&mut incoming, &stop).await {
             let Ok(permit) = room.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = MAX_INBOUND, "too many requests from peers at once; refusing one");
                 tasks.spawn(async move {
@@ -522,6 +515,14 @@ pub fn serve(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The next stream a peer opens, or `None` once the node stops.
+async fn next_stream<S: futures_util::Stream + Unpin>(incoming: &mut S, stop: &tokio_util::sync::CancellationToken) -> Option<S::Item> {
+    tokio::select! {
+        next = incoming.next() => next,
+        () = stop.cancelled() => None,
+    }
+}
+
 /// Answers other nodes' load queries until the node stops (a few at a
 /// time: one that finds no room is closed unanswered, and the asker goes by
 /// the record).
@@ -530,14 +531,7 @@ fn serve_load(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()>
     let (tasks, stop) = (state.tasks.clone(), state.background.clone());
     let room = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     tasks.clone().spawn(async move {
-        loop {
-            let (_, mut stream) = tokio::select! {
-                next = incoming.next() => match next {
-                    Some(s) => s,
-                    None => return,
-                },
-                () = stop.cancelled() => return,
-            };
+        while let Some((_, mut stream)) = next_stream(&mut incoming, &stop).await {
             let Ok(permit) = room.clone().try_acquire_owned() else { continue };
             let loaded = crate::swarm::loaded_models(&state);
             tasks.spawn(async move {
