@@ -849,16 +849,10 @@ impl EventLoop {
                     // The membership protocol may hold it down (its death
                     // was news before this record): the record does not
                     // overrule it.
-                    if let Some(state) = self.swim.state(&NodeId::from(owner)) {
-                        let status = match state {
-                            swim::State::Alive => Status::Up,
-                            swim::State::Suspect => Status::Suspect,
-                            swim::State::Down => Status::Down,
-                            swim::State::Left => Status::Left,
-                        };
-                        if self.registry.set_status(&owner, status, Instant::now()) {
-                            self.publish_view();
-                        }
+                    if let Some(state) = self.swim.state(&NodeId::from(owner))
+                        && self.registry.set_status(&owner, state.into(), Instant::now())
+                    {
+                        self.publish_view();
                     }
                 }
                 // Connect to every node heard of, as mDNS would: with

@@ -31,6 +31,17 @@ pub enum Status {
     Left,
 }
 
+impl From<crate::swim::State> for Status {
+    fn from(s: crate::swim::State) -> Self {
+        match s {
+            crate::swim::State::Alive => Status::Up,
+            crate::swim::State::Suspect => Status::Suspect,
+            crate::swim::State::Down => Status::Down,
+            crate::swim::State::Left => Status::Left,
+        }
+    }
+}
+
 impl Status {
     /// Up or suspected (not yet convicted): still routed to.
     pub fn up(self) -> bool {
@@ -94,17 +105,31 @@ pub struct Registry {
     local: PeerId,
     entries: HashMap<PeerId, Entry>,
     forget_after: Duration,
+    /// [`Registry::digest`], kept as entries change (every probe carries it).
+    digest: u64,
+}
+
+/// One entry's part of the digest: a stable hash of its owner, incarnation
+/// and seq while it is live, nothing once it is down or left.
+fn share(e: &Entry) -> u64 {
+    if !e.status.up() {
+        return 0;
+    }
+    let mut h = crate::swim::StableHasher::new();
+    (e.record.node_id.as_str(), e.record.incarnation, e.record.seq).hash(&mut h);
+    h.finish()
 }
 
 impl Registry {
     pub fn new(local: PeerId, forget_after: Duration) -> Self {
-        Self { local, entries: HashMap::new(), forget_after }
+        Self { local, entries: HashMap::new(), forget_after, digest: 0 }
     }
 
     /// Takes a verified record of `owner`. Returns what changed.
     pub fn merge(&mut self, owner: PeerId, record: NodeRecord, envelope: Envelope, now: Instant) -> Merge {
         match self.entries.get_mut(&owner) {
             Some(e) if record.newer_than(&e.record) => {
+                self.digest ^= share(e);
                 // A new run of a node that was gone is back; a newer record
                 // of the same run changes what it offers, not whether it is
                 // alive (that is the membership protocol's word).
@@ -115,14 +140,15 @@ impl Registry {
                 if revived {
                     e.status = Status::Up;
                     e.gone_since = None;
-                    Merge::Revived
-                } else {
-                    Merge::Updated
                 }
+                self.digest ^= share(e);
+                if revived { Merge::Revived } else { Merge::Updated }
             }
             Some(_) => Merge::Unchanged,
             None => {
-                self.entries.insert(owner, Entry { record: Arc::new(record), envelope, heard: now, status: Status::Up, gone_since: None });
+                let e = Entry { record: Arc::new(record), envelope, heard: now, status: Status::Up, gone_since: None };
+                self.digest ^= share(&e);
+                self.entries.insert(owner, e);
                 Merge::New
             }
         }
@@ -132,7 +158,9 @@ impl Registry {
     pub fn set_status(&mut self, peer: &PeerId, status: Status, now: Instant) -> bool {
         match self.entries.get_mut(peer) {
             Some(e) if e.status != status && *peer != self.local => {
+                self.digest ^= share(e);
                 e.status = status;
+                self.digest ^= share(e);
                 e.gone_since = (!status.up()).then_some(now);
                 if status.up() {
                     e.heard = now;
@@ -188,15 +216,7 @@ impl Registry {
     /// registries with the same digest hold the same records, so
     /// anti-entropy compares eight bytes, not the registry.
     pub fn digest(&self) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| e.status.up())
-            .map(|e| {
-                let mut h = crate::swim::StableHasher::new();
-                (e.record.node_id.as_str(), e.record.incarnation, e.record.seq).hash(&mut h);
-                h.finish()
-            })
-            .fold(0, |a, b| a ^ b)
+        self.digest
     }
 
     /// Whether the record held for `owner` is at least as new as
@@ -308,6 +328,8 @@ mod tests {
         let (p, rec, env) = sealed(&c, 1, 10, "c");
         r.merge(p, rec, env, t);
         assert_ne!(r.digest(), r2.digest(), "one newer record changes the digest");
+        let recomputed = r.entries.values().map(share).fold(0, |a, b| a ^ b);
+        assert_eq!(r.digest(), recomputed, "the kept digest is the entries' own");
         assert!(r.holds(&a.public().to_peer_id(), 1, 9) && !r.holds(&a.public().to_peer_id(), 1, 10));
     }
 }

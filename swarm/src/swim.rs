@@ -251,7 +251,8 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
     /// start above the last one it used (the node passes its start time in
     /// milliseconds), so that its return is news.
     pub fn new(me: K, inc: u64, cfg: Config, seed: u64) -> Self {
-        let mut s = Self {
+        Self {
+            digest: entry_hash(&me, inc),
             me,
             inc,
             cfg,
@@ -268,17 +269,10 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
             lhm: 0,
             leaving: false,
             syncing: false,
-            digest: 0,
             rng: StdRng::seed_from_u64(seed),
             outbox: Vec::new(),
             events: Vec::new(),
-        };
-        s.digest = s.entry_hash(&s.me.clone(), inc);
-        s
-    }
-
-    pub fn me(&self) -> &K {
-        &self.me
+        }
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -412,7 +406,7 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
         let gone: Vec<K> = self.members.iter().filter(|(_, m)| m.state.gone() && now.saturating_sub(m.since) >= forget).map(|(k, _)| k.clone()).collect();
         for k in gone {
             let m = self.members.remove(&k).expect("listed");
-            self.digest ^= self.entry_hash(&k, m.inc);
+            self.digest ^= entry_hash(&k, m.inc);
             self.events.push(Event::Forgotten(k));
         }
     }
@@ -478,11 +472,6 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
         self.outbox.push((to, Msg { kind: Kind::Sync { members, reply }, gossip: Vec::new(), digest: self.digest }));
     }
 
-    /// One member's share of the digest.
-    fn entry_hash(&self, k: &K, inc: u64) -> u64 {
-        entry_hash(k, inc)
-    }
-
     /// Takes in one update; news is passed on.
     fn apply(&mut self, u: Update<K>, now: Duration) {
         if u.node == self.me {
@@ -493,7 +482,7 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
             if matches!(u.state, State::Suspect | State::Down | State::Left) && u.inc >= self.inc && !self.leaving {
                 let old = self.inc;
                 self.inc = u.inc + 1;
-                self.digest ^= self.entry_hash(&self.me.clone(), old) ^ self.entry_hash(&self.me.clone(), self.inc);
+                self.digest ^= entry_hash(&self.me, old) ^ entry_hash(&self.me, self.inc);
                 self.lhm = (self.lhm + 1).min(self.cfg.lhm_max);
                 self.enqueue(Update { node: self.me.clone(), inc: self.inc, state: State::Alive, by: None });
             }
@@ -504,7 +493,7 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Swim<K> {
             // death is no news).
             if u.state == State::Alive {
                 self.members.insert(u.node.clone(), Member { inc: u.inc, state: State::Alive, since: now, suspecters: BTreeSet::new(), reachable: false });
-                self.digest ^= self.entry_hash(&u.node, u.inc);
+                self.digest ^= entry_hash(&u.node, u.inc);
                 let at = if self.order.is_empty() { 0 } else { self.rng.random_range(0..=self.order.len()) };
                 self.order.insert(at, u.node.clone());
                 self.events.push(Event::Alive(u.node.clone()));
