@@ -24,8 +24,24 @@ use crate::model::Config;
 pub enum Source {
     /// Imported from a local file.
     Import { original: String },
-    /// Pulled from a Hugging Face repository.
-    HuggingFace { repo: String, file: String, revision: String },
+    /// Pulled from a Hugging Face repository (or copied from peers that had
+    /// the same file, checked against the hub's sha256).
+    HuggingFace {
+        repo: String,
+        file: String,
+        revision: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copied: Option<Copied>,
+    },
+}
+
+/// How a model file came over the LAN instead of from the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Copied {
+    /// The peers' host names, in the order they sent most.
+    pub from: Vec<String>,
+    /// The copy's speed, bytes per second.
+    pub bytes_per_s: u64,
 }
 
 /// One model in the catalog.
@@ -277,7 +293,7 @@ impl Store {
         tmp.as_file().lock().map_err(Error::io("locking the import's file"))?;
         let sha = copy_hashing(path, tmp.as_file(), progress.as_ref())?;
         let _placing = self.placing.lock().expect("placing lock");
-        if let Some(existing) = self.list()?.into_iter().find(|e| e.sha256 == sha) {
+        if let Some(existing) = self.by_sha256(&sha)? {
             return Ok(existing);
         }
         let id = self.free_id(&sanitize(&stem))?;
@@ -302,13 +318,7 @@ impl Store {
         check_hub_names(repo, file, revision)?;
         let pointer = hub_download(self.dir.join("downloads"), endpoint, repo, file, revision, progress.clone()).await?;
         let blob = std::fs::canonicalize(&pointer).map_err(Error::io("resolving the downloaded file"))?;
-        // Gigabytes of reading: off the async threads.
-        let sha = {
-            let blob = blob.clone();
-            tokio::task::spawn_blocking(move || hash_file(&blob))
-                .await
-                .map_err(|e| Error::Io { context: "hashing the download".into(), source: std::io::Error::other(e) })??
-        };
+        let sha = hash_off_thread(&blob).await?;
         // For LFS files the hub's ETag is the sha256 of the content.
         let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) && etag != sha {
@@ -316,25 +326,65 @@ impl Store {
             let _ = std::fs::remove_file(&pointer);
             return Err(Error::Checksum { path: PathBuf::from(format!("{repo}/{file}")), expected: etag, actual: sha });
         }
-        let gguf = Gguf::open(&blob)?;
-        Config::from_gguf(&gguf)?;
-        drop(gguf);
-        let _placing = self.placing.lock().expect("placing lock");
-        if let Some(existing) = self.list()?.into_iter().find(|e| e.sha256 == sha) {
-            return Ok(existing);
-        }
-        let stem = Path::new(file).file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "model".into());
-        let id = self.free_id(&sanitize(&stem))?;
-        let dest = self.models_dir().join(format!("{id}.gguf"));
-        std::fs::rename(&blob, &dest).map_err(Error::io("moving the download into place"))?;
+        let source = Source::HuggingFace { repo: repo.into(), file: file.into(), revision: revision.into(), copied: None };
+        let entry = self.place(&blob, file, source, sha)?;
         let _ = std::fs::remove_file(&pointer);
-        let source = Source::HuggingFace { repo: repo.into(), file: file.into(), revision: revision.into() };
-        let entry = describe(&dest, &id, source, Some(sha))?;
-        write_sidecar(&entry)?;
-        self.insert(&entry)?;
         if let Some(p) = progress {
             p(Progress::Finished);
         }
+        Ok(entry)
+    }
+
+    /// Where a copy of the file with this sha256 from peers is written
+    /// while it arrives (and stays, to resume, when it stops).
+    pub fn partial_copy(&self, sha256: &str) -> PathBuf {
+        self.dir.join("downloads").join("peers").join(format!("{}.part", sanitize(sha256)))
+    }
+
+    /// Catalogs a copy of a hub file that peers sent to `part` — only once
+    /// its sha256 is the `expected` one (the hub's, or the one the peers'
+    /// records gave when the hub could not be asked) and it loads.
+    ///
+    /// # Errors
+    /// [`Error::Checksum`] when the content differs (the copy is removed);
+    /// model errors as for [`import`](Self::import).
+    pub async fn adopt_copy(&self, part: &Path, repo: &str, file: &str, revision: &str, expected: &str, copied: Copied) -> Result<Entry> {
+        check_hub_names(repo, file, revision)?;
+        let sha = hash_off_thread(part).await?;
+        if sha != expected {
+            let _ = std::fs::remove_file(part);
+            return Err(Error::Checksum { path: PathBuf::from(format!("{repo}/{file}")), expected: expected.into(), actual: sha });
+        }
+        let source = Source::HuggingFace { repo: repo.into(), file: file.into(), revision: revision.into(), copied: Some(copied) };
+        self.place(part, file, source, sha)
+    }
+
+    /// The model whose file has this sha256, if the store has one.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub fn by_sha256(&self, sha256: &str) -> Result<Option<Entry>> {
+        Ok(self.list()?.into_iter().find(|e| e.sha256 == sha256))
+    }
+
+    /// Moves a downloaded file whose content was checked (`sha`) into the
+    /// store under an id made from `file`'s name, unless the store has the
+    /// same content already (that entry is returned).
+    fn place(&self, blob: &Path, file: &str, source: Source, sha: String) -> Result<Entry> {
+        let gguf = Gguf::open(blob)?;
+        Config::from_gguf(&gguf)?;
+        drop(gguf);
+        let _placing = self.placing.lock().expect("placing lock");
+        if let Some(existing) = self.by_sha256(&sha)? {
+            let _ = std::fs::remove_file(blob);
+            return Ok(existing);
+        }
+        let id = self.free_id(&id_for_file(file))?;
+        let dest = self.models_dir().join(format!("{id}.gguf"));
+        std::fs::rename(blob, &dest).map_err(Error::io("moving the download into place"))?;
+        let entry = describe(&dest, &id, source, Some(sha))?;
+        write_sidecar(&entry)?;
+        self.insert(&entry)?;
         Ok(entry)
     }
 
@@ -475,6 +525,15 @@ pub fn hash_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// [`hash_file`] on a blocking thread: gigabytes of reading stay off the
+/// async ones.
+async fn hash_off_thread(path: &Path) -> Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || hash_file(&path))
+        .await
+        .map_err(|e| Error::Io { context: "hashing a download".into(), source: std::io::Error::other(e) })?
 }
 
 fn hex(bytes: &[u8]) -> String {

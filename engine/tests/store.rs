@@ -125,7 +125,7 @@ async fn pull_resumes_a_transfer_cut_off_halfway() {
     assert!(!data.iter().any(|r| r.starts_with("bytes=0-")), "the committed first chunk is not fetched again: {ranges:?}");
     assert_eq!(e.sha256, hash_file(&src).unwrap());
     assert_eq!(e.id, "tiny-q8_0");
-    assert_eq!(e.source, Source::HuggingFace { repo: "acme/tiny-GGUF".into(), file: "tiny-q8_0.gguf".into(), revision: "main".into() });
+    assert_eq!(e.source, Source::HuggingFace { repo: "acme/tiny-GGUF".into(), file: "tiny-q8_0.gguf".into(), revision: "main".into(), copied: None });
     assert_eq!(hash_file(&e.path).unwrap(), e.sha256);
     let seen = seen.lock().unwrap();
     assert!(matches!(seen.first(), Some(Progress::Started { total, .. }) if *total == size), "{:?}", seen.first());

@@ -516,7 +516,7 @@ pub fn serve(state: Service, client: &rbee_swarm::Client) -> anyhow::Result<()> 
 }
 
 /// The next stream a peer opens, or `None` once the node stops.
-async fn next_stream<S: futures_util::Stream + Unpin>(incoming: &mut S, stop: &tokio_util::sync::CancellationToken) -> Option<S::Item> {
+pub(crate) async fn next_stream<S: futures_util::Stream + Unpin>(incoming: &mut S, stop: &tokio_util::sync::CancellationToken) -> Option<S::Item> {
     tokio::select! {
         next = incoming.next() => next,
         () = stop.cancelled() => None,

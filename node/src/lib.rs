@@ -23,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod conversations;
+pub mod copy;
 pub mod dispatch;
 pub mod metrics;
 pub mod node;

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub generations: Family<EndLabels, Counter>,
     pub time_to_first_token: Histogram,
     pub time_per_token: Histogram,
+    /// Model file bytes sent to peers copying a model, and received from them.
+    pub copy_sent_bytes: Counter,
+    pub copy_received_bytes: Counter,
     models_loaded: Gauge,
     slots_busy: Family<ModelLabels, Gauge>,
     queue_depth: Family<ModelLabels, Gauge>,
@@ -72,6 +75,10 @@ impl Metrics {
         // 1 ms … ~16 s.
         let time_per_token = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register("time_per_output_token_seconds", "Mean time per generated token after the first, per generation", time_per_token.clone());
+        let copy_sent_bytes = Counter::default();
+        registry.register("copy_sent_bytes", "Model file bytes sent to peers that copy a model", copy_sent_bytes.clone());
+        let copy_received_bytes = Counter::default();
+        registry.register("copy_received_bytes", "Model file bytes copied from peers", copy_received_bytes.clone());
         let models_loaded = Gauge::default();
         registry.register("models_loaded", "Models in memory", models_loaded.clone());
         let slots_busy = Family::<ModelLabels, Gauge>::default();
@@ -86,6 +93,8 @@ impl Metrics {
             generations,
             time_to_first_token,
             time_per_token,
+            copy_sent_bytes,
+            copy_received_bytes,
             models_loaded,
             slots_busy,
             queue_depth,

@@ -39,6 +39,7 @@ pub async fn start(cfg: Config) -> Result<Node> {
     let state = Service::new(engine, cfg).with_swarm(swarm.clone());
     if let Some(client) = swarm {
         crate::dispatch::serve(state.clone(), &client)?;
+        crate::copy::serve(state.clone(), &client)?;
         crate::swarm::publish(state.clone(), client, addr);
     }
     let models = state.engine.store().list()?.len();

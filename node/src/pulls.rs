@@ -2,15 +2,22 @@
 //! background, reports its bytes as it goes, and can be cancelled (the
 //! partial file stays in the store's download cache, so pulling the same
 //! file again resumes it).
+//!
+//! In a swarm, a pull first looks for peers that hold the same file (by
+//! the sha256 the hub gives for it, or, when the hub cannot be reached, by
+//! its repository and name) and copies it from them over the LAN
+//! ([`crate::copy`]); the hub is used when no peer has it or the copy fails.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rbee_engine::Engine;
-use rbee_engine::store::{Progress, ProgressFn};
+use rbee_engine::store::{Entry, Progress, ProgressFn};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
 
 /// Where a pull stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +45,14 @@ pub struct Pull {
     pub model: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The peers' host names the file is being (or was) copied from over
+    /// the LAN; empty when it comes from the hub.
+    pub from_peers: Vec<String>,
+    /// How fast the copy from peers went (bytes per second), once done.
+    pub bytes_per_s: Option<u64>,
+    /// What happened on the way that the user should know (a copy from a
+    /// peer that failed its check, and the hub used instead).
+    pub note: Option<String>,
 }
 
 #[derive(Debug)]
@@ -63,16 +78,38 @@ impl Pulls {
         Self { slots: Arc::default(), next: AtomicU64::new(0), tasks, stop }
     }
 
-    /// Starts pulling `repo`/`file` into `engine`'s store from `endpoint`; a
-    /// pull of the same file that is still running is returned instead of
-    /// starting a second one.
-    pub fn start(&self, engine: Engine, endpoint: String, repo: String, file: String, revision: String) -> Pull {
+    /// Starts pulling `repo`/`file` into `engine`'s store, from peers of
+    /// `swarm` that hold it or from the hub at `endpoint`; a pull of the
+    /// same file that is still running is returned instead of starting a
+    /// second one.
+    pub fn start(
+        &self,
+        engine: Engine,
+        swarm: Option<(rbee_swarm::Client, Arc<Metrics>)>,
+        endpoint: String,
+        repo: String,
+        file: String,
+        revision: String,
+    ) -> Pull {
         let mut slots = self.slots.lock().expect("pulls lock");
         if let Some(s) = slots.iter().find(|s| s.pull.state == State::Running && s.pull.repo == repo && s.pull.file == file && s.pull.revision == revision) {
             return s.pull.clone();
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let pull = Pull { id, repo, file, revision, state: State::Running, done_bytes: 0, total_bytes: None, model: None, error: None };
+        let pull = Pull {
+            id,
+            repo,
+            file,
+            revision,
+            state: State::Running,
+            done_bytes: 0,
+            total_bytes: None,
+            model: None,
+            error: None,
+            from_peers: Vec::new(),
+            bytes_per_s: None,
+            note: None,
+        };
         let shared = self.slots.clone();
         let progress: ProgressFn = {
             let shared = shared.clone();
@@ -90,14 +127,19 @@ impl Pulls {
         let (repo, file, revision) = (pull.repo.clone(), pull.file.clone(), pull.revision.clone());
         let stop = self.stop.clone();
         let task = self.tasks.spawn(async move {
+            let job = Job { engine: &engine, swarm: swarm.as_ref(), endpoint: &endpoint, repo: &repo, file: &file, revision: &revision, slots: &shared, id };
             let result = tokio::select! {
-                r = engine.store().pull(&endpoint, &repo, &file, &revision, Some(progress)) => r,
+                r = job.run(progress) => r,
                 () = stop.cancelled() => return,
             };
             update(&shared, id, |pull| match result {
                 Ok(entry) => {
                     tracing::info!(model = %entry.id, %repo, %file, "pulled");
                     pull.state = State::Done;
+                    if let rbee_engine::store::Source::HuggingFace { copied: Some(c), .. } = &entry.source {
+                        pull.from_peers.clone_from(&c.from);
+                        pull.bytes_per_s = Some(c.bytes_per_s);
+                    }
                     pull.model = Some(entry.id);
                     if let Some(t) = pull.total_bytes {
                         pull.done_bytes = t;
@@ -135,6 +177,129 @@ impl Pulls {
             Some(slots.remove(i).pull)
         }
     }
+}
+
+/// One pull's work: from peers when they have the file, else from the hub.
+struct Job<'a> {
+    engine: &'a Engine,
+    swarm: Option<&'a (rbee_swarm::Client, Arc<Metrics>)>,
+    endpoint: &'a str,
+    repo: &'a str,
+    file: &'a str,
+    revision: &'a str,
+    slots: &'a Mutex<Vec<Slot>>,
+    id: u64,
+}
+
+impl Job<'_> {
+    async fn run(&self, progress: ProgressFn) -> rbee_engine::Result<Entry> {
+        let store = self.engine.store();
+        let mut copy_left = None;
+        if let Some((client, metrics)) = self.swarm {
+            let hub = hub_file(self.endpoint, self.repo, self.file, self.revision).await;
+            if let Err(e) = &hub {
+                tracing::info!(repo = %self.repo, file = %self.file, error = %e, "the hub cannot say what the file is; looking for peers that pulled it");
+            }
+            if let Some((sha, size, holders)) = holders(&client.peers(), hub.ok().as_ref(), self.repo, self.file) {
+                let part = store.partial_copy(&sha);
+                let names: Vec<String> = holders.iter().map(|h| h.hostname.clone()).collect();
+                tracing::info!(repo = %self.repo, file = %self.file, from = ?names, "copying from peers");
+                update(self.slots, self.id, |p| p.from_peers = names);
+                let failed = match crate::copy::fetch(client, metrics, &holders, &sha, size, &part, Some(progress.clone())).await {
+                    Ok(copied) => match store.adopt_copy(&part, self.repo, self.file, self.revision, &sha, copied).await {
+                        Ok(entry) => return Ok(entry),
+                        Err(e @ rbee_engine::Error::Checksum { .. }) => format!("the copy from peers was refused: {e}"),
+                        Err(e) => return Err(e),
+                    },
+                    Err(why) => format!("copying from peers failed ({why})"),
+                };
+                tracing::warn!(repo = %self.repo, file = %self.file, "{failed}; pulling from the hub instead");
+                update(self.slots, self.id, |p| {
+                    p.from_peers.clear();
+                    p.done_bytes = 0;
+                    p.note = Some(format!("{failed}; pulled from Hugging Face instead"));
+                });
+                copy_left = Some(part);
+            }
+        }
+        let entry = store.pull(self.endpoint, self.repo, self.file, self.revision, Some(progress)).await?;
+        if let Some(part) = copy_left {
+            crate::copy::discard(&part);
+        }
+        Ok(entry)
+    }
+}
+
+/// What the hub says a file is: its sha256 (for files in LFS, which model
+/// files are) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubFile {
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// Asks the hub at `endpoint` what `repo`/`file` at `revision` is, as
+/// hf-hub does before a download: a one-byte range request, not following
+/// the redirect to the CDN (the hub's own answer carries the
+/// `X-Linked-Etag` and `X-Linked-Size` of the LFS file).
+///
+/// # Errors
+/// When the hub cannot be reached or does not have the file.
+pub async fn hub_file(endpoint: &str, repo: &str, file: &str, revision: &str) -> Result<HubFile, String> {
+    let mut url = reqwest::Url::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|()| format!("{endpoint} cannot be a base URL"))?
+        .pop_if_empty()
+        .extend(repo.split('/'))
+        .push("resolve")
+        .push(revision)
+        .extend(file.split('/'));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let res = client.get(url).header("range", "bytes=0-0").send().await.map_err(|e| e.to_string())?;
+    if !(res.status().is_success() || res.status().is_redirection()) {
+        return Err(format!("the hub answered {}", res.status()));
+    }
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let sha256 = header("x-linked-etag")
+        .or_else(|| header("etag"))
+        .map(|t| t.trim_start_matches("W/").trim_matches('"').to_ascii_lowercase())
+        .filter(|t| t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()));
+    let size = header("x-linked-size")
+        .and_then(|s| s.parse().ok())
+        .or_else(|| header("content-range").and_then(|r| r.rsplit_once('/').and_then(|(_, n)| n.parse().ok())));
+    Ok(HubFile { sha256, size })
+}
+
+/// The live peers that hold the file, with its sha256 and size: the content
+/// the hub names when it could be asked, else the file pulled from the same
+/// repository and name (the content most of them have). `None` when no peer
+/// has it.
+fn holders(peers: &[rbee_swarm::PeerView], hub: Option<&HubFile>, repo: &str, file: &str) -> Option<(String, u64, Vec<crate::copy::Holder>)> {
+    let mut found: Vec<(String, u64, crate::copy::Holder)> = Vec::new();
+    for p in peers.iter().filter(|p| p.up && !p.local) {
+        for m in &p.record.models_on_disk {
+            let same = match hub {
+                Some(h) => h.sha256.as_deref() == Some(m.sha256.as_str()),
+                None => m.repo == repo && m.file == file && m.sha256.len() == 64,
+            };
+            if same {
+                found.push((m.sha256.clone(), m.size_bytes, crate::copy::Holder { node_id: p.node_id.clone(), hostname: p.record.hostname.clone() }));
+            }
+        }
+    }
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (sha, ..) in &found {
+        *counts.entry(sha.as_str()).or_default() += 1;
+    }
+    let sha = counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))?.0.to_string();
+    let size = hub.and_then(|h| h.size).or_else(|| found.iter().find(|f| f.0 == sha).map(|f| f.1))?;
+    // Nearest first would need RTTs; the registry's order is as good.
+    let holders = found.into_iter().filter(|f| f.0 == sha && f.1 == size).map(|f| f.2).collect();
+    Some((sha, size, holders))
 }
 
 /// Applies `f` to pull `id` while it is still running (a cancelled pull's

@@ -218,6 +218,11 @@ pub struct ModelInfo {
     pub loaded: bool,
     /// Every node that has it (this one included), from the swarm registry.
     pub nodes: Vec<ModelLocation>,
+    /// Where this node's copy came from, in words ("unsloth/gemma-3-270m-it-GGUF,
+    /// copied from gpu-box over the LAN at 410 MB/s"); absent for a model
+    /// only peers have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -239,7 +244,22 @@ fn model(e: Entry, loaded: &HashSet<String>) -> Model {
             size_bytes: e.size,
             context_length: e.context_length,
             nodes: Vec::new(),
+            source: Some(source_in_words(&e.source)),
         },
+    }
+}
+
+/// Where a model came from, as the Models page says it.
+pub fn source_in_words(source: &rbee_engine::store::Source) -> String {
+    use rbee_engine::store::Source;
+    match source {
+        Source::Import { .. } => "imported from a file".into(),
+        Source::HuggingFace { repo, copied: None, .. } => format!("{repo}, from Hugging Face"),
+        Source::HuggingFace { repo, copied: Some(c), .. } => {
+            #[allow(clippy::cast_precision_loss)]
+            let mb_s = c.bytes_per_s as f64 / 1e6;
+            format!("{repo}, copied from {} over the LAN at {mb_s:.0} MB/s", c.from.join(" and "))
+        }
     }
 }
 
@@ -273,6 +293,7 @@ fn with_swarm(s: &Service, mut models: Vec<Model>, loaded: &HashSet<String>) -> 
                         context_length: 0,
                         loaded: false,
                         nodes: vec![location],
+                        source: None,
                     },
                 }),
             }
@@ -340,6 +361,7 @@ impl Service {
     /// path segments of the hub.
     pub fn pull(&self, repo: String, file: String, revision: String) -> rbee_engine::Result<crate::pulls::Pull> {
         rbee_engine::store::check_hub_names(&repo, &file, &revision)?;
-        Ok(self.pulls.start(self.engine.clone(), self.config.hf_endpoint.clone(), repo, file, revision))
+        let swarm = self.swarm.clone().map(|c| (c, self.metrics.clone()));
+        Ok(self.pulls.start(self.engine.clone(), swarm, self.config.hf_endpoint.clone(), repo, file, revision))
     }
 }

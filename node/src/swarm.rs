@@ -113,7 +113,13 @@ fn record(state: &Service, hostname: &str, devices: &[String], ram_total: u64, a
         .list()
         .unwrap_or_default()
         .into_iter()
-        .map(|e| ModelOnDisk { id: e.id, architecture: e.architecture, quantization: e.quantization, size_bytes: e.size })
+        .map(|e| {
+            let (repo, file) = match e.source {
+                rbee_engine::store::Source::HuggingFace { repo, file, .. } => (repo, file),
+                rbee_engine::store::Source::Import { .. } => (String::new(), String::new()),
+            };
+            ModelOnDisk { id: e.id, architecture: e.architecture, quantization: e.quantization, size_bytes: e.size, sha256: e.sha256, repo, file }
+        })
         .collect();
     let models_loaded = loaded_models(state);
     // Rounded to 64 MiB so that small fluctuations do not count as a change.

@@ -25,6 +25,12 @@ pub struct ModelOnDisk {
     pub architecture: String,
     pub quantization: String,
     pub size_bytes: u64,
+    /// The file's sha256 (hex): what a peer asks for to copy it.
+    pub sha256: String,
+    /// The Hugging Face repository and file it came from, when pulled (so a
+    /// node that cannot reach the hub still finds who has that file).
+    pub repo: String,
+    pub file: String,
 }
 
 /// A model a node has in memory now.

@@ -29,7 +29,7 @@ export interface ModelLocation {
 
 export interface Model {
   id: string;
-  rbee: { loaded: boolean; architecture: string; quantization: string; size_bytes: number; nodes: ModelLocation[] };
+  rbee: { loaded: boolean; architecture: string; quantization: string; size_bytes: number; nodes: ModelLocation[]; source?: string };
 }
 
 export interface LoadedModel {
@@ -78,6 +78,9 @@ export interface Pull {
   total_bytes: number | null;
   model: string | null;
   error: string | null;
+  from_peers: string[];
+  bytes_per_s: number | null;
+  note: string | null;
 }
 
 /// A model the Models page recommends (`GET /api/models/recommended`).

@@ -148,13 +148,15 @@ export class ModelsPage {
         const li = h("li", { "data-pull": String(p.id), "data-state": p.state });
         const name = h("span", { class: "name" }, `${p.repo} / ${p.file}`);
         const bar = h("progress", { max: String(p.total_bytes ?? 1), value: String(p.total_bytes ? p.done_bytes : 0) });
+        const lan = p.from_peers.length > 0 ? `from ${p.from_peers.join(" and ")}, LAN` : "";
+        const speed = p.bytes_per_s ? `, ${Math.round(p.bytes_per_s / 1e6)} MB/s` : "";
         const what =
           p.state === "running"
             ? p.total_bytes
-              ? `${mib(p.done_bytes)} of ${mib(p.total_bytes)}`
+              ? `${mib(p.done_bytes)} of ${mib(p.total_bytes)}${lan ? ` ${lan}` : ""}`
               : "starting…"
             : p.state === "done"
-              ? `done: ${p.model}`
+              ? `done: ${p.model}${lan ? ` (${lan}${speed})` : ""}`
               : p.state === "failed"
                 ? `failed: ${p.error}`
                 : "cancelled";
@@ -170,6 +172,7 @@ export class ModelsPage {
           this.watchPulls();
         });
         li.append(name, bar, status, button);
+        if (p.note) li.append(h("p", { class: "pull-note" }, p.note));
         return li;
       }),
     );
@@ -192,7 +195,10 @@ export class ModelsPage {
     const body = document.createElement("tbody");
     for (const m of models) {
       const tr = h("tr", { "data-model": m.id });
-      for (const c of [m.id, m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? mib(m.rbee.size_bytes) : "", whereLabel(m)]) {
+      const name = h("td", {}, m.id);
+      if (m.rbee.source) name.append(h("small", { class: "source" }, m.rbee.source));
+      tr.append(name);
+      for (const c of [m.rbee.architecture, m.rbee.quantization, m.rbee.size_bytes ? mib(m.rbee.size_bytes) : "", whereLabel(m)]) {
         tr.append(h("td", {}, c));
       }
       const actions = h("td");
