@@ -14,6 +14,7 @@ a namespace of its own, so nothing touches the host's network. Everything is
 torn down at the end, also on failure or interrupt. Prints the measured
 times; exits non-zero when a check fails.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -73,10 +74,12 @@ def add_host(i, subnet=1):
     return ns
 
 
-def start(name, ns, key, extra=(), model=False, data=None, also=()):
+def start(name, ns, key, extra=(), model=False, data=None, also=(), hub=None):
     data = data or os.path.join(workdir, name)
     os.makedirs(data, exist_ok=True)
     env = dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml"), RUST_LOG="warn")
+    if hub:
+        env["HF_ENDPOINT"] = hub
     if model and not os.path.exists(os.path.join(data, "models")):
         for f in (FIXTURE, *also):
             subprocess.run([RBEE, "--data-dir", data, "models", "import", f], env=env, check=True, capture_output=True)
@@ -94,6 +97,46 @@ def stop(name, sig=signal.SIGTERM):
     p, _, _ = procs.pop(name)
     p.send_signal(sig)
     p.wait(timeout=40)
+
+
+HUB_PORT = 8088
+
+
+def start_hub(name, ns, files):
+    """The hub stand-in (e2e/lan/hub.py) in namespace `ns`, serving
+    {"owner/repo/file": path}; returns its endpoint as seen from the LAN
+    and the file it logs each request's range to."""
+    log = os.path.join(workdir, f"{name}.requests")
+    open(log, "w").close()
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "hub.py"),
+                          str(HUB_PORT), log, *[f"{k}={v}" for k, v in files.items()]], stderr=subprocess.DEVNULL)
+    procs[name] = (p, ns, None)
+    ip = ns_exec(ns, "ip", "-4", "-o", "addr", "show", "scope", "global").split()[3].split("/")[0]
+    endpoint = f"http://{ip}:{HUB_PORT}"
+    wait_for(lambda: ns_exec(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{endpoint}/x", check=False) == "404", 60, f"{name} serving")
+    return endpoint, log
+
+
+def hub_data_requests(log):
+    """The requests for a file that the hub stand-in answered with content
+    (not the one-byte probe a pull starts with)."""
+    with open(log) as f:
+        lines = [line.strip() for line in f]
+    return [r for r in lines if r and not r.startswith("None ") and not r.endswith("bytes=0-0")]
+
+
+def pull(ns, repo, file, timeout=300):
+    """Pulls `repo`/`file` at the node in `ns` and waits for it to end; the pull's last state."""
+    out = ns_exec(ns, "curl", "-s", "--max-time", "5", "-H", "content-type: application/json",
+                  "-d", json.dumps({"repo": repo, "file": file}), "http://127.0.0.1:7833/api/models/pull")
+    pid = json.loads(out)["id"]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        p = [p for p in api(ns, "/api/models/pulls")["data"] if p["id"] == pid][0]
+        if p["state"] != "running":
+            return p
+        time.sleep(0.05)
+    raise AssertionError(f"pull of {repo}/{file} still running after {timeout} s")
 
 
 def api(ns, path):
@@ -137,11 +180,15 @@ def busy_on(name, model):
     return [p["node_id"] for p in swarm(name)["peers"] for m in p["record"]["models_loaded"] if m["id"] == model and m["busy"] > 0]
 
 
+def metric(ns, sample):
+    """One sample of the /metrics of the node in `ns` (0 when absent)."""
+    out = ns_exec(ns, "curl", "-s", "--max-time", "2", "http://127.0.0.1:7833/metrics", check=False)
+    return next((float(line[len(sample) + 1:]) for line in out.splitlines() if line.startswith(sample + " ")), 0.0)
+
+
 def slots_busy(ns, model):
     """The busy slots of `model` on the node in `ns`, from its /metrics."""
-    out = ns_exec(ns, "curl", "-s", "--max-time", "2", "http://127.0.0.1:7833/metrics", check=False)
-    sample = f'rbee_slots_busy{{model="{model}"}} '
-    return next((float(line[len(sample):]) for line in out.splitlines() if line.startswith(sample)), 0.0)
+    return metric(ns, f'rbee_slots_busy{{model="{model}"}}')
 
 
 def swarm(name):
@@ -218,7 +265,7 @@ def teardown(*_):
 
 def main():
     setup_bridge()
-    hosts = {i: add_host(i) for i in (1, 2, 3, 4)}
+    hosts = {i: add_host(i) for i in (1, 2, 3, 4, 5)}
     k = key()
 
     def discovery():
@@ -454,6 +501,68 @@ def main():
         print(f"     d's own copy failed to load; answered by C: {r['choices'][0]['text']!r}")
         stop("d")
 
+    copy = {}
+
+    def a_pulled_model_is_copied_from_the_peers_that_hold_it():
+        # The hub stand-in serves the fixture (B and C hold it) and "twin2",
+        # which only D holds: a copy whose file went bad on D's disk after it
+        # was catalogued (a byte flipped in every chunk).
+        twin2 = os.path.join(workdir, "twin2.gguf")
+        shutil.copyfile(FIXTURE, twin2)
+        with open(twin2, "ab") as f:
+            f.write(b"\0" * 128)
+        copy["hub"], copy["log"] = start_hub("hub", hosts[1], {"unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf": FIXTURE,
+                                                                "acme/twin-GGUF/twin2.gguf": twin2})
+        data = os.path.join(workdir, "d-copy")
+        subprocess.run([RBEE, "--data-dir", data, "models", "import", twin2], check=True, capture_output=True,
+                       env=dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml")))
+        bad = os.path.join(data, "models", "twin2.gguf")
+        with open(bad, "r+b") as f:
+            for at in range(8 << 20, os.path.getsize(bad), 8 << 20):
+                f.seek(at - 1)
+                byte = f.read(1)
+                f.seek(at - 1)
+                f.write(bytes([byte[0] ^ 0xFF]))
+        start("d", hosts[4], k, data=data, hub=copy["hub"])
+        holders = lambda: [p["node_id"] for p in swarm("d")["peers"] if p["up"] and not p["local"]  # noqa: E731
+                           and any(m["id"] == MODEL for m in p["record"]["models_on_disk"])]
+        wait_for(lambda: len(holders()) == 2, 15, "d sees the fixture on b and c")
+        t0 = time.monotonic()
+        p = pull(hosts[4], "unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf")
+        took = time.monotonic() - t0
+        assert p["state"] == "done", p
+        assert len(p["from_peers"]) == 2, f"copied from b and c: {p}"
+        assert not hub_data_requests(copy["log"]), f"the hub sent content: {hub_data_requests(copy['log'])}"
+        sent = {n: metric(procs[n][1], "rbee_copy_sent_bytes_total") for n in "bc"}
+        assert all(v > 0 for v in sent.values()), sent
+        assert sum(sent.values()) == os.path.getsize(FIXTURE), (sent, os.path.getsize(FIXTURE))
+        m = [m for m in api(hosts[4], "/v1/models")["data"] if m["id"] == p["model"]][0]
+        assert "copied from" in m["rbee"]["source"], m
+        print(f"     {os.path.getsize(FIXTURE) / 1e6:.0f} MB copied from b ({sent['b'] / 1e6:.0f} MB) and c ({sent['c'] / 1e6:.0f} MB) "
+              f"at {p['bytes_per_s'] / 1e6:.0f} MB/s; pulled and checked in {took:.2f} s; Models page: {m['rbee']['source']!r}")
+
+    def a_corrupted_copy_is_refused_and_fetched_again():
+        twin2 = os.path.join(workdir, "twin2.gguf")
+        start("e", hosts[5], k, hub=copy["hub"])
+        d = node_id("d")
+        wait_for(lambda: any(p["node_id"] == d and p["up"] and any(m["id"] == "twin2" for m in p["record"]["models_on_disk"])
+                             for p in swarm("e")["peers"]), 15, "e sees twin2 on d")
+        p = pull(hosts[5], "acme/twin-GGUF", "twin2.gguf")
+        assert p["state"] == "done", p
+        assert "refused" in (p["note"] or "") and not p["from_peers"], p
+        assert any(r.startswith("acme/twin-GGUF/twin2.gguf bytes=") for r in hub_data_requests(copy["log"])), "fetched from the hub"
+        with open(twin2, "rb") as f:
+            good = hashlib.sha256(f.read()).hexdigest()
+        out = ns_exec(hosts[5], "curl", "-s", "http://127.0.0.1:7833/v1/models")
+        assert p["model"] in [m["id"] for m in json.loads(out)["data"]], out
+        got = subprocess.run([RBEE, "--data-dir", procs["e"][2], "models", "ls"], capture_output=True, text=True,
+                             env=dict(os.environ, RBEE_CONFIG=os.path.join(workdir, "none.toml"))).stdout
+        assert good[:12] in got, f"e's copy is the hub's file ({good[:12]}): {got}"
+        print(f"     d sent twin2 with a flipped byte per chunk; e refused it ({p['note'][:90]}…) and pulled it from the hub")
+        for n in ("e", "d", "hub"):
+            stop(n)
+        os.remove(twin2)
+
     def bootstrap_only():
         for n in list(procs):
             stop(n)
@@ -479,6 +588,8 @@ def main():
     check("60 s of 2 % packet loss: no live node is marked down", two_percent_packet_loss_marks_no_live_node_down)
     check("a partition: each side marks the other down, and they converge when it heals", partition_and_heal)
     check("a node that fails before the first token is passed over for the next", a_node_that_fails_before_the_first_token_is_passed_over)
+    check("a model pulled at a new node is copied from the two peers that hold it, not the hub", a_pulled_model_is_copied_from_the_peers_that_hold_it)
+    check("a copy that is not the hub's file is refused, and the file is fetched from the hub", a_corrupted_copy_is_refused_and_fetched_again)
     check("bootstrap peers alone (mDNS off) form the same swarm", bootstrap_only)
 
 
@@ -632,6 +743,48 @@ def bench():
     print(f"silent node (SIGSTOP) marked down by both others: median {med(downs['SIGSTOP']) * 1e3:.0f} ms ({ms(downs['SIGSTOP'])})")
     print(f"node cut off (its link down) marked down by both others: median {med(downs['partition']) * 1e3:.0f} ms ({ms(downs['partition'])})")
     print(f"node shut down (SIGTERM) shown as left by both others: median {med(downs['SIGTERM']) * 1e3:.1f} ms ({ms(downs['SIGTERM'])})")
+    copy_bench(hosts, k)
+
+
+def copy_bench(hosts, k):
+    """A model copied from C to a new node B against a plain HTTP download
+    of the same file from C's namespace (hub.py: sendfile) by curl in B's,
+    written to B's disk: on the bare veth, then with B's link shaped to
+    1 Gbit/s (tbf on the bridge's port towards B), as an office's wired LAN."""
+    import statistics
+    repo, file = "unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf"
+    hub, _ = start_hub("hub", hosts[3], {f"{repo}/{file}": FIXTURE})
+    size = os.path.getsize(FIXTURE)
+    c = node_id("c")
+    for shaped in (False, True):
+        if shaped:
+            ns_exec(BRIDGE_NS, "tc", "qdisc", "add", "dev", f"{TAG}h2", "root", "tbf", "rate", "1gbit", "burst", "256kb", "latency", "20ms")
+        http, copied, pulled = [], [], []
+        for run in range(3):
+            target = os.path.join(workdir, "http-download")
+            out = ns_exec(hosts[2], "curl", "-s", "-o", target, "-w", "%{time_total}", f"{hub}/{repo}/resolve/main/{file}")
+            assert os.path.getsize(target) == size
+            http.append(size / float(out))
+            os.remove(target)
+            data = os.path.join(workdir, f"copy{shaped}{run}")
+            start("b", hosts[2], k, data=data, hub=hub)
+            wait_for(lambda: any(p["node_id"] == c and p["up"] and p["record"]["models_on_disk"] for p in swarm("b")["peers"]), 15, "b sees c's model")
+            t0 = time.monotonic()
+            p = pull(hosts[2], repo, file)
+            took = time.monotonic() - t0
+            assert p["state"] == "done" and p["from_peers"], p
+            copied.append(p["bytes_per_s"])
+            pulled.append(size / took)
+            stop("b")
+            shutil.rmtree(data)
+        med = statistics.median
+        link = "B's link shaped to 1 Gbit/s" if shaped else "bare veth (no shaping: bound by the two cores)"
+        print(f"model copy of {size / 1e6:.0f} MB from C to B, {link}, 3 runs each (medians): plain HTTP {med(http) / 1e6:.0f} MB/s; "
+              f"LAN copy {med(copied) / 1e6:.0f} MB/s ({med(copied) / med(http) * 100:.0f} % of HTTP); whole pull incl. sha256 check "
+              f"and cataloguing {med(pulled) / 1e6:.0f} MB/s ({med(pulled) / med(http) * 100:.0f} %)")
+        if shaped:
+            ns_exec(BRIDGE_NS, "tc", "qdisc", "del", "dev", f"{TAG}h2", "root")
+    stop("hub")
 
 
 if __name__ == "__main__":
