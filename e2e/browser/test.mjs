@@ -211,14 +211,17 @@ test("Stop ends the answer where it is, keeps it marked as stopped, and the node
   await stopNode(node);
 });
 
-test("the swarm page shows a second node, and the models page says where each model is", async () => {
+test("the swarm page shows a second node, the models page says where each model is, and a pull copies it from the peer", async () => {
+  const hub = await startHub();
   const dir = dataDirWithFixture();
   const other = mkdtempSync(join(tmpdir(), "rbee-browser-"));
   dirs.push(dir, other);
   const code = spawnSync(BIN, ["--data-dir", other, "swarm", "init"], { env: { ...process.env, RBEE_CONFIG: join(other, "none.toml") } }).stdout.toString().trim();
   const [pa, pb] = [await freePort(), await freePort()];
   const a = await startNode(dir, ["--swarm-key", code, "--no-mdns", "--swarm-listen", `/ip4/127.0.0.1/tcp/${pa}`]);
-  const b = await startNode(other, ["--swarm-key", code, "--no-mdns", "--swarm-listen", `/ip4/127.0.0.1/tcp/${pb}`, "--peer", `/ip4/127.0.0.1/tcp/${pa}`]);
+  const b = await startNode(other, ["--swarm-key", code, "--no-mdns", "--swarm-listen", `/ip4/127.0.0.1/tcp/${pb}`, "--peer", `/ip4/127.0.0.1/tcp/${pa}`], {
+    HF_ENDPOINT: hub.url,
+  });
   const { page, errors } = await openPage(`${b.url}/#/swarm`);
   await page.locator("table tbody tr").nth(1).waitFor();
   assert.equal(await page.locator("table tbody tr").count(), 2);
@@ -233,10 +236,23 @@ test("the swarm page shows a second node, and the models page says where each mo
   const row = page.locator('tr[data-model="gemma-3-270m-q4_k_m"]');
   await row.waitFor();
   assert.doesNotMatch(await row.textContent(), /this machine/);
+
+  // Pulling the same file at B copies it from A over the LAN: the hub is
+  // only asked what the file is (its sha256), and the page says where it came from.
+  await page.getByPlaceholder(/Repository/).fill("unsloth/gemma-3-270m-it-GGUF");
+  await page.getByPlaceholder(/File/).fill("gemma-3-270m-it-Q4_K_M.gguf");
+  await page.getByRole("button", { name: "Pull", exact: true }).click();
+  const copied = page.locator('tr[data-model="gemma-3-270m-it-q4_k_m"]');
+  await copied.waitFor({ timeout: 60_000 });
+  assert.match(await copied.textContent(), /this machine/);
+  assert.match(await copied.locator("small.source").textContent(), /^unsloth\/gemma-3-270m-it-GGUF, copied from .+ over the LAN at \d+ MB\/s$/);
+  assert.match(await page.locator('.pulls li[data-state="done"] .pull-status').textContent(), /done: gemma-3-270m-it-q4_k_m \(from .+, LAN, \d+ MB\/s\)/);
+  assert.equal(hub.requests, 1, "the hub sent nothing but the file's description");
   await page.screenshot({ path: join(SHOTS, "models.png") });
   assert.deepEqual(errors, []);
   await stopNode(b);
   await stopNode(a);
+  await hub.close();
 });
 
 test("a pull from the hub shows progress, can be cancelled, ends in the model list, and the model can be deleted", async () => {

@@ -2,12 +2,13 @@
 """The swarm on a real (virtual) LAN: network namespaces on a bridge, one
 `rbee serve` per namespace, real mDNS and TCP.
 
-Usage (as root): lan.py RBEE_BINARY FIXTURE.gguf [--bench]
+Usage (as root): lan.py RBEE_BINARY FIXTURE.gguf [--bench [copy]]
 
 With --bench it runs the swarm benchmark instead of the tests (see
 e2e/bench/swarm.sh): routed against local time to first token, how long a
-new node takes to appear in every registry, and how long a crashed or a
-silent one takes to be marked down.
+new node takes to appear in every registry, how long a crashed or a
+silent one takes to be marked down, and a model copied between nodes
+against a plain HTTP download (only that with `copy`).
 
 Each node lives in its own namespace with a veth into a bridge that lives in
 a namespace of its own, so nothing touches the host's network. Everything is
@@ -122,7 +123,7 @@ def hub_data_requests(log):
     (not the one-byte probe a pull starts with)."""
     with open(log) as f:
         lines = [line.strip() for line in f]
-    return [r for r in lines if r and not r.startswith("None ") and not r.endswith("bytes=0-0")]
+    return [r for r in lines if r and r.split(" ")[0] != "None" and not r.endswith("bytes=0-0")]
 
 
 def pull(ns, repo, file, timeout=300):
@@ -689,6 +690,9 @@ def bench():
     start("c", hosts[3], k, model=True)
     ids = sorted(node_id(n) for n in "ac")
     wait_for(lambda: up_hosts("a") == ids and up_hosts("c") == ids, 15, "a and c")
+    if "copy" in sys.argv:
+        copy_bench(hosts, k)
+        return
     body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}
     ttft_runs(hosts[3], body, 2)
     ttft_runs(hosts[1], body, 2)

@@ -35,6 +35,14 @@ pub enum Source {
     },
 }
 
+/// A file of a Hugging Face repository, by name.
+#[derive(Debug, Clone, Copy)]
+pub struct HubName<'a> {
+    pub repo: &'a str,
+    pub file: &'a str,
+    pub revision: &'a str,
+}
+
 /// How a model file came over the LAN instead of from the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Copied {
@@ -341,16 +349,17 @@ impl Store {
         self.dir.join("downloads").join("peers").join(format!("{}.part", sanitize(sha256)))
     }
 
-    /// Catalogs a copy of a hub file that peers sent to `part` — only once
-    /// its sha256 is the `expected` one (the hub's, or the one the peers'
-    /// records gave when the hub could not be asked) and it loads.
+    /// Catalogs a copy of a hub file that peers sent to `part`, whose
+    /// content hashed to `sha` as it arrived — only when that is the
+    /// `expected` sha256 (the hub's, or the one the peers' records gave when
+    /// the hub could not be asked) and the file loads.
     ///
     /// # Errors
     /// [`Error::Checksum`] when the content differs (the copy is removed);
     /// model errors as for [`import`](Self::import).
-    pub async fn adopt_copy(&self, part: &Path, repo: &str, file: &str, revision: &str, expected: &str, copied: Copied) -> Result<Entry> {
+    pub fn adopt_copy(&self, part: &Path, sha: String, expected: &str, hub: HubName<'_>, copied: Copied) -> Result<Entry> {
+        let HubName { repo, file, revision } = hub;
         check_hub_names(repo, file, revision)?;
-        let sha = hash_off_thread(part).await?;
         if sha != expected {
             let _ = std::fs::remove_file(part);
             return Err(Error::Checksum { path: PathBuf::from(format!("{repo}/{file}")), expected: expected.into(), actual: sha });

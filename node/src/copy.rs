@@ -38,6 +38,10 @@ pub const CHUNK: u64 = 8 << 20;
 const PIECE: usize = 1 << 20;
 /// Peers copied from at once.
 const MAX_SOURCES: usize = 4;
+/// Chunks asked of one peer at once, each on a stream of its own: one
+/// stream's flow-control window cannot fill a link whose queue holds a few
+/// milliseconds.
+const STREAMS_PER_PEER: usize = 4;
 /// Copies a node sends at once (more asks wait their turn).
 const MAX_SENDING: usize = 8;
 /// A chunk that takes longer than this drops its peer from the copy (a
@@ -165,12 +169,26 @@ struct Progressing {
     /// Bytes each holder sent, by its place in the holders' list.
     sent_by: Vec<u64>,
     errors: Vec<String>,
+    /// Tells the hasher which chunk arrived.
+    arrived: std::sync::mpsc::SyncSender<u64>,
+    /// This node could not write what arrived (its disk is full): the copy
+    /// stops, and what it wrote is removed.
+    local_error: Option<String>,
+}
+
+/// Why a chunk did not arrive.
+enum ChunkError {
+    /// The peer refused, broke off or sent something else.
+    Peer(String),
+    /// This node could not write it.
+    Local(String),
 }
 
 /// Copies the file with `sha256` (`size` bytes) from `holders` into `part`,
-/// resuming what an earlier copy left there. Returns who sent it and how
-/// fast, or why it could not be finished (what arrived stays, to resume).
-/// The caller checks the content.
+/// resuming what an earlier copy left there. Returns who sent it, how fast,
+/// and the sha256 of what arrived (hashed as it came), or why it could not
+/// be finished (what arrived stays, to resume). The caller compares the
+/// hashes.
 ///
 /// # Errors
 /// A sentence naming each peer that failed and why.
@@ -182,7 +200,7 @@ pub async fn fetch(
     size: u64,
     part: &Path,
     progress: Option<ProgressFn>,
-) -> Result<Copied, String> {
+) -> Result<Fetched, String> {
     let chunks = size.div_ceil(CHUNK);
     let have_path = have_path(part);
     let (file, have) = prepare(part, &have_path, size, chunks).map_err(|e| format!("preparing {}: {e}", part.display()))?;
@@ -190,15 +208,24 @@ pub async fn fetch(
     let already: u64 = (0..chunks).filter(|&i| have[i as usize] == 1).map(|i| chunk_len(i, size)).sum();
     let queue = (0..chunks).filter(|&i| have[i as usize] == 0).collect();
     let holders = &holders[..holders.len().min(MAX_SOURCES)];
-    let state = Mutex::new(Progressing { queue, have, done: already, sent_by: vec![0; holders.len()], errors: Vec::new() });
+    // The file is hashed as it arrives, chunk by chunk in order, read back
+    // from the page cache: the check costs little more than the last chunk.
+    // One message per chunk at most: sends never wait.
+    let (arrived, hashing) = std::sync::mpsc::sync_channel(usize::try_from(chunks).unwrap_or(usize::MAX));
+    let hasher = {
+        let (file, have) = (file.clone(), have.clone());
+        tokio::task::spawn_blocking(move || hash_in_order(&file, size, have, &hashing))
+    };
+    let state = Mutex::new(Progressing { queue, have, done: already, sent_by: vec![0; holders.len()], errors: Vec::new(), arrived, local_error: None });
     if let Some(p) = &progress {
         p(Progress::Started { total: size, already });
     }
     let start = Instant::now();
-    let mut healthy: Vec<usize> = (0..holders.len()).collect();
+    let mut healthy: Vec<usize> = (0..holders.len()).flat_map(|k| std::iter::repeat_n(k, STREAMS_PER_PEER)).collect();
     // A chunk given back by a peer that failed after the others had run out
     // of work is picked up by another round of those still healthy.
-    while !state.lock().expect("copy lock").queue.is_empty() && !healthy.is_empty() {
+    let going = |st: &Progressing| !st.queue.is_empty() && st.local_error.is_none();
+    while going(&state.lock().expect("copy lock")) && !healthy.is_empty() {
         let worked = futures_util::future::join_all(
             healthy.iter().map(|&k| from_one(client, metrics, holders, k, sha256, size, &file, &have_path, &state, progress.as_ref())),
         )
@@ -206,9 +233,16 @@ pub async fn fetch(
         healthy = healthy.into_iter().zip(worked).filter_map(|(h, ok)| ok.then_some(h)).collect();
     }
     let st = state.into_inner().expect("copy lock");
+    drop(st.arrived);
+    let hashed = hasher.await.map_err(|e| e.to_string())?;
+    if let Some(e) = st.local_error {
+        discard(part);
+        return Err(e);
+    }
     if !st.queue.is_empty() {
         return Err(st.errors.join("; "));
     }
+    let sha256 = hashed.map_err(|e| format!("reading the copy back: {e}"))?;
     let _ = std::fs::remove_file(&have_path);
     let mut from: Vec<(String, u64)> = holders.iter().zip(st.sent_by).filter(|(_, n)| *n > 0).map(|(h, n)| (h.hostname.clone(), n)).collect();
     from.sort_by_key(|f| std::cmp::Reverse(f.1));
@@ -216,7 +250,38 @@ pub async fn fetch(
     let secs = start.elapsed().as_secs_f64().max(1e-6);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
     let bytes_per_s = (copied as f64 / secs) as u64;
-    Ok(Copied { from: from.into_iter().map(|(name, _)| name).collect(), bytes_per_s })
+    Ok(Fetched { copied: Copied { from: from.into_iter().map(|(name, _)| name).collect(), bytes_per_s }, sha256 })
+}
+
+/// A finished copy: who sent it and how fast, and the sha256 of what arrived.
+#[derive(Debug)]
+pub struct Fetched {
+    pub copied: Copied,
+    pub sha256: String,
+}
+
+/// Hashes the file's chunks in order as `arrived` says they are in place
+/// (those in `have` already are); the sha256 once all are, or an error
+/// when the copy stops first (the sender goes away) or the file cannot be read.
+fn hash_in_order(file: &std::fs::File, size: u64, mut have: Vec<u8>, arrived: &std::sync::mpsc::Receiver<u64>) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; usize::try_from(CHUNK).map_err(std::io::Error::other)?];
+    let mut next = 0usize;
+    while next < have.len() {
+        if have[next] == 1 {
+            let len = usize::try_from(chunk_len(next as u64, size)).map_err(std::io::Error::other)?;
+            read_exact_at(file, &mut buf[..len], next as u64 * CHUNK)?;
+            h.update(&buf[..len]);
+            next += 1;
+            continue;
+        }
+        match arrived.recv() {
+            Ok(i) => have[usize::try_from(i).map_err(std::io::Error::other)?] = 1,
+            Err(_) => return Err(std::io::Error::other("the copy stopped")),
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Takes chunks from the queue and fetches them from `holders[k]` until none
@@ -250,7 +315,11 @@ async fn from_one(
         let got = tokio::time::timeout(CHUNK_WAIT, chunk(&mut stream, sha256, i * CHUNK, len, file, metrics)).await;
         let why = match got {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
+            Ok(Err(ChunkError::Peer(e))) => Some(e),
+            Ok(Err(ChunkError::Local(e))) => {
+                state.lock().expect("copy lock").local_error = Some(e);
+                return false;
+            }
             Err(_) => Some(format!("sent less than {len} bytes in {}s", CHUNK_WAIT.as_secs())),
         };
         let mut st = state.lock().expect("copy lock");
@@ -262,6 +331,7 @@ async fn from_one(
         st.have[i as usize] = 1;
         st.done += len;
         st.sent_by[k] += len;
+        let _ = st.arrived.send(i);
         // Written after the chunk: a crash in between only costs the chunk again.
         let _ = std::fs::write(have_path, &st.have);
         if let Some(p) = progress {
@@ -278,20 +348,24 @@ async fn chunk(
     len: u64,
     file: &Arc<std::fs::File>,
     metrics: &crate::metrics::Metrics,
-) -> Result<(), String> {
-    frame::write(stream, &Ask { sha256: sha256.to_string(), offset, len }).await.map_err(|e| e.to_string())?;
+) -> Result<(), ChunkError> {
+    let peer = |e: String| ChunkError::Peer(e);
+    frame::write(stream, &Ask { sha256: sha256.to_string(), offset, len }).await.map_err(|e| peer(e.to_string()))?;
     match frame::read::<_, Answer>(stream).await {
         Ok(Some(Answer::Bytes { len: n })) if n == len => {}
-        Ok(Some(Answer::Bytes { len: n })) => return Err(format!("offered {n} bytes for a chunk of {len}")),
-        Ok(Some(Answer::Refused { message })) => return Err(message),
-        Ok(None) => return Err("closed the stream".into()),
-        Err(e) => return Err(e.to_string()),
+        Ok(Some(Answer::Bytes { len: n })) => return Err(peer(format!("offered {n} bytes for a chunk of {len}"))),
+        Ok(Some(Answer::Refused { message })) => return Err(peer(message)),
+        Ok(None) => return Err(peer("closed the stream".into())),
+        Err(e) => return Err(peer(e.to_string())),
     }
-    let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
-    stream.read_exact(&mut buf).await.map_err(|e| format!("cut off: {e}"))?;
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|e| peer(e.to_string()))?];
+    stream.read_exact(&mut buf).await.map_err(|e| peer(format!("cut off: {e}")))?;
     metrics.copy_received_bytes.inc_by(len);
     let file = file.clone();
-    tokio::task::spawn_blocking(move || write_all_at(&file, &buf, offset)).await.map_err(|e| e.to_string())?.map_err(|e| format!("writing the copy: {e}"))
+    tokio::task::spawn_blocking(move || write_all_at(&file, &buf, offset))
+        .await
+        .map_err(|e| ChunkError::Local(e.to_string()))?
+        .map_err(|e| ChunkError::Local(format!("writing the copy: {e}")))
 }
 
 fn chunk_len(i: u64, size: u64) -> u64 {

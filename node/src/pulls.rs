@@ -192,6 +192,10 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
+    fn hub(&self) -> rbee_engine::store::HubName<'_> {
+        rbee_engine::store::HubName { repo: self.repo, file: self.file, revision: self.revision }
+    }
+
     async fn run(&self, progress: ProgressFn) -> rbee_engine::Result<Entry> {
         let store = self.engine.store();
         let mut copy_left = None;
@@ -206,7 +210,7 @@ impl Job<'_> {
                 tracing::info!(repo = %self.repo, file = %self.file, from = ?names, "copying from peers");
                 update(self.slots, self.id, |p| p.from_peers = names);
                 let failed = match crate::copy::fetch(client, metrics, &holders, &sha, size, &part, Some(progress.clone())).await {
-                    Ok(copied) => match store.adopt_copy(&part, self.repo, self.file, self.revision, &sha, copied).await {
+                    Ok(got) => match store.adopt_copy(&part, got.sha256, &sha, self.hub(), got.copied) {
                         Ok(entry) => return Ok(entry),
                         Err(e @ rbee_engine::Error::Checksum { .. }) => format!("the copy from peers was refused: {e}"),
                         Err(e) => return Err(e),
