@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Swarm benchmark (not part of CI; root). On a LAN of network namespaces:
 # routed against local time to first token, time for a new node to appear in
-# every registry, detection of a crashed, a silent and a departing node.
+# every registry, detection of a crashed, a silent and a departing node, and
+# a model copied between two nodes against a plain HTTP download of it (bare
+# and on a link shaped to 1 Gbit/s; `lan.py BIN FIXTURE --bench copy` alone).
 # Then many nodes in one process (memory transport): convergence, idle bytes
 # and CPU per node at 10, 50 and 100 nodes, a change reaching every registry,
 # a join. Then the membership protocol alone at 1000 nodes in virtual time.

@@ -18,26 +18,10 @@ use support::{TestNode, fixture};
 const REPO: &str = "unsloth/gemma-3-270m-it-GGUF";
 const FILE: &str = "gemma-3-270m-it-Q4_K_M.gguf";
 
-/// A node with its own data dir in the swarm `code`, holding the fixture
-/// when `with_model` (imported: its record has the sha256, not the hub name).
+/// A node in the swarm `code`, holding the fixture when `with_model`
+/// (imported: its record has the sha256, not the hub name).
 async fn node(dir: &std::path::Path, code: &str, peers: Vec<String>, hf: String, with_model: bool) -> TestNode {
-    let store = rbee_engine::store::Store::open(dir).unwrap();
-    if with_model && store.list().unwrap().is_empty() {
-        store.import(&fixture(), None).unwrap();
-    }
-    drop(store);
-    let cfg = rbee_node::Config::resolve(rbee_node::config::Overrides {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.to_path_buf()),
-        swarm_key: Some(code.into()),
-        swarm_listen: Some("/ip4/127.0.0.1/tcp/0".into()),
-        mdns: Some(false),
-        peers: Some(peers),
-        hf_endpoint: Some(hf),
-        ..Default::default()
-    })
-    .unwrap();
-    TestNode::start_with(cfg).await
+    support::swarm_node(dir, code, peers, Some(hf), with_model).await
 }
 
 async fn address(n: &TestNode) -> String {

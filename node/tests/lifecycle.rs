@@ -19,25 +19,9 @@ fn alive_tasks() -> usize {
     tokio::runtime::Handle::current().metrics().num_alive_tasks()
 }
 
-/// A node with its own data dir (its own swarm identity) in the swarm `code`.
+/// A node in the swarm `code` holding the fixture.
 async fn swarm_node(dir: &std::path::Path, code: &str, peers: Vec<String>, hf: Option<String>) -> TestNode {
-    let store = rbee_engine::store::Store::open(dir).unwrap();
-    if store.list().unwrap().is_empty() {
-        store.import(&fixture(), None).unwrap();
-    }
-    drop(store);
-    let cfg = rbee_node::Config::resolve(rbee_node::config::Overrides {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.to_path_buf()),
-        swarm_key: Some(code.into()),
-        swarm_listen: Some("/ip4/127.0.0.1/tcp/0".into()),
-        mdns: Some(false),
-        peers: Some(peers),
-        hf_endpoint: hf,
-        ..Default::default()
-    })
-    .unwrap();
-    TestNode::start_with(cfg).await
+    support::swarm_node(dir, code, peers, hf, true).await
 }
 
 async fn peers_up(n: &TestNode) -> Vec<String> {

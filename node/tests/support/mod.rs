@@ -100,6 +100,29 @@ impl TestNode {
     }
 }
 
+/// A node with its own data dir (its own swarm identity) in the swarm
+/// `code`, on loopback without mDNS, dialing `peers`, pulling from `hf`;
+/// holding the fixture (imported) when `with_model`.
+pub async fn swarm_node(dir: &std::path::Path, code: &str, peers: Vec<String>, hf: Option<String>, with_model: bool) -> TestNode {
+    let store = rbee_engine::store::Store::open(dir).unwrap();
+    if with_model && store.list().unwrap().is_empty() {
+        store.import(&fixture(), None).unwrap();
+    }
+    drop(store);
+    let cfg = Config::resolve(Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.to_path_buf()),
+        swarm_key: Some(code.into()),
+        swarm_listen: Some("/ip4/127.0.0.1/tcp/0".into()),
+        mdns: Some(false),
+        peers: Some(peers),
+        hf_endpoint: hf,
+        ..Default::default()
+    })
+    .unwrap();
+    TestNode::start_with(cfg).await
+}
+
 /// One SSE stream read line by line: `data:` payloads and `:` comments.
 pub struct Sse {
     res: reqwest::Response,
