@@ -27,6 +27,7 @@ const freePort = () =>
   });
 
 const nodes = [];
+const hubs = [];
 
 /// Starts `rbee serve` on `dir` and resolves once it listens.
 async function startNode(dir, extra = [], moreEnv = {}) {
@@ -102,7 +103,12 @@ async function startHub() {
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   hub.url = `http://127.0.0.1:${server.address().port}`;
-  hub.close = () => new Promise((r) => server.close(r));
+  hub.close = () =>
+    new Promise((r) => {
+      server.close(r);
+      server.closeAllConnections();
+    });
+  hubs.push(hub);
   hub.size = size;
   return hub;
 }
@@ -117,6 +123,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   for (const n of [...nodes]) n.child.kill("SIGKILL");
+  // A test that failed left its hub open: it would keep this process alive.
+  await Promise.all(hubs.map((h) => h.close()));
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
@@ -246,8 +254,10 @@ test("the swarm page shows a second node, the models page says where each model 
   await copied.waitFor({ timeout: 60_000 });
   assert.match(await copied.textContent(), /this machine/);
   assert.match(await copied.locator("small.source").textContent(), /^unsloth\/gemma-3-270m-it-GGUF, copied from .+ over the LAN at \d+ MB\/s$/);
+  await page.locator('.pulls li[data-state="done"]').waitFor();
   assert.match(await page.locator('.pulls li[data-state="done"] .pull-status').textContent(), /done: gemma-3-270m-it-q4_k_m \(from .+, LAN, \d+ MB\/s\)/);
   assert.equal(hub.requests, 1, "the hub sent nothing but the file's description");
+  await page.locator(".pulls").evaluate((e) => e.scrollIntoView({ block: "start" }));
   await page.screenshot({ path: join(SHOTS, "models.png") });
   assert.deepEqual(errors, []);
   await stopNode(b);

@@ -43,7 +43,7 @@ const MAX_SOURCES: usize = 4;
 /// milliseconds.
 const STREAMS_PER_PEER: usize = 4;
 /// Copies a node sends at once (more asks wait their turn).
-const MAX_SENDING: usize = 8;
+const MAX_SENDING: usize = 16;
 /// A chunk that takes longer than this drops its peer from the copy (a
 /// stopped or overloaded machine); another peer or the hub takes over.
 const CHUNK_WAIT: Duration = Duration::from_secs(30);

@@ -264,25 +264,35 @@ pub fn source_in_words(source: &rbee_engine::store::Source) -> String {
 }
 
 /// Adds where each model is in the swarm, and the models only peers have.
-fn with_swarm(s: &Service, mut models: Vec<Model>, loaded: &HashSet<String>) -> Vec<Model> {
+fn with_swarm(s: &Service, mut models: Vec<Model>) -> Vec<Model> {
     let Some(client) = &s.swarm else {
         for m in &mut models {
             m.info.nodes.push(ModelLocation { node_id: None, hostname: String::new(), local: true, loaded: m.info.loaded });
         }
         return models;
     };
-    for p in client.peers().iter().filter(|p| p.up && (p.local || p.record.share)) {
+    // This node's catalog is the truth about itself (its record lags by up
+    // to a second: a model just pulled is here already).
+    let peers = client.peers();
+    let me = peers.iter().find(|p| p.local);
+    for m in &mut models {
+        m.info.nodes.push(ModelLocation {
+            node_id: Some(me.map_or_else(|| rbee_swarm::NodeId::from(client.peer_id), |p| p.node_id.clone())),
+            hostname: me.map(|p| p.record.hostname.clone()).unwrap_or_default(),
+            local: true,
+            loaded: m.info.loaded,
+        });
+    }
+    for p in peers.iter().filter(|p| p.up && !p.local && p.record.share) {
         for d in &p.record.models_on_disk {
             let location = ModelLocation {
                 node_id: Some(p.node_id.clone()),
                 hostname: p.record.hostname.clone(),
-                local: p.local,
-                loaded: if p.local { loaded.contains(&d.id) } else { p.record.models_loaded.iter().any(|l| l.id == d.id) },
+                local: false,
+                loaded: p.record.models_loaded.iter().any(|l| l.id == d.id),
             };
             match models.iter_mut().find(|m| m.id == d.id) {
                 Some(m) => m.info.nodes.push(location),
-                // This node's catalog is the truth about itself; the record may lag.
-                None if p.local => {}
                 None => models.push(Model {
                     id: d.id.clone(),
                     created: 0,
@@ -315,7 +325,7 @@ impl Service {
     pub fn models(&self) -> rbee_engine::Result<Vec<Model>> {
         let loaded = loaded(self);
         let local = self.engine.store().list()?.into_iter().map(|e| model(e, &loaded)).collect();
-        Ok(with_swarm(self, local, &loaded))
+        Ok(with_swarm(self, local))
     }
 
     /// The model `name` means: an exact id anywhere in the swarm, or a
@@ -323,7 +333,7 @@ impl Service {
     pub fn model(&self, name: &str) -> Option<Model> {
         let loaded = loaded(self);
         let local = self.engine.store().get(name).map(|e| vec![model(e, &loaded)]).unwrap_or_default();
-        with_swarm(self, local, &loaded).into_iter().find(|m| m.id == name || (m.info.nodes.iter().any(|n| n.local) && m.id.starts_with(name)))
+        with_swarm(self, local).into_iter().find(|m| m.id == name || (m.info.nodes.iter().any(|n| n.local) && m.id.starts_with(name)))
     }
 
     /// Unloads one of this machine's models (an exact id: a prefix that
