@@ -3,7 +3,8 @@
 //! wire. Every node runs the real stack (pnet, Noise, Yamux, gossipsub,
 //! identify, SWIM membership, snapshot exchange); only mDNS is replaced by dialing.
 //!
-//! `swarm_sim NODES [mesh|sparse] [SECONDS]`; `STAGGER_MS` spaces the
+//! `swarm_sim NODES [mesh|sparse] [SECONDS]`; `FULL_MESH` sets the mesh limit
+//! (`Config::full_mesh`); `STAGGER_MS` spaces the
 //! starts.
 //!
 //! - `mesh`: every node connects to every other, as mDNS makes on a LAN.
@@ -37,6 +38,9 @@ fn start(key: SwarmKey, bootstrap: Vec<Multiaddr>) -> Node {
     cfg.listen = vec![listen.clone()];
     cfg.bootstrap = bootstrap;
     cfg.memory_transport = true;
+    if let Some(n) = std::env::var("FULL_MESH").ok().and_then(|v| v.parse().ok()) {
+        cfg.full_mesh = n;
+    }
     let client = rbee_swarm::start(cfg).expect("swarm starts");
     let c = client.clone();
     tokio::spawn(async move { c.update(rbee_swarm::NodeRecord { hostname: format!("sim-{peer}"), share: true, ..Default::default() }).await });
@@ -69,6 +73,9 @@ fn cpu_time() -> Duration {
     Duration::from_millis((tick(11) + tick(12)) * 10)
 }
 
+/// Seconds between the progress lines printed while the nodes converge.
+const PROGRESS_EVERY: u64 = 1;
+
 fn bootstrap_for(topology: &str, earlier: &[Node]) -> Vec<Multiaddr> {
     if topology == "mesh" {
         earlier.iter().map(|n| n.addr.clone()).collect()
@@ -100,17 +107,21 @@ async fn main() {
         let clients = clients.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(Duration::from_secs(PROGRESS_EVERY)).await;
                 let sum = |f: fn(&rbee_swarm::node::Stats) -> u64| clients.iter().map(|c| f(&c.stats)).sum::<u64>();
                 use std::sync::atomic::Ordering::Relaxed;
                 eprintln!(
-                    "  … registries list {}..{} up; wire in {} KiB, records in {} KiB, rejected {}, gossip dropped {}",
+                    "  … registries list {}..{} up; wire in {} KiB, records in {} KiB, rejected {}, gossip dropped {}, membership msgs {}, record syncs {}, connections opened {} closed {}",
                     clients.iter().map(up).min().unwrap_or(0),
                     clients.iter().map(up).max().unwrap_or(0),
                     sum(|s| s.wire_bytes_in.load(Relaxed)) / 1024,
                     sum(|s| s.gossip_bytes_in.load(Relaxed)) / 1024,
                     sum(|s| s.rejected.load(Relaxed)),
                     sum(|s| s.gossip_dropped.load(Relaxed)),
+                    sum(|s| s.swim_out.load(Relaxed)),
+                    sum(|s| s.record_syncs.load(Relaxed)),
+                    sum(|s| s.connections_opened.load(Relaxed)),
+                    sum(|s| s.connections_closed.load(Relaxed)),
                 );
             }
         })
