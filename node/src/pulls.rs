@@ -302,8 +302,8 @@ fn holders(peers: &[rbee_swarm::PeerView], hub: Option<&HubFile>, repo: &str, fi
     let sha = counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))?.0.to_string();
     let size = hub.and_then(|h| h.size).or_else(|| found.iter().find(|f| f.0 == sha).map(|f| f.1))?;
     // Nearest first would need RTTs; the registry's order is as good.
-    let holders = found.into_iter().filter(|f| f.0 == sha && f.1 == size).map(|f| f.2).collect();
-    Some((sha, size, holders))
+    let holders: Vec<crate::copy::Holder> = found.into_iter().filter(|f| f.0 == sha && f.1 == size).map(|f| f.2).collect();
+    (!holders.is_empty() && size > 0).then_some((sha, size, holders))
 }
 
 /// Applies `f` to pull `id` while it is still running (a cancelled pull's
@@ -315,5 +315,64 @@ fn update(slots: &Mutex<Vec<Slot>>, id: u64, f: impl FnOnce(&mut Pull)) {
         if s.pull.state != State::Running {
             s.task = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rbee_swarm::record::{ModelOnDisk, NodeRecord};
+    use rbee_swarm::registry::{PeerView, Status};
+
+    use super::{HubFile, holders};
+
+    fn peer(id: &str, up: bool, local: bool, models: &[(&str, u64, &str)]) -> PeerView {
+        let models_on_disk = models
+            .iter()
+            .map(|(sha, size, name)| ModelOnDisk {
+                id: (*name).into(),
+                size_bytes: *size,
+                sha256: (*sha).into(),
+                repo: if name.is_empty() { String::new() } else { "acme/m-GGUF".into() },
+                file: (*name).into(),
+                ..ModelOnDisk::default()
+            })
+            .collect();
+        PeerView {
+            node_id: id.into(),
+            up,
+            status: if up { Status::Up } else { Status::Down },
+            last_seen_ms: 0,
+            local,
+            record: Arc::new(NodeRecord { hostname: format!("host-{id}"), models_on_disk, ..NodeRecord::default() }),
+        }
+    }
+
+    #[test]
+    fn holders_are_the_live_peers_with_the_hubs_content_or_by_name_without_the_hub() {
+        let good = "a".repeat(64);
+        let other = "b".repeat(64);
+        let peers = vec![
+            peer("me", true, true, &[(&good, 10, "m.gguf")]),
+            peer("p1", true, false, &[(&good, 10, "")]),
+            peer("p2", false, false, &[(&good, 10, "m.gguf")]),
+            peer("p3", true, false, &[(&other, 10, "m.gguf")]),
+            peer("p4", true, false, &[(&other, 10, "m.gguf")]),
+        ];
+        // The hub names the content: the live peers holding it, whatever they
+        // call it; not this node, not a down one, not a same-named other file.
+        let hub = HubFile { sha256: Some(good.clone()), size: Some(10) };
+        let (sha, size, h) = holders(&peers, Some(&hub), "acme/m-GGUF", "m.gguf").unwrap();
+        assert_eq!((sha.as_str(), size), (good.as_str(), 10));
+        assert_eq!(h.iter().map(|h| h.hostname.as_str()).collect::<Vec<_>>(), ["host-p1"]);
+        // Without the hub: by repository and file name, the content most hold.
+        let (sha, _, h) = holders(&peers, None, "acme/m-GGUF", "m.gguf").unwrap();
+        assert_eq!(sha, other);
+        assert_eq!(h.len(), 2);
+        // Nobody has it, or the hub's size disagrees with what they hold.
+        assert!(holders(&peers, Some(&HubFile { sha256: Some("c".repeat(64)), size: Some(10) }), "x/y", "z.gguf").is_none());
+        assert!(holders(&peers, Some(&HubFile { sha256: Some(good), size: Some(11) }), "acme/m-GGUF", "m.gguf").is_none());
+        assert!(holders(&peers, Some(&HubFile { sha256: None, size: Some(10) }), "acme/m-GGUF", "m.gguf").is_none());
     }
 }
