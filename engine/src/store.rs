@@ -293,7 +293,6 @@ impl Store {
         let gguf = Gguf::open(path)?;
         Config::from_gguf(&gguf)?;
         drop(gguf);
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "model".into());
         // A name of its own (two imports at once must not share one), locked
         // while in use so that a later start can tell a crash's leftover from
         // an import still running, and removed if this fails.
@@ -304,7 +303,7 @@ impl Store {
         if let Some(existing) = self.by_sha256(&sha)? {
             return Ok(existing);
         }
-        let id = self.free_id(&sanitize(&stem))?;
+        let id = self.free_id(&id_for_file(&path.to_string_lossy()))?;
         let dest = self.models_dir().join(format!("{id}.gguf"));
         tmp.persist_noclobber(&dest).map_err(|e| Error::Io { context: "moving the imported file into place".into(), source: e.error })?;
         let entry = describe(&dest, &id, Source::Import { original: path.display().to_string() }, Some(sha))?;
@@ -326,7 +325,13 @@ impl Store {
         check_hub_names(repo, file, revision)?;
         let pointer = hub_download(self.dir.join("downloads"), endpoint, repo, file, revision, progress.clone()).await?;
         let blob = std::fs::canonicalize(&pointer).map_err(Error::io("resolving the downloaded file"))?;
-        let sha = hash_off_thread(&blob).await?;
+        // Gigabytes of reading: off the async threads.
+        let sha = {
+            let blob = blob.clone();
+            tokio::task::spawn_blocking(move || hash_file(&blob))
+                .await
+                .map_err(|e| Error::Io { context: "hashing the download".into(), source: std::io::Error::other(e) })??
+        };
         // For LFS files the hub's ETag is the sha256 of the content.
         let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) && etag != sha {
@@ -534,15 +539,6 @@ pub fn hash_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
-}
-
-/// [`hash_file`] on a blocking thread: gigabytes of reading stay off the
-/// async ones.
-async fn hash_off_thread(path: &Path) -> Result<String> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || hash_file(&path))
-        .await
-        .map_err(|e| Error::Io { context: "hashing a download".into(), source: std::io::Error::other(e) })?
 }
 
 fn hex(bytes: &[u8]) -> String {
