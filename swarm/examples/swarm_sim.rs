@@ -140,9 +140,10 @@ async fn main() {
         std::process::exit(1);
     };
     println!(
-        "{n} nodes ({topology}): every registry lists all {n} up {:.0} ms after the first node started (starting them took {:.0} ms)",
+        "{n} nodes ({topology}): every registry lists all {n} up {:.0} ms after the first node started (starting them took {:.0} ms; {:.1} s of CPU)",
         t0.elapsed().as_secs_f64() * 1e3,
-        started.as_secs_f64() * 1e3
+        started.as_secs_f64() * 1e3,
+        cpu_time().as_secs_f64()
     );
 
     // Steady state: let the start-up traffic settle, then count a window.
