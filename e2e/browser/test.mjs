@@ -128,9 +128,10 @@ after(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-async function openPage(url, { maxTokens } = {}) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+async function openPage(url, { maxTokens, width = 1100, height = 720 } = {}) {
+  const context = await browser.newContext({ viewport: { width, height } });
   if (maxTokens) await context.addInitScript((n) => localStorage.setItem("rbee.maxTokens", String(n)), maxTokens);
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(url).origin });
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
@@ -165,9 +166,30 @@ test("a message streams in, and the conversation survives a reload and a node re
   const answer = page.locator(".msg.assistant").last();
   const meta = await answer.locator(".meta").textContent();
   assert.match(meta, /\d+\.\d tok\/s · answered by this machine/);
+  assert.match(meta, /^gemma-3-270m-q4_k_m · /, "the answer names the model that wrote it");
   const text = await answer.locator(".body").textContent();
   assert.ok(text.trim().length > 0);
   await page.screenshot({ path: join(SHOTS, "chat.png") });
+
+  // Copy puts the answer's text on the clipboard.
+  await answer.getByRole("button", { name: "Copy" }).click();
+  await answer.getByRole("button", { name: "Copied" }).waitFor();
+  const clipped = await page.evaluate(() => navigator.clipboard.readText());
+  const [stored] = (await (await fetch(`${node.url}/api/conversations`)).json()).data;
+  const kept = await (await fetch(`${node.url}/api/conversations/${stored.id}`)).json();
+  assert.equal(clipped, kept.messages.at(-1).content, "the answer as written (its Markdown), not as rendered");
+
+  // Export: Markdown to read, JSON with what the node keeps.
+  const download = async (name) => {
+    const [d] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name }).click()]);
+    return [d.suggestedFilename(), readFileSync(await d.path(), "utf8")];
+  };
+  const [mdName, md] = await download("Export .md");
+  assert.equal(mdName, "Write one sentence about honey bees.md");
+  assert.ok(md.startsWith("# Write one sentence about honey bees.\n\n## You\n\nWrite one sentence about honey bees.\n\n## rbee (gemma-3-270m-q4_k_m)\n\n"), md);
+  const [, json] = await download("Export .json");
+  const exported = JSON.parse(json);
+  assert.deepEqual(exported.messages.map((m) => [m.role, m.model ?? null]), [["user", null], ["assistant", "gemma-3-270m-q4_k_m"]]);
 
   // The conversation is in the list, titled after the question.
   const item = page.locator(".conversations li .title").first();
@@ -259,9 +281,23 @@ test("the swarm page shows a second node, the models page says where each model 
   assert.equal(hub.requests, 1, "the hub sent nothing but the file's description");
   await page.locator(".pulls").evaluate((e) => e.scrollIntoView({ block: "start" }));
   await page.screenshot({ path: join(SHOTS, "models.png") });
-  assert.deepEqual(errors, []);
-  await stopNode(b);
+
+  // A was started with --swarm-key and nothing was saved: its Settings page
+  // promises no restart.
+  const { page: settingsA, errors: errorsA } = await openPage(`${a.url}/#/settings`);
+  await settingsA.getByText(/In swarm /).waitFor();
+  assert.equal(await settingsA.locator(".restart").count(), 0, "no restart notice for a key given on the command line");
+
+  // A shuts down: B's Swarm page keeps it, offline, and counts in English.
+  await page.getByRole("link", { name: "Swarm" }).click();
   await stopNode(a);
+  const gone = page.locator("table tbody tr.down");
+  await gone.waitFor();
+  assert.match(await gone.textContent(), /offline \(shut down\)/);
+  assert.match(await page.locator(".summary").textContent(), /^1 machine up · 1 offline · swarm key /);
+  assert.deepEqual(errors, []);
+  assert.deepEqual(errorsA.filter((e) => !/ERR_CONNECTION_REFUSED|EventSource/.test(e)), []);
+  await stopNode(b);
   await hub.close();
 });
 
@@ -334,12 +370,21 @@ test("settings: create a swarm, see its join code, pause sharing, and add an API
   dirs.push(dir);
   const node = await startNode(dir);
   const config = join(dir, "none.toml");
-  const { page, errors } = await openPage(`${node.url}/#/settings`);
+  // Alone, the Swarm page points to Settings rather than to the command line.
+  const { page, errors } = await openPage(`${node.url}/#/swarm`);
+  await page.getByText("This machine runs alone").waitFor();
+  await page.locator(".summary").getByRole("link", { name: "Settings" }).click();
   await page.getByText("Running alone").waitFor();
   await page.getByRole("button", { name: "Create a swarm" }).click();
   const code = page.locator('input[name="join-code"]');
   await code.waitFor();
   const joinCode = await code.inputValue();
+
+  // Replacing it asks first: declined, the join code stays.
+  page.once("dialog", (d) => d.dismiss());
+  await page.getByRole("button", { name: "Create a new swarm instead" }).click();
+  await page.waitForTimeout(200);
+  assert.equal(await code.inputValue(), joinCode);
   assert.match(joinCode, /^rbee-swarm-[0-9a-f]{64}$/);
   assert.match(await page.locator(".restart").textContent(), /swarm_key/);
   assert.match(await page.locator(".restart").textContent(), /Restart `rbee serve`/);
@@ -362,5 +407,86 @@ test("settings: create a swarm, see its join code, pause sharing, and add an API
   await page.screenshot({ path: join(SHOTS, "settings.png") });
   // The refused PATCH is logged by the browser as a failed load; nothing else.
   assert.deepEqual(errors.filter((e) => !/status of 400/.test(e)), []);
+  await stopNode(node);
+});
+
+test("narrow windows and the keyboard: the chat list folds away, Escape stops and cancels, scrolling up stops the follow", async () => {
+  const dir = dataDirWithFixture();
+  dirs.push(dir);
+  const node = await startNode(dir);
+  const { page, errors } = await openPage(node.url, { maxTokens: 400, width: 700, height: 480 });
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.waitFor();
+  const focused = () => page.evaluate(() => document.activeElement?.getAttribute("aria-label") ?? document.activeElement?.textContent ?? "");
+  assert.equal(await focused(), "Message", "the message box has the focus");
+
+  // Keyboard only: type (Shift+Enter for new lines), Enter sends. A list
+  // to continue: taller than the log at once, and the base model goes on
+  // counting for the whole answer.
+  const question = ["Count on, one number per line:", ...Array.from({ length: 30 }, (_, i) => String(i + 1))].join("\n");
+  for (const [i, line] of question.split("\n").entries()) {
+    if (i) await page.keyboard.press("Shift+Enter");
+    await page.keyboard.type(line);
+  }
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body")?.textContent ?? "").length > 10);
+
+  // Scrolling up while it streams stops the follow: the log stays where the
+  // reader put it, and "Jump to latest" appears.
+  const log = page.locator(".log");
+  await log.evaluate((e) => (e.scrollTop = 0));
+  await page.waitForTimeout(300);
+  assert.ok(await page.locator(".msg.assistant.streaming").count(), "still streaming");
+  assert.equal(await log.evaluate((e) => e.scrollTop), 0, "not pulled back down");
+  const jump = page.getByRole("button", { name: /Jump to latest/ });
+  assert.ok(await jump.isVisible());
+
+  // Escape stops the answer; it is kept, marked stopped, and the focus is back in the message box.
+  await page.keyboard.press("Escape");
+  await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
+  assert.match(await page.locator(".msg.assistant .meta").last().textContent(), /stopped/);
+  assert.equal(await focused(), "Message");
+  await jump.click();
+  assert.ok(await log.evaluate((e) => e.scrollHeight - e.scrollTop - e.clientHeight < 40), "at the newest text");
+  assert.equal(await jump.isVisible(), false);
+
+  // Escape cancels an edit: the question is unchanged and nothing was removed.
+  await page.locator(".msg.user").getByRole("button", { name: "Edit" }).click();
+  assert.equal(await focused(), "Edit message");
+  await page.keyboard.press("Escape");
+  await page.locator(".editing").waitFor({ state: "detached" });
+  assert.equal(await page.locator(".msg.user .body").textContent(), question);
+  assert.equal(await page.locator(".msg.assistant").count(), 1);
+
+  // At 700 px the chat list is folded away behind a button; the chats in it are buttons.
+  assert.equal(await page.locator("aside").isVisible(), false);
+  await page.screenshot({ path: join(SHOTS, "chat-700.png") });
+  const toggle = page.getByRole("button", { name: "Show chats" });
+  await toggle.focus();
+  await page.keyboard.press("Enter");
+  assert.equal(await page.locator("aside").isVisible(), true);
+  assert.equal(await toggle.getAttribute("aria-expanded"), "true");
+  assert.ok(await page.evaluate(() => document.activeElement?.matches(".conversations li.active button.title")), "focus moves to the open chat's title, a button");
+  await page.screenshot({ path: join(SHOTS, "chat-700-list.png") });
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => !document.querySelector(".chat.side-open"));
+  assert.equal(await focused(), "Message");
+
+  // No page scrolls sideways at 700 or 400 px.
+  for (const width of [700, 400]) {
+    await page.setViewportSize({ width, height: 720 });
+    for (const name of ["chat", "swarm", "models", "settings"]) {
+      await page.goto(`${node.url}/#/${name}`);
+      await page.locator(`#nav a.active[data-page="${name}"]`).waitFor();
+      await page.waitForTimeout(400);
+      const [scroll, client] = await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+      assert.ok(scroll <= client, `${name} at ${width} px: ${scroll} px wide in ${client}`);
+    }
+  }
+  await page.goto(`${node.url}/#/chat`);
+  await page.locator(".msg.assistant").waitFor();
+  await page.locator(".log").evaluate((e) => (e.scrollTop = e.scrollHeight));
+  await page.screenshot({ path: join(SHOTS, "chat-400.png") });
+  assert.deepEqual(errors, []);
   await stopNode(node);
 });

@@ -181,6 +181,13 @@ pub struct Config {
     /// The file these settings were read from, where the UI's settings page
     /// writes its changes; `None` for a node built without one (tests).
     pub config_file: Option<PathBuf>,
+    /// What that file said when the node started: a setting saved since
+    /// differs from it, and the next start applies it.
+    pub file_at_start: Overrides,
+    /// The settings the UI can save (`listen`, `api_keys`, `swarm_key`)
+    /// that an `RBEE_*` variable or a flag set for this run: a value saved in
+    /// the file would not change them at a start made the same way.
+    pub fixed: Vec<&'static str>,
 }
 
 /// The one rule that spans two settings: an address beyond loopback needs
@@ -257,6 +264,8 @@ impl Config {
             mdns: o.mdns.unwrap_or(true),
             hf_endpoint: o.hf_endpoint.unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string()).trim_end_matches('/').to_string(),
             config_file: None,
+            file_at_start: Overrides::default(),
+            fixed: Vec::new(),
             listen,
             data_dir: o.data_dir.unwrap_or_else(default_data_dir),
             api_keys,
@@ -294,9 +303,16 @@ impl Config {
 /// When the file cannot be parsed or a setting is invalid.
 pub fn load(file: Option<PathBuf>, flags: Overrides) -> Result<Config> {
     let file = file.unwrap_or_else(default_config_file);
-    let layers = Overrides::from_file(&file)?.then(Overrides::from_env(|k| std::env::var(k).ok())?).then(flags);
-    let mut cfg = Config::resolve(layers)?;
+    let in_file = Overrides::from_file(&file)?;
+    let given = Overrides::from_env(|k| std::env::var(k).ok())?.then(flags);
+    let fixed = [("listen", given.listen.is_some()), ("api_keys", given.api_keys.is_some()), ("swarm_key", given.swarm_key.is_some())]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+    let mut cfg = Config::resolve(in_file.clone().then(given))?;
     cfg.config_file = Some(file);
+    cfg.file_at_start = in_file;
+    cfg.fixed = fixed;
     Ok(cfg)
 }
 

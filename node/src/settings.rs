@@ -143,8 +143,13 @@ pub struct View {
     pub swarm: SwarmSettings,
     /// What the config file says (takes effect at the next start).
     pub saved: Saved,
-    /// The settings whose saved value differs from the running one.
+    /// The settings saved since this run started: the next start applies
+    /// them.
     pub restart_required: Vec<String>,
+    /// Settings saved since this run started that a flag or `RBEE_*`
+    /// variable of this run overrides: a start made the same way keeps them
+    /// as they are.
+    pub overridden: Vec<String>,
     pub can_restart: bool,
 }
 
@@ -175,15 +180,24 @@ pub fn view(s: &Service) -> Result<View, Error> {
         None => Overrides::default(),
     };
     let running_key = c.swarm_key.map(|k| k.join_code());
-    let mut pending = Vec::new();
-    if saved.listen.as_deref().and_then(|l| l.parse::<SocketAddr>().ok()).is_some_and(|l| l != c.listen) {
-        pending.push("listen".to_string());
-    }
-    if saved.api_keys.as_ref().is_some_and(|k| k.iter().filter(|k| !k.is_empty()).ne(c.api_keys.iter())) {
-        pending.push("api_keys".to_string());
-    }
-    if saved.swarm_key != running_key && (saved.swarm_key.is_some() || running_key.is_some()) {
-        pending.push("swarm_key".to_string());
+    // What the next start makes of the file, against what runs. A setting
+    // that a flag or `RBEE_*` variable gives this run is not the file's to
+    // change (a node started with `--swarm-key` and nothing saved has nothing
+    // to apply); one saved since the start anyway is said to be overridden.
+    let start = &c.file_at_start;
+    let next_listen = saved.listen.as_deref().unwrap_or(crate::config::DEFAULT_LISTEN).parse::<SocketAddr>().ok();
+    let settings = [
+        ("listen", next_listen.is_some_and(|l| l != c.listen), saved.listen != start.listen),
+        ("api_keys", saved.api_keys.clone().unwrap_or_default().iter().filter(|k| !k.is_empty()).ne(c.api_keys.iter()), saved.api_keys != start.api_keys),
+        ("swarm_key", saved.swarm_key != running_key, saved.swarm_key != start.swarm_key),
+    ];
+    let (mut pending, mut overridden) = (Vec::new(), Vec::new());
+    for (name, differs, saved_since) in settings {
+        if !c.fixed.contains(&name) && differs {
+            pending.push(name.to_string());
+        } else if c.fixed.contains(&name) && saved_since {
+            overridden.push(name.to_string());
+        }
     }
     let saved_swarm = saved.swarm_key.as_deref().and_then(|k| rbee_swarm::SwarmKey::from_join_code(k).ok());
     Ok(View {
@@ -199,6 +213,7 @@ pub fn view(s: &Service) -> Result<View, Error> {
             swarm_join_code: saved.swarm_key,
         },
         restart_required: pending,
+        overridden,
         can_restart: s.can_restart(),
     })
 }

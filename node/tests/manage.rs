@@ -23,6 +23,8 @@ async fn empty_node(dir: &std::path::Path, hf: Option<String>) -> TestNode {
     })
     .unwrap();
     cfg.config_file = Some(dir.join("config.toml"));
+    // The port is given as `rbee serve --listen` gives it: not the file's.
+    cfg.fixed = vec!["listen"];
     TestNode::start_with(cfg).await
 }
 
@@ -226,7 +228,8 @@ async fn settings_are_written_to_the_config_file_and_checked() {
     assert!(rbee_swarm::SwarmKey::from_join_code(&code).is_ok());
     let (status, s) = json(patch(json!({"listen": "0.0.0.0:7999", "api_keys": ["sk-office-1234"]})).await.unwrap()).await;
     assert_eq!(status, 200, "{s}");
-    assert_eq!(s["restart_required"], json!(["listen", "api_keys", "swarm_key"]));
+    assert_eq!(s["restart_required"], json!(["api_keys", "swarm_key"]));
+    assert_eq!(s["overridden"], json!(["listen"]), "the address this run was given keeps overriding the file's");
     let cfg = rbee_node::config::load(Some(file.clone()), rbee_node::config::Overrides::default()).unwrap();
     assert_eq!((cfg.listen.to_string(), cfg.api_keys.clone(), cfg.slots), ("0.0.0.0:7999".to_string(), vec!["sk-office-1234".to_string()], 3));
     assert_eq!(cfg.swarm_key.unwrap().join_code(), code);
@@ -298,4 +301,34 @@ async fn the_swarm_page_stream_starts_with_the_registry_and_ends_at_shutdown() {
     let stopping = tokio::spawn(n.stop());
     assert_eq!(tokio::time::timeout(Duration::from_secs(20), sse.next()).await.expect("the stream ended"), support::SseItem::End);
     tokio::time::timeout(Duration::from_secs(20), stopping).await.expect("the node stopped without waiting out its grace period").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_swarm_key_given_at_start_needs_no_restart_until_another_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rbee_swarm::SwarmKey::generate();
+    let mut cfg = rbee_node::Config::resolve(rbee_node::config::Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.path().join("data")),
+        swarm_key: Some(key.join_code()),
+        ..Default::default()
+    })
+    .unwrap();
+    cfg.config_file = Some(dir.path().join("config.toml"));
+    cfg.fixed = vec!["listen", "swarm_key"];
+    // Alone on loopback: no mDNS, nothing to find.
+    cfg.mdns = false;
+    cfg.swarm_listen = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+    let n = TestNode::start_with(cfg).await;
+    let client = reqwest::Client::new();
+    let (_, s) = json(client.get(format!("{}/api/settings", n.url)).send().await.unwrap()).await;
+    assert_eq!((s["swarm"]["enabled"].as_bool(), s["restart_required"].clone(), s["overridden"].clone()), (Some(true), json!([]), json!([])), "{s}");
+
+    // Saving another swarm in the file: the running key still comes from
+    // the flag, so the page must not promise a restart applies it.
+    let other = rbee_swarm::SwarmKey::generate().join_code();
+    let (status, s) = json(client.patch(format!("{}/api/settings", n.url)).json(&json!({"swarm_key": other})).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!((s["restart_required"].clone(), s["overridden"].clone()), (json!([]), json!(["swarm_key"])));
+    n.stop().await.unwrap();
 }

@@ -69,8 +69,11 @@ pub struct Config {
     /// to random others, and records and membership travel over them.
     pub full_mesh: usize,
     pub degree: usize,
-    /// A down peer is forgotten after this long.
+    /// A down peer is no longer probed or dialed after this long.
     pub forget_after: Duration,
+    /// ... but stays in the registry, shown down (or left), this long: a
+    /// machine switched off for lunch is still listed as offline.
+    pub show_gone_for: Duration,
     /// How often known but unconnected peers are dialed again.
     pub redial: Duration,
     /// In-process tests: libp2p's memory transport instead of TCP.
@@ -90,6 +93,7 @@ impl Config {
             full_mesh: 64,
             degree: 16,
             forget_after: Duration::from_secs(60),
+            show_gone_for: Duration::from_secs(24 * 3600),
             redial: Duration::from_secs(2),
             memory_transport: false,
         }
@@ -452,7 +456,7 @@ pub fn start(cfg: Config) -> Result<Client> {
     tracing::info!(%peer_id, swarm_key = %fingerprint, mdns = mdns_on, "swarm starting");
     let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let local = NodeRecord { schema: SCHEMA, node_id: peer_id.to_string(), incarnation, ..Default::default() };
-    let registry = Registry::new(peer_id, cfg.forget_after);
+    let registry = Registry::new(peer_id, cfg.show_gone_for.max(cfg.forget_after));
     let mut swim_cfg = cfg.swim.clone();
     swim_cfg.forget_after = cfg.forget_after;
     let swim = Swim::new(NodeId::from(peer_id), incarnation, swim_cfg, rand::random());

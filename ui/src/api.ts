@@ -104,6 +104,7 @@ export interface Settings {
   swarm: { enabled: boolean; fingerprint: string | null; join_code: string | null };
   saved: { listen: string | null; api_keys: string[] | null; swarm_fingerprint: string | null; swarm_join_code: string | null };
   restart_required: string[];
+  overridden: string[];
   can_restart: boolean;
 }
 

@@ -16,11 +16,21 @@ export class ChatPage {
   private models: Model[] = [];
   private hosts = new Map<string, string>();
   private running: AbortController | null = null;
+  /// Whether the log keeps scrolling to the newest text: off once the
+  /// reader scrolls up, on again at the bottom or with "Jump to latest".
+  private follow = true;
+  private jump = h("button", { class: "jump", type: "button", hidden: "" }, "Jump to latest ↓");
+  private sideToggle = h("button", { class: "side-toggle", type: "button", "aria-expanded": "false", "aria-label": "Show chats" }, "☰ Chats");
+  /// The open edit box's cancel, for Escape.
+  private cancelEdit: (() => void) | null = null;
 
   constructor() {
-    const side = h("aside");
+    const side = h("aside", { id: "chat-list" });
     const fresh = h("button", { class: "new" }, "New chat");
-    fresh.onclick = () => this.open(null);
+    fresh.onclick = async () => {
+      await this.open(null);
+      this.input.focus();
+    };
     side.append(fresh, this.search, this.list);
     let timer = 0;
     this.search.oninput = () => {
@@ -29,7 +39,35 @@ export class ChatPage {
     };
     const main = h("section", { class: "thread" });
     const bar = h("header");
-    bar.append(h("label", {}, "Model "), this.picker);
+    this.sideToggle.setAttribute("aria-controls", "chat-list");
+    this.sideToggle.onclick = () => this.showSide(!this.root.classList.contains("side-open"));
+    const exportMd = h("button", { class: "link export", type: "button", title: "Download this conversation as Markdown" }, "Export .md");
+    const exportJson = h("button", { class: "link export", type: "button", title: "Download this conversation as JSON" }, "Export .json");
+    exportMd.onclick = () => this.export("md");
+    exportJson.onclick = () => this.export("json");
+    bar.append(this.sideToggle, h("label", {}, "Model "), this.picker, exportMd, exportJson);
+    this.log.onscroll = () => {
+      this.follow = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 40;
+      this.jump.hidden = this.follow;
+    };
+    this.jump.onclick = () => {
+      this.follow = true;
+      this.scroll();
+      this.input.focus();
+    };
+    // Escape stops an answer, or cancels an edit, wherever focus is on this page.
+    document.addEventListener("keydown", (e) => {
+      if (e.key !== "Escape" || !this.root.isConnected) return;
+      if (this.cancelEdit) {
+        e.preventDefault();
+        this.cancelEdit();
+      } else if (this.running) {
+        e.preventDefault();
+        this.running.abort();
+      } else if (this.root.classList.contains("side-open")) {
+        this.showSide(false);
+      }
+    });
     this.picker.onchange = () => {
       if (this.current) api.updateConversation(this.current.id, { model: this.picker.value }).catch((e) => this.error(e));
     };
@@ -46,8 +84,15 @@ export class ChatPage {
         if (!this.running) this.submit();
       }
     };
-    main.append(bar, this.log, composer);
+    main.append(bar, this.log, this.jump, composer);
     this.root.append(side, main);
+  }
+
+  /// The chat list, on narrow windows a panel over the thread.
+  private showSide(open: boolean): void {
+    this.root.classList.toggle("side-open", open);
+    this.sideToggle.setAttribute("aria-expanded", String(open));
+    if (open) (this.list.querySelector<HTMLElement>("li.active .title") ?? this.list.querySelector<HTMLElement>(".title") ?? this.search).focus();
   }
 
   async show(): Promise<void> {
@@ -86,8 +131,12 @@ export class ChatPage {
       ...items.map((c) => {
         const li = h("li", { "data-id": c.id });
         if (c.id === this.current?.id) li.classList.add("active");
-        const title = h("span", { class: "title" }, c.title || "New chat");
-        title.onclick = () => this.open(c.id);
+        const title = h("button", { class: "title", type: "button" }, c.title || "New chat");
+        title.onclick = async () => {
+          await this.open(c.id);
+          this.showSide(false);
+          this.input.focus();
+        };
         const rename = h("button", { class: "icon", title: "Rename", "aria-label": "Rename" }, "✎");
         rename.onclick = async () => {
           const t = prompt("Rename this chat", c.title);
@@ -119,6 +168,8 @@ export class ChatPage {
     for (const m of this.current?.messages ?? []) this.log.append(this.bubble(m));
     if (!this.current?.messages?.length) this.log.append(h("p", { class: "empty" }, "Ask anything. The answer runs on the best machine in your office that has the model."));
     for (const li of this.list.querySelectorAll("li")) li.classList.toggle("active", li.getAttribute("data-id") === id);
+    this.cancelEdit = null;
+    this.follow = true;
     this.scroll();
   }
 
@@ -130,10 +181,20 @@ export class ChatPage {
     div.append(body);
     const foot = h("div", { class: "meta" });
     if (m.role === "assistant") {
-      foot.textContent = this.meta(m.tokens_per_sec ?? null, m.node_id ?? "", m.note ?? null);
+      foot.textContent = this.meta(m.model ?? null, m.tokens_per_sec ?? null, m.node_id ?? "", m.note ?? null);
+      const copy = h("button", { class: "link copy-answer" }, "Copy");
+      copy.onclick = async () => {
+        try {
+          await navigator.clipboard.writeText(m.content);
+          copy.textContent = "Copied";
+          setTimeout(() => (copy.textContent = "Copy"), 1500);
+        } catch (e) {
+          this.error(e);
+        }
+      };
       const again = h("button", { class: "link regenerate" }, "Regenerate");
       again.onclick = () => this.regenerate(m);
-      foot.append(again);
+      foot.append(copy, again);
     } else if (m.role === "user") {
       const edit = h("button", { class: "link edit" }, "Edit");
       edit.onclick = () => this.edit(m, div);
@@ -143,8 +204,9 @@ export class ChatPage {
     return div;
   }
 
-  private meta(tps: number | null, nodeId: string, note: string | null): string {
+  private meta(model: string | null, tps: number | null, nodeId: string, note: string | null): string {
     const parts: string[] = [];
+    if (model) parts.push(model);
     if (tps) parts.push(`${tps.toFixed(1)} tok/s`);
     parts.push(`answered by ${this.hosts.get(nodeId) ?? (nodeId ? nodeId.slice(0, 12) : "this machine")}`);
     if (note) parts.push(note);
@@ -182,6 +244,7 @@ export class ChatPage {
     const foot = h("div", { class: "meta" });
     div.append(body, foot);
     this.log.append(div);
+    this.follow = true;
     this.scroll();
     this.running = new AbortController();
     this.send.textContent = "Stop";
@@ -218,6 +281,7 @@ export class ChatPage {
       this.send.textContent = "Send";
       this.send.classList.remove("stop");
       this.scroll();
+      if (conv === this.current) this.input.focus();
     }
   }
 
@@ -237,10 +301,24 @@ export class ChatPage {
     form.append(box, go, cancel);
     div.replaceChildren(form);
     box.focus();
-    cancel.onclick = () => div.replaceWith(this.bubble(m));
+    this.cancelEdit = () => {
+      this.cancelEdit = null;
+      const again = this.bubble(m);
+      div.replaceWith(again);
+      again.querySelector<HTMLButtonElement>("button.edit")?.focus();
+    };
+    cancel.onclick = () => this.cancelEdit?.();
+    // As in the message box: Enter sends, Shift+Enter adds a line.
+    box.onkeydown = (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        go.click();
+      }
+    };
     go.onclick = async () => {
       const text = box.value.trim();
       if (!text || !this.current) return;
+      this.cancelEdit = null;
       try {
         await this.trimFrom(m);
         const added = await api.addMessage(this.current.id, { role: "user", content: text });
@@ -272,7 +350,25 @@ export class ChatPage {
     this.scroll();
   }
 
+  /// Downloads the open conversation: Markdown to read or paste, JSON with
+  /// everything the node keeps (model, machine and speed of each answer).
+  private export(kind: "md" | "json"): void {
+    const c = this.current;
+    if (!c?.messages?.length) return this.error(new Error("Nothing to export yet: this chat has no messages."));
+    const text =
+      kind === "json"
+        ? JSON.stringify(c, null, 2)
+        : [`# ${c.title || "Chat"}`, ...c.messages.map((m) => `## ${m.role === "user" ? "You" : m.role === "assistant" ? `rbee${m.model ? ` (${m.model})` : ""}` : "Instructions"}\n\n${m.content}`)].join("\n\n") + "\n";
+    const a = h("a", {
+      href: URL.createObjectURL(new Blob([text], { type: kind === "json" ? "application/json" : "text/markdown" })),
+      download: `${(c.title || "chat").replace(/[^\p{L}\p{N} _-]+/gu, "").trim().slice(0, 60) || "chat"}.${kind}`,
+    });
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  /// Keeps the newest text in view, unless the reader scrolled up.
   private scroll(): void {
-    this.log.scrollTop = this.log.scrollHeight;
+    if (this.follow) this.log.scrollTop = this.log.scrollHeight;
   }
 }

@@ -9,7 +9,7 @@ const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : `${Math.rou
 
 export class ModelsPage {
   root = document.createElement("div");
-  private table = h("div", { class: "model-list" });
+  private table = h("div", { class: "model-list table-wrap" });
   private offers = h("div", { class: "recommended" });
   private pullList = h("ul", { class: "pulls" });
   private message = h("div", { class: "page-message" });

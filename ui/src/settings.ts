@@ -70,6 +70,15 @@ export class SettingsPage {
       }
       parts.push(banner);
     }
+    if (s.overridden.length > 0) {
+      parts.push(
+        h(
+          "div",
+          { class: "restart" },
+          `Saved, but this node was started with a command-line flag or RBEE_* variable that sets ${s.overridden.join(", ")}: start it without that to use the saved value.`,
+        ),
+      );
+    }
 
     // Sharing applies at once.
     const share = h("input", { type: "checkbox", name: "share" });
@@ -101,8 +110,14 @@ export class SettingsPage {
       row.append(shown, copy);
       swarmParts.push(h("p", {}, "Join code — paste it into Settings on the other machines (keep it private: it is the swarm's password):"), row);
     }
-    const create = h("button", { type: "button", name: "create-swarm" }, s.swarm.enabled || code ? "Create a new swarm instead" : "Create a swarm");
-    create.addEventListener("click", () => this.apply(() => api.newSwarm(), "New swarm created; give its join code to the other machines."));
+    // Replacing a swarm cuts this machine off from the others until each
+    // gets the new code: a quiet link that asks first, not the main button.
+    const replacing = Boolean(s.swarm.enabled || code);
+    const create = h("button", { type: "button", name: "create-swarm", class: replacing ? "link" : "" }, replacing ? "Create a new swarm instead" : "Create a swarm");
+    create.addEventListener("click", () => {
+      if (replacing && !confirm("Create a new swarm? This machine leaves its current swarm (after a restart), and every other machine must be given the new join code.")) return;
+      this.apply(() => api.newSwarm(), "New swarm created; give its join code to the other machines.");
+    });
     const join = h("input", { name: "join", placeholder: "Paste a join code", size: "60" });
     const joinButton = h("button", { type: "button", name: "join-swarm" }, "Join");
     joinButton.addEventListener("click", () => this.apply(() => api.updateSettings({ swarm_key: join.value.trim() }), "Join code saved."));

@@ -3,7 +3,16 @@ import { type Peer, type Swarm, watchSwarm } from "./api";
 import { h } from "./dom";
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
-const ago = (ms: number) => (ms < 1500 ? "now" : `${Math.round(ms / 1000)} s ago`);
+const ago = (ms: number) => {
+  const s = Math.round(ms / 1000);
+  if (ms < 1500) return "now";
+  if (s < 120) return `${s} s ago`;
+  if (s < 7200) return `${Math.round(s / 60)} min ago`;
+  return `${Math.round(s / 3600)} h ago`;
+};
+
+/** "1 machine", "3 machines". */
+export const machines = (n: number) => `${n} ${n === 1 ? "machine" : "machines"}`;
 
 export class SwarmPage {
   root = document.createElement("div");
@@ -49,17 +58,23 @@ export class SwarmPage {
         for (const c of cells) tr.append(h("td", {}, c));
         return tr;
       });
-    const head = document.createElement("p");
-    head.className = "summary";
-    head.textContent = s.enabled
-      ? `${s.peers.filter((p) => p.up).length} machines up · swarm key ${s.swarm_key_fingerprint}`
-      : (s.message ?? "running alone");
+    const head = h("p", { class: "summary" });
+    if (s.enabled) {
+      const up = s.peers.filter((p) => p.up).length;
+      const off = s.peers.length - up;
+      head.textContent = `${machines(up)} up${off ? ` · ${off} offline` : ""} · swarm key ${s.swarm_key_fingerprint}`;
+    } else {
+      const settings = h("a", { href: "#/settings" }, "Settings");
+      head.append("This machine runs alone. To use the other machines in your office, create a swarm or join one in ", settings, ".");
+    }
     const table = document.createElement("table");
     table.innerHTML = "<thead><tr><th>Machine</th><th>State</th><th>Devices</th><th>Memory</th><th>Loaded</th><th>On disk</th><th>RTT</th><th>Last seen</th></tr></thead>";
     const body = document.createElement("tbody");
     body.append(...rows);
     table.append(body);
-    this.root.replaceChildren(head, table);
+    const wrap = h("div", { class: "table-wrap" });
+    wrap.append(table);
+    this.root.replaceChildren(head, wrap);
   }
 }
 
@@ -67,9 +82,9 @@ export class SwarmPage {
 function state(p: Peer): string {
   switch (p.status) {
     case "left":
-      return "left (shut down)";
+      return "offline (shut down)";
     case "down":
-      return "down (not answering)";
+      return "offline (not answering)";
     case "suspect":
       return "not answering: checking";
     default:
