@@ -151,6 +151,17 @@ test("a message streams in, and the conversation survives a reload and a node re
   t.diagnostic(`chat page first contentful paint: ${paint.toFixed(0)} ms`);
   const box = page.getByRole("textbox", { name: "Message" });
   await box.fill("Write one sentence about honey bees.");
+  // What the answer's place first says (before any token can replace it).
+  await page.evaluate(() => {
+    window.firstWords = null;
+    new MutationObserver((_, o) => {
+      const b = document.querySelector(".msg.assistant.streaming .body");
+      if (b) {
+        window.firstWords = b.textContent;
+        o.disconnect();
+      }
+    }).observe(document.querySelector(".log"), { childList: true, subtree: true });
+  });
   await box.press("Enter");
 
   // The answer grows while it streams: several different partial texts.
@@ -159,10 +170,11 @@ test("a message streams in, and the conversation survives a reload and a node re
   const seen = new Set();
   while ((await page.locator(".msg.assistant.streaming").count()) > 0) {
     const t = (await streaming.textContent().catch(() => "")) ?? "";
-    if (t && t !== "…") seen.add(t);
+    if (t && !t.startsWith("Loading ")) seen.add(t);
     await page.waitForTimeout(15);
   }
   assert.ok(seen.size >= 2, `saw ${seen.size} partial texts`);
+  assert.equal(await page.evaluate(() => window.firstWords), "Loading gemma-3-270m-q4_k_m on this machine: the first answer takes a few seconds…");
   const answer = page.locator(".msg.assistant").last();
   const meta = await answer.locator(".meta").textContent();
   assert.match(meta, /\d+\.\d tok\/s · answered by this machine/);
@@ -218,7 +230,7 @@ test("Stop ends the answer where it is, keeps it marked as stopped, and the node
   await box.fill("Tell me a very long story about a dragon who learns to bake bread.");
   await box.press("Enter");
   const body = page.locator(".msg.assistant.streaming .body");
-  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body")?.textContent ?? "").length > 40);
+  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body:not(.waiting)")?.textContent ?? "").length > 40);
   await page.getByRole("button", { name: "Stop" }).click();
   await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
   assert.equal(await body.count(), 0);
@@ -288,6 +300,14 @@ test("the swarm page shows a second node, the models page says where each model 
   await settingsA.getByText(/In swarm /).waitFor();
   assert.equal(await settingsA.locator(".restart").count(), 0, "no restart notice for a key given on the command line");
 
+  // A chat at B on A's model (B has only its copy of the instruct one).
+  const made = await fetch(`${b.url}/api/conversations`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ title: "On A's model", model: "gemma-3-270m-q4_k_m" }),
+  });
+  const chatId = (await made.json()).id;
+
   // A shuts down: B's Swarm page keeps it, offline, and counts in English.
   await page.getByRole("link", { name: "Swarm" }).click();
   await stopNode(a);
@@ -295,6 +315,20 @@ test("the swarm page shows a second node, the models page says where each model 
   await gone.waitFor();
   assert.match(await gone.textContent(), /offline \(shut down\)/);
   assert.match(await page.locator(".summary").textContent(), /^1 machine up · 1 offline · swarm key /);
+
+  // The chat keeps its model and says it is not available, instead of
+  // answering with B's model; sending says why and stores nothing.
+  const chat = await openPage(b.url);
+  await chat.page.locator(".model-notice").waitFor();
+  assert.equal(await chat.page.getByRole("combobox", { name: "Model" }).inputValue(), "gemma-3-270m-q4_k_m");
+  assert.match(await chat.page.locator(".model-notice").textContent(), /uses gemma-3-270m-q4_k_m, which no machine in the swarm has right now/);
+  await chat.page.getByRole("textbox", { name: "Message" }).fill("Are you there?");
+  await chat.page.getByRole("textbox", { name: "Message" }).press("Enter");
+  await chat.page.locator(".msg.error").waitFor();
+  const kept = await (await fetch(`${b.url}/api/conversations/${chatId}`)).json();
+  assert.deepEqual([kept.model, kept.messages.length], ["gemma-3-270m-q4_k_m", 0]);
+  await chat.page.screenshot({ path: join(SHOTS, "chat-model-offline.png") });
+  assert.deepEqual(chat.errors, []);
   assert.deepEqual(errors, []);
   assert.deepEqual(errorsA.filter((e) => !/ERR_CONNECTION_REFUSED|EventSource/.test(e)), []);
   await stopNode(b);
@@ -429,7 +463,7 @@ test("narrow windows and the keyboard: the chat list folds away, Escape stops an
     await page.keyboard.type(line);
   }
   await page.keyboard.press("Enter");
-  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body")?.textContent ?? "").length > 10);
+  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body:not(.waiting)")?.textContent ?? "").length > 10);
 
   // Scrolling up while it streams stops the follow: the log stays where the
   // reader put it, and "Jump to latest" appears.
@@ -487,6 +521,60 @@ test("narrow windows and the keyboard: the chat list folds away, Escape stops an
   await page.locator(".msg.assistant").waitFor();
   await page.locator(".log").evaluate((e) => (e.scrollTop = e.scrollHeight));
   await page.screenshot({ path: join(SHOTS, "chat-400.png") });
+  assert.deepEqual(errors, []);
+  await stopNode(node);
+});
+
+test("a chat keeps its own instructions, temperature and answer length, and sends them with its requests", async () => {
+  const dir = dataDirWithFixture();
+  dirs.push(dir);
+  const node = await startNode(dir);
+  const { page, errors } = await openPage(node.url);
+  const sent = [];
+  page.on("request", (r) => r.url().endsWith("/v1/chat/completions") && sent.push(r.postDataJSON()));
+  await page.getByRole("textbox", { name: "Message" }).waitFor();
+
+  // Set before the first message of a new chat: kept until it exists.
+  await page.getByRole("button", { name: "Chat settings" }).click();
+  await page.getByLabel("Instructions (system prompt)").fill("Answer like a ship's captain.");
+  await page.getByLabel(/Temperature/).fill("0.2");
+  await page.getByLabel(/Longest answer/).fill("5");
+  await page.getByLabel(/Longest answer/).press("Tab");
+  await page.screenshot({ path: join(SHOTS, "chat-settings.png") });
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill("Where are we going?");
+  await box.press("Enter");
+  await page.locator(".msg.assistant:not(.streaming)").waitFor();
+  assert.equal(sent.length, 1);
+  assert.deepEqual(sent[0].messages, [
+    { role: "system", content: "Answer like a ship's captain." },
+    { role: "user", content: "Where are we going?" },
+  ]);
+  assert.equal(sent[0].temperature, 0.2);
+  assert.equal(sent[0].max_tokens, 5);
+
+  // Kept with the conversation on the node: after a reload the panel shows them.
+  await page.reload();
+  await page.locator(".msg.assistant").waitFor();
+  assert.equal(await page.getByRole("button", { name: "Chat settings (3)" }).count(), 1);
+  await page.getByRole("button", { name: /Chat settings/ }).click();
+  assert.equal(await page.getByLabel("Instructions (system prompt)").inputValue(), "Answer like a ship's captain.");
+
+  // Cleared here, so the next request carries no system prompt; another chat has none either.
+  await page.getByLabel("Instructions (system prompt)").fill("");
+  await page.getByLabel("Instructions (system prompt)").press("Tab");
+  await page.getByText("Saved with this chat.").waitFor();
+  await Promise.all([
+    page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions")),
+    page.locator(".msg.assistant").getByRole("button", { name: "Regenerate" }).click(),
+  ]);
+  await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
+  assert.equal(sent.length, 2);
+  const last = sent.at(-1);
+  assert.deepEqual(last.messages, [{ role: "user", content: "Where are we going?" }]);
+  assert.equal(last.max_tokens, 5, "the other settings stay");
+  const [conv] = (await (await fetch(`${node.url}/api/conversations`)).json()).data;
+  assert.deepEqual([conv.instructions, conv.temperature, conv.max_tokens], [null, 0.2, 5]);
   assert.deepEqual(errors, []);
   await stopNode(node);
 });

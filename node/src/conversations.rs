@@ -27,6 +27,9 @@ pub struct Conversation {
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
+    /// Its own settings, sent with each of its requests.
+    #[serde(flatten)]
+    pub settings: ChatSettings,
     /// Only when one conversation is asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<Message>>,
@@ -44,6 +47,47 @@ pub struct Message {
     /// An answer cut short (stopped, or failed) says why here.
     pub note: Option<String>,
     pub created_at: i64,
+}
+
+/// What a conversation sends with each request; `None`: the model's or
+/// the browser's default.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ChatSettings {
+    /// The system prompt.
+    pub instructions: Option<String>,
+    pub temperature: Option<f64>,
+    /// The longest answer, in tokens.
+    pub max_tokens: Option<u32>,
+}
+
+/// A change of [`ChatSettings`]: `Some(None)` clears a setting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SettingsChange {
+    pub instructions: Option<Option<String>>,
+    pub temperature: Option<Option<f64>>,
+    pub max_tokens: Option<Option<u32>>,
+}
+
+/// Longest instructions kept, in characters.
+pub const MAX_INSTRUCTIONS: usize = 20_000;
+
+impl SettingsChange {
+    fn check(&self) -> Result<(), Error> {
+        if let Some(Some(i)) = &self.instructions
+            && i.chars().count() > MAX_INSTRUCTIONS
+        {
+            return Err(Error::Invalid("instructions", format!("instructions have at most {MAX_INSTRUCTIONS} characters")));
+        }
+        if let Some(Some(t)) = self.temperature
+            && !(t.is_finite() && (0.0..=2.0).contains(&t))
+        {
+            return Err(Error::Invalid("temperature", "temperature must be a number from 0 to 2".into()));
+        }
+        if self.max_tokens == Some(Some(0)) {
+            return Err(Error::Invalid("max_tokens", "max_tokens must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 /// A message to append.
@@ -120,10 +164,32 @@ fn new_id() -> String {
 }
 
 /// The columns every conversation query selects, in [`conversation_row`]'s order.
-const COLUMNS: &str = "id, title, model, created_at, updated_at";
+const COLUMNS: &str = "id, title, model, created_at, updated_at, instructions, temperature, max_tokens";
 
 fn conversation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
-    Ok(Conversation { id: r.get(0)?, title: r.get(1)?, model: r.get(2)?, created_at: r.get(3)?, updated_at: r.get(4)?, messages: None })
+    Ok(Conversation {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        model: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+        settings: ChatSettings { instructions: r.get(5)?, temperature: r.get(6)?, max_tokens: r.get(7)? },
+        messages: None,
+    })
+}
+
+/// Columns added since the first release: a file written by an older rbee
+/// gets them (empty) when opened, and keeps everything it holds.
+const ADDED: [(&str, &str); 3] = [("instructions", "TEXT"), ("temperature", "REAL"), ("max_tokens", "INTEGER")];
+
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> = db.prepare("PRAGMA table_info(conversations)")?.query_map([], |r| r.get(1))?.collect::<Result<_, _>>()?;
+    for (name, kind) in ADDED {
+        if !have.iter().any(|c| c == name) {
+            db.execute_batch(&format!("ALTER TABLE conversations ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_title(title: &str) -> Result<String, Error> {
@@ -164,12 +230,14 @@ impl Conversations {
     pub fn in_memory() -> Self {
         let db = Connection::open_in_memory().expect("SQLite opens in memory");
         db.execute_batch(SCHEMA).expect("schema applies to an empty database");
+        migrate(&db).expect("columns add to an empty database");
         Self { db: Mutex::new(db) }
     }
 
     fn open_at(path: &Path) -> Result<Self, Error> {
         let db = Connection::open(path)?;
         db.execute_batch(SCHEMA)?;
+        migrate(&db)?;
         // Damage inside the pages (a torn write, a bad sector) passes a
         // count but fails every later query: check them all at start.
         let check: Vec<String> = db.prepare("PRAGMA quick_check")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
@@ -222,7 +290,7 @@ impl Conversations {
         let (id, now) = (new_id(), now_ms());
         self.db()
             .execute("INSERT INTO conversations (id, title, model, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)", params![id, title, model, now])?;
-        Ok(Conversation { id, title, model: model.to_string(), created_at: now, updated_at: now, messages: None })
+        Ok(Conversation { id, title, model: model.to_string(), created_at: now, updated_at: now, settings: ChatSettings::default(), messages: None })
     }
 
     /// One conversation with its messages.
@@ -258,16 +326,33 @@ impl Conversations {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    /// Renames it and/or records the model chosen.
+    /// Renames it, records the model chosen, and/or changes its settings.
     ///
     /// # Errors
-    /// [`Error::NotFound`], a title too long, or a database failure.
-    pub fn update(&self, id: &str, title: Option<&str>, model: Option<&str>) -> Result<Conversation, Error> {
+    /// [`Error::NotFound`], a title too long, a setting out of range, or a
+    /// database failure.
+    pub fn update(&self, id: &str, title: Option<&str>, model: Option<&str>, settings: &SettingsChange) -> Result<Conversation, Error> {
         let title = title.map(check_title).transpose()?;
+        settings.check()?;
         let db = self.db();
         db.execute(
-            "UPDATE conversations SET title = coalesce(?2, title), model = coalesce(?3, model), updated_at = ?4 WHERE id = ?1",
-            params![id, title, model, now_ms()],
+            "UPDATE conversations SET title = coalesce(?2, title), model = coalesce(?3, model), updated_at = ?4,
+                 instructions = CASE WHEN ?5 THEN ?6 ELSE instructions END,
+                 temperature = CASE WHEN ?7 THEN ?8 ELSE temperature END,
+                 max_tokens = CASE WHEN ?9 THEN ?10 ELSE max_tokens END
+             WHERE id = ?1",
+            params![
+                id,
+                title,
+                model,
+                now_ms(),
+                settings.instructions.is_some(),
+                settings.instructions.clone().flatten().filter(|i| !i.trim().is_empty()),
+                settings.temperature.is_some(),
+                settings.temperature.flatten(),
+                settings.max_tokens.is_some(),
+                settings.max_tokens.flatten(),
+            ],
         )?;
         Self::head(&db, id)
     }
@@ -417,6 +502,30 @@ mod tests {
         assert!(matches!(s.delete(&c.id), Err(Error::NotFound(_))));
         let n: i64 = s.db().query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_file_from_before_chat_settings_keeps_its_conversations_and_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        {
+            // The first release's schema, with one conversation in it.
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+                 INSERT INTO conversations VALUES ('c1', 'Bees', 'm', 1, 2);",
+            )
+            .unwrap();
+        }
+        let store = Conversations::open(&path).unwrap();
+        let c = store.get("c1").unwrap();
+        assert_eq!((c.title.as_str(), c.settings.clone()), ("Bees", ChatSettings::default()));
+        let change = SettingsChange { instructions: Some(Some("Be brief.".into())), max_tokens: Some(Some(32)), ..Default::default() };
+        let c = store.update("c1", None, None, &change).unwrap();
+        assert_eq!(c.settings, ChatSettings { instructions: Some("Be brief.".into()), temperature: None, max_tokens: Some(32) });
+        drop(store);
+        let again = Conversations::open(&path).unwrap().get("c1").unwrap();
+        assert_eq!((again.title.as_str(), again.settings.max_tokens), ("Bees", Some(32)));
     }
 
     #[test]

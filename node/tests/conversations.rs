@@ -50,6 +50,16 @@ async fn conversations_are_created_searched_renamed_trimmed_and_survive_a_restar
     assert_eq!((s, t["removed"].as_u64()), (200, Some(1)));
     let (s, r) = send(http.patch(url(&format!("/api/conversations/{id}"))).json(&json!({"title": "Trams"}))).await;
     assert_eq!((s, r["title"].as_str()), (200, Some("Trams")));
+
+    // Its own settings: set, then one cleared with null while the others stay.
+    let chat = url(&format!("/api/conversations/{id}"));
+    let (s, r) = send(http.patch(&chat).json(&json!({"instructions": "Answer in Portuguese.", "temperature": 0.3, "max_tokens": 64}))).await;
+    assert_eq!((s, r["instructions"].as_str(), r["temperature"].as_f64(), r["max_tokens"].as_u64()), (200, Some("Answer in Portuguese."), Some(0.3), Some(64)));
+    let (s, r) = send(http.patch(&chat).json(&json!({"temperature": null}))).await;
+    assert_eq!(
+        (s, r["instructions"].as_str(), r["temperature"].clone(), r["max_tokens"].as_u64()),
+        (200, Some("Answer in Portuguese."), Value::Null, Some(64))
+    );
     let (s, _) = send(http.delete(url(&format!("/api/conversations/{}", first["id"].as_str().unwrap())))).await;
     assert_eq!(s, 200);
 
@@ -59,6 +69,10 @@ async fn conversations_are_created_searched_renamed_trimmed_and_survive_a_restar
         (http.post(&msgs).body("{\"role\":"), 400, None),
         (http.post(&msgs).json(&json!({"role": "user", "content": "x", "colour": 1})), 400, None),
         (http.patch(url(&format!("/api/conversations/{id}"))).json(&json!({"title": "t".repeat(201)})), 400, Some("title")),
+        (http.patch(url(&format!("/api/conversations/{id}"))).json(&json!({"temperature": 7})), 400, Some("temperature")),
+        (http.patch(url(&format!("/api/conversations/{id}"))).json(&json!({"max_tokens": 0})), 400, Some("max_tokens")),
+        (http.patch(url(&format!("/api/conversations/{id}"))).json(&json!({"max_tokens": -3})), 400, None),
+        (http.patch(url(&format!("/api/conversations/{id}"))).json(&json!({"instructions": "i".repeat(20_001)})), 400, Some("instructions")),
         (http.get(url("/api/conversations/no-such-id")), 404, None),
         (http.delete(format!("{msgs}/999999")), 404, None),
         (http.put(url("/api/conversations")), 405, None),
@@ -76,6 +90,7 @@ async fn conversations_are_created_searched_renamed_trimmed_and_survive_a_restar
     let (s, c) = send(reqwest::Client::new().get(format!("{}/api/conversations/{id}", node.url))).await;
     assert_eq!(s, 200);
     assert_eq!(c["title"], "Trams");
+    assert_eq!((c["instructions"].as_str(), c["max_tokens"].as_u64()), (Some("Answer in Portuguese."), Some(64)), "kept with the conversation");
     let m = c["messages"].as_array().unwrap();
     assert_eq!(m.len(), 2, "{c}");
     assert_eq!((m[1]["content"].as_str(), m[1]["tokens_per_sec"].as_f64(), m[1]["node_id"].as_str()), (Some("Tram 15E."), Some(38.2), Some("12D3KooW")));

@@ -7,7 +7,17 @@ export interface Conversation {
   model: string;
   created_at: number;
   updated_at: number;
+  instructions: string | null;
+  temperature: number | null;
+  max_tokens: number | null;
   messages?: Message[];
+}
+
+/** A conversation's own settings; `null` clears one. */
+export interface ChatSettings {
+  instructions?: string | null;
+  temperature?: number | null;
+  max_tokens?: number | null;
 }
 
 export interface Message {
@@ -152,7 +162,7 @@ export const api = {
     call<{ data: Conversation[] }>("GET", `/api/conversations${q ? `?q=${encodeURIComponent(q)}` : ""}`).then((r) => r.data),
   conversation: (id: string) => call<Conversation>("GET", `/api/conversations/${id}`),
   createConversation: (title: string, model: string) => call<Conversation>("POST", "/api/conversations", { title, model }),
-  updateConversation: (id: string, fields: { title?: string; model?: string }) => call<Conversation>("PATCH", `/api/conversations/${id}`, fields),
+  updateConversation: (id: string, fields: { title?: string; model?: string } & ChatSettings) => call<Conversation>("PATCH", `/api/conversations/${id}`, fields),
   deleteConversation: (id: string) => call<unknown>("DELETE", `/api/conversations/${id}`),
   addMessage: (id: string, m: Omit<Message, "id">) => call<Message>("POST", `/api/conversations/${id}/messages`, m),
   trimFrom: (id: string, messageId: number) => call<unknown>("DELETE", `/api/conversations/${id}/messages/${messageId}`),
@@ -218,6 +228,7 @@ export async function streamChat(
   messages: { role: string; content: string }[],
   onText: (text: string) => void,
   signal: AbortSignal,
+  settings: { temperature?: number | null; max_tokens?: number | null } = {},
 ): Promise<StreamResult> {
   const out: StreamResult = { content: "", nodeId: "", tokensPerSec: null, finish: null };
   let res: Response;
@@ -225,7 +236,14 @@ export async function streamChat(
     res = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true }, max_tokens: maxTokens() }),
+      body: JSON.stringify({
+        model,
+        messages,
+        stream: true,
+        stream_options: { include_usage: true },
+        max_tokens: settings.max_tokens ?? maxTokens(),
+        ...(settings.temperature == null ? {} : { temperature: settings.temperature }),
+      }),
       signal,
     });
   } catch (e) {

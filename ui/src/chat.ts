@@ -1,6 +1,6 @@
 // The chat page: conversations kept by the node, answers streamed from
 // whichever machine of the swarm runs the chosen model.
-import { api, streamChat, whereLabel, type Conversation, type Message, type Model } from "./api";
+import { api, maxTokens, streamChat, whereLabel, type ChatSettings, type Conversation, type Message, type Model } from "./api";
 import { h } from "./dom";
 import { renderMarkdown } from "./markdown";
 
@@ -9,6 +9,9 @@ export class ChatPage {
   private list = h("ul", { class: "conversations", "aria-label": "Conversations" });
   private search = h("input", { type: "search", placeholder: "Search chats", "aria-label": "Search chats" });
   private picker = h("select", { "aria-label": "Model" });
+  private notice = h("p", { class: "model-notice", role: "status", hidden: "" });
+  /// Conversations deleted here: an answer still streaming into one is dropped quietly.
+  private gone = new Set<string>();
   private log = h("div", { class: "log", "aria-live": "polite" });
   private input = h("textarea", { rows: "3", placeholder: "Message rbee (Enter sends, Shift+Enter adds a line)", "aria-label": "Message" });
   private send = h("button", { class: "send" }, "Send");
@@ -23,6 +26,15 @@ export class ChatPage {
   private sideToggle = h("button", { class: "side-toggle", type: "button", "aria-expanded": "false", "aria-label": "Show chats" }, "☰ Chats");
   /// The open edit box's cancel, for Escape.
   private cancelEdit: (() => void) | null = null;
+  /// The chat's own settings, in the header's panel; kept with the
+  /// conversation (until it exists, here, and saved when it is created).
+  private settingsToggle = h("button", { class: "settings-toggle", type: "button", "aria-expanded": "false", "aria-controls": "chat-settings" }, "Chat settings");
+  private settingsPanel = h("form", { class: "chat-settings", id: "chat-settings", hidden: "" });
+  private instructions = h("textarea", { rows: "3", name: "instructions", placeholder: "How answers in this chat should be, e.g. “Answer in French, in two sentences.”" });
+  private temperature = h("input", { type: "number", name: "temperature", min: "0", max: "2", step: "0.1", placeholder: "model default" });
+  private longest = h("input", { type: "number", name: "max-tokens", min: "1", step: "1" });
+  private settingsNote = h("span", { class: "hint", role: "status" });
+  private draft: ChatSettings = {};
 
   constructor() {
     const side = h("aside", { id: "chat-list" });
@@ -45,7 +57,29 @@ export class ChatPage {
     const exportJson = h("button", { class: "link export", type: "button", title: "Download this conversation as JSON" }, "Export .json");
     exportMd.onclick = () => this.export("md");
     exportJson.onclick = () => this.export("json");
-    bar.append(this.sideToggle, h("label", {}, "Model "), this.picker, exportMd, exportJson);
+    bar.append(this.sideToggle, h("label", {}, "Model "), this.picker, this.settingsToggle, exportMd, exportJson);
+    this.settingsToggle.onclick = () => {
+      const open = this.settingsPanel.hidden;
+      this.settingsPanel.hidden = !open;
+      this.settingsToggle.setAttribute("aria-expanded", String(open));
+      if (open) this.instructions.focus();
+    };
+    const field = (label: string, input: HTMLElement) => {
+      const l = h("label", {}, label);
+      l.append(input);
+      return l;
+    };
+    this.settingsPanel.append(
+      field("Instructions (system prompt)", this.instructions),
+      field("Temperature (0–2) ", this.temperature),
+      field("Longest answer, in tokens ", this.longest),
+      this.settingsNote,
+    );
+    this.settingsPanel.onsubmit = (e) => e.preventDefault();
+    const number = (v: string) => (v.trim() === "" ? null : Number(v));
+    this.instructions.onchange = () => this.saveSettings({ instructions: this.instructions.value.trim() || null });
+    this.temperature.onchange = () => this.saveSettings({ temperature: number(this.temperature.value) });
+    this.longest.onchange = () => this.saveSettings({ max_tokens: number(this.longest.value) });
     this.log.onscroll = () => {
       this.follow = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 40;
       this.jump.hidden = this.follow;
@@ -69,7 +103,11 @@ export class ChatPage {
       }
     });
     this.picker.onchange = () => {
-      if (this.current) api.updateConversation(this.current.id, { model: this.picker.value }).catch((e) => this.error(e));
+      this.renderPicker(this.picker.value);
+      if (this.current) {
+        this.current.model = this.picker.value;
+        api.updateConversation(this.current.id, { model: this.picker.value }).catch((e) => this.error(e));
+      }
     };
     const composer = h("form", { class: "composer" });
     composer.append(this.input, this.send);
@@ -84,8 +122,38 @@ export class ChatPage {
         if (!this.running) this.submit();
       }
     };
-    main.append(bar, this.log, this.jump, composer);
+    main.append(bar, this.notice, this.settingsPanel, this.log, this.jump, composer);
     this.root.append(side, main);
+  }
+
+  /// Saves a change of the chat's settings with the conversation (or keeps
+  /// it until the conversation is created by the first message).
+  private async saveSettings(change: ChatSettings): Promise<void> {
+    if (!this.current) {
+      this.draft = { ...this.draft, ...change };
+      this.settingsNote.textContent = "Kept for this chat's first message.";
+      return;
+    }
+    try {
+      const saved = await api.updateConversation(this.current.id, change);
+      Object.assign(this.current, { instructions: saved.instructions, temperature: saved.temperature, max_tokens: saved.max_tokens });
+      this.settingsNote.textContent = "Saved with this chat.";
+    } catch (e) {
+      this.settingsNote.textContent = (e as Error).message;
+    }
+    this.showSettings();
+  }
+
+  /// Fills the settings panel from the open chat (or the draft of a new one).
+  private showSettings(): void {
+    const s: ChatSettings = this.current ?? this.draft;
+    this.instructions.value = s.instructions ?? "";
+    this.temperature.value = s.temperature == null ? "" : String(s.temperature);
+    this.longest.value = s.max_tokens == null ? "" : String(s.max_tokens);
+    const fallback = maxTokens();
+    this.longest.placeholder = fallback ? `${fallback} (this browser's default)` : "until the model stops";
+    const set = [s.instructions, s.temperature, s.max_tokens].filter((v) => v != null).length;
+    this.settingsToggle.textContent = set ? `Chat settings (${set})` : "Chat settings";
   }
 
   /// The chat list, on narrow windows a panel over the thread.
@@ -112,12 +180,47 @@ export class ChatPage {
     } catch (e) {
       this.error(e);
     }
-    const keep = this.picker.value || this.current?.model;
+    this.renderPicker(this.current?.model || this.picker.value);
+  }
+
+  /// The picker, with `want` chosen: a chat keeps its model even when no
+  /// machine has it now (offline, or removed), and says so, rather than
+  /// quietly answering with another one.
+  private renderPicker(want: string): void {
+    const mb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : `${Math.round(b / 1e6)} MB`);
     this.picker.replaceChildren(
-      ...this.models.map((m) => h("option", { value: m.id }, `${m.id} — ${whereLabel(m) || "nowhere"}`)),
+      ...this.models.map((m) => h("option", { value: m.id }, `${m.id} · ${m.rbee.quantization} · ${mb(m.rbee.size_bytes)} — ${whereLabel(m) || "nowhere"}`)),
     );
-    if (keep && this.models.some((m) => m.id === keep)) this.picker.value = keep;
-    if (this.models.length === 0) this.picker.append(h("option", { value: "" }, "No models: add one on the Models page"));
+    const missing = Boolean(want) && !this.models.some((m) => m.id === want);
+    if (missing) this.picker.prepend(h("option", { value: want, "data-offline": "" }, `${want} — not available now`));
+    if (want) this.picker.value = want;
+    if (this.models.length === 0 && !missing) this.picker.append(h("option", { value: "" }, "No models: add one on the Models page"));
+    this.notice.hidden = !missing;
+    this.notice.textContent = missing ? this.offlineMessage(want) : "";
+  }
+
+  private offlineMessage(model: string): string {
+    return `This chat uses ${model}, which no machine in the swarm has right now (its machine is offline, or the model was removed). Start that machine again, or choose another model to go on.`;
+  }
+
+  /// What the answer's place says until its first words: where the model
+  /// runs, and whether it must load first.
+  private waitingText(model: string): string {
+    const m = this.models.find((x) => x.id === model);
+    const nodes = m?.rbee.nodes ?? [];
+    const where = (n: { local: boolean; hostname: string }) => (n.local ? "this machine" : n.hostname);
+    const loaded = nodes.find((n) => n.loaded);
+    if (loaded) return `Waiting for ${model} on ${where(loaded)}…`;
+    const first = nodes.find((n) => n.local) ?? nodes[0];
+    return first ? `Loading ${model} on ${where(first)}: the first answer takes a few seconds…` : "…";
+  }
+
+  /// Why the chosen model cannot answer now, if it cannot.
+  private modelProblem(): string | null {
+    const model = this.picker.value;
+    if (!model) return "There is no model to answer with: pull or import one on the Models page.";
+    if (!this.models.some((m) => m.id === model)) return this.offlineMessage(model);
+    return null;
   }
 
   private async refreshList(): Promise<void> {
@@ -148,6 +251,8 @@ export class ChatPage {
         const del = h("button", { class: "icon", title: "Delete", "aria-label": "Delete" }, "×");
         del.onclick = async () => {
           if (!confirm(`Delete “${c.title || "New chat"}”?`)) return;
+          this.gone.add(c.id);
+          if (this.current?.id === c.id) this.running?.abort();
           await api.deleteConversation(c.id).catch((e) => this.error(e));
           if (this.current?.id === c.id) await this.open(null);
           this.refreshList();
@@ -162,7 +267,7 @@ export class ChatPage {
     this.running?.abort();
     let failed: unknown = null;
     this.current = id ? await api.conversation(id).catch((e) => ((failed = e), null)) : null;
-    if (this.current?.model && this.models.some((m) => m.id === this.current!.model)) this.picker.value = this.current.model;
+    this.renderPicker(this.current?.model || (this.models.some((m) => m.id === this.picker.value) ? this.picker.value : (this.models[0]?.id ?? "")));
     this.log.replaceChildren();
     if (failed) this.error(failed);
     for (const m of this.current?.messages ?? []) this.log.append(this.bubble(m));
@@ -170,6 +275,9 @@ export class ChatPage {
     for (const li of this.list.querySelectorAll("li")) li.classList.toggle("active", li.getAttribute("data-id") === id);
     this.cancelEdit = null;
     this.follow = true;
+    this.draft = {};
+    this.settingsNote.textContent = "";
+    this.showSettings();
     this.scroll();
   }
 
@@ -217,11 +325,15 @@ export class ChatPage {
     const text = this.input.value.trim();
     if (!text) return;
     const model = this.picker.value;
-    if (!model) return this.error(new Error("There is no model to answer with: pull or import one on the Models page."));
+    const problem = this.modelProblem();
+    if (problem) return this.error(new Error(problem));
     this.input.value = "";
     try {
       if (!this.current) {
-        this.current = { ...(await api.createConversation(text.slice(0, 60), model)), messages: [] };
+        let created = await api.createConversation(text.slice(0, 60), model);
+        if (Object.keys(this.draft).length) created = await api.updateConversation(created.id, this.draft);
+        this.draft = {};
+        this.current = { ...created, messages: [] };
         this.log.replaceChildren();
         this.refreshList();
       }
@@ -240,7 +352,7 @@ export class ChatPage {
     const conv = this.current!;
     const model = this.picker.value;
     const div = h("div", { class: "msg assistant streaming" });
-    const body = h("div", { class: "body" }, "…");
+    const body = h("div", { class: "body waiting" }, this.waitingText(model));
     const foot = h("div", { class: "meta" });
     div.append(body, foot);
     this.log.append(div);
@@ -253,6 +365,7 @@ export class ChatPage {
     let latest = "";
     try {
       const history = conv.messages!.map((m) => ({ role: m.role, content: m.content }));
+      if (conv.instructions) history.unshift({ role: "system", content: conv.instructions });
       const r = await streamChat(
         model,
         history,
@@ -262,20 +375,26 @@ export class ChatPage {
           pending = true;
           requestAnimationFrame(() => {
             pending = false;
+            body.classList.remove("waiting");
             renderMarkdown(body, latest);
             this.scroll();
           });
         },
         this.running.signal,
+        { temperature: conv.temperature, max_tokens: conv.max_tokens },
       );
       const stopped = this.running.signal.aborted;
       const note = stopped ? "stopped" : r.finish === "length" ? "cut at the length limit" : null;
+      if (this.gone.has(conv.id)) {
+        div.remove();
+        return;
+      }
       const saved = await api.addMessage(conv.id, { role: "assistant", content: r.content, model, node_id: r.nodeId, tokens_per_sec: r.tokensPerSec, note });
       conv.messages!.push(saved);
       div.replaceWith(this.bubble(saved));
     } catch (e) {
       div.remove();
-      this.error(e);
+      if (!this.gone.has(conv.id)) this.error(e);
     } finally {
       this.running = null;
       this.send.textContent = "Send";
@@ -287,6 +406,8 @@ export class ChatPage {
 
   private async regenerate(m: Message): Promise<void> {
     if (this.running || !this.current) return;
+    const problem = this.modelProblem();
+    if (problem) return this.error(new Error(problem));
     await this.trimFrom(m);
     await this.answer();
   }

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::JsonBody;
 use super::error::ApiError;
-use crate::conversations::{Error, NewMessage};
+use crate::conversations::{Error, NewMessage, SettingsChange};
 use crate::service::Service;
 
 impl From<Error> for ApiError {
@@ -49,6 +49,18 @@ pub struct Search {
 pub struct Fields {
     title: Option<String>,
     model: Option<String>,
+    /// Present and `null`: cleared; absent: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    instructions: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    temperature: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    max_tokens: Option<Option<u32>>,
+}
+
+/// A field that is present (`null` included) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 pub async fn list(State(s): State<Service>, Query(q): Query<Search>) -> Result<impl IntoResponse, ApiError> {
@@ -67,7 +79,8 @@ pub async fn get(State(s): State<Service>, Path(id): Path<String>) -> Result<imp
 }
 
 pub async fn update(State(s): State<Service>, Path(id): Path<String>, JsonBody(f): JsonBody<Fields>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(s.conversations.update(&id, f.title.as_deref(), f.model.as_deref())?))
+    let settings = SettingsChange { instructions: f.instructions, temperature: f.temperature, max_tokens: f.max_tokens };
+    Ok(Json(s.conversations.update(&id, f.title.as_deref(), f.model.as_deref(), &settings)?))
 }
 
 pub async fn delete(State(s): State<Service>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
