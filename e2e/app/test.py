@@ -219,7 +219,7 @@ try:
     def text(el, session=sess):
         return http("GET", f"{session}/element/{el}/text")[1]["value"]
 
-    box = wait("the chat's message box", lambda: http("GET", f"{sess}/url")[1]["value"].startswith(base) and find("textarea"), 120)
+    box = wait("the chat's message box", lambda: http("GET", f"{sess}/url")[1]["value"].startswith(base) and find('textarea[aria-label="Message"]'), 120)
     ready_s = time.monotonic() - t0
     check(True, f"the window shows the node's chat page at {base}/")
     nav = text(find("#nav"))

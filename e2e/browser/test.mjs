@@ -73,7 +73,30 @@ async function startHub() {
     createReadStream(FIXTURE).on("data", (d) => h.update(d)).on("end", () => resolve(h.digest("hex"))).on("error", reject);
   });
   const hub = { pace: 0, requests: 0 };
+  // The hub's model API, as far as the Models page's search uses it: one
+  // GGUF repository with the fixture and a file too big for any machine.
+  const repos = [
+    { id: "unsloth/gemma-3-270m-it-GGUF", downloads: 51234, likes: 40 },
+    { id: "acme/bee-7b-GGUF", downloads: 17, likes: 1 },
+  ];
+  const api = (url, res) => {
+    const json = (body, status = 200) => res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+    if (url.pathname === "/api/models") {
+      const q = (url.searchParams.get("search") ?? "").toLowerCase();
+      return json(url.searchParams.get("filter") === "gguf" ? repos.filter((r) => r.id.toLowerCase().includes(q)) : []);
+    }
+    if (url.pathname === "/api/models/unsloth/gemma-3-270m-it-GGUF/tree/main") {
+      return json([
+        { type: "file", path: "README.md", size: 2100 },
+        { type: "file", path: "gemma-3-270m-it-F16.gguf", size: 135, lfs: { oid: "0".repeat(64), size: 2 * 10 ** 12, pointerSize: 135 } },
+        { type: "file", path: "gemma-3-270m-it-Q4_K_M.gguf", size: 135, lfs: { oid: "1".repeat(64), size, pointerSize: 135 } },
+      ]);
+    }
+    return json({ error: "Repository not found" }, 404);
+  };
   const server = createHttpServer((req, res) => {
+    const url = new URL(req.url, "http://hub");
+    if (url.pathname.startsWith("/api/")) return api(url, res);
     if (!/^\/[^/]+\/[^/]+\/resolve\/[^/]+\/.+\.gguf$/.test(req.url)) {
       res.writeHead(404).end("not found");
       return;
@@ -577,4 +600,88 @@ test("a chat keeps its own instructions, temperature and answer length, and send
   assert.deepEqual([conv.instructions, conv.temperature, conv.max_tokens], [null, 0.2, 5]);
   assert.deepEqual(errors, []);
   await stopNode(node);
+});
+
+test("a question left unanswered by a reload offers Retry, and deleting a chat while it answers shows no error", async () => {
+  const dir = dataDirWithFixture();
+  dirs.push(dir);
+  const node = await startNode(dir);
+  const { page, errors } = await openPage(node.url, { maxTokens: 300 });
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill("Tell me a long story about a lighthouse keeper.");
+  await box.press("Enter");
+  await page.waitForFunction(() => (document.querySelector(".msg.assistant.streaming .body:not(.waiting)")?.textContent ?? "").length > 10);
+
+  // Reloaded mid-answer: the question is there with Retry, which answers it.
+  await page.reload();
+  const retry = page.locator(".msg.unanswered").getByRole("button", { name: "Retry" });
+  await retry.waitFor();
+  assert.match(await page.locator(".msg.user .body").textContent(), /lighthouse keeper/);
+  await retry.click();
+  await page.locator(".msg.assistant .meta").filter({ hasText: "tok/s" }).waitFor({ timeout: 120_000 });
+  assert.equal(await page.locator(".msg.unanswered").count(), 0);
+  const [conv] = (await (await fetch(`${node.url}/api/conversations`)).json()).data;
+  const kept = await (await fetch(`${node.url}/api/conversations/${conv.id}`)).json();
+  assert.deepEqual(kept.messages.map((m) => m.role), ["user", "assistant"]);
+
+  // Deleted while it answers: the answer is dropped quietly, no error.
+  await box.fill("And another one, please.");
+  await box.press("Enter");
+  await page.locator(".msg.assistant.streaming").waitFor();
+  page.once("dialog", (d) => d.accept());
+  await page.locator(".conversations li").first().hover();
+  await page.locator(".conversations li").first().getByRole("button", { name: "Delete" }).click();
+  await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
+  await page.waitForTimeout(300);
+  assert.equal(await page.locator(".msg.error").count(), 0, "no error about the deleted chat");
+  assert.equal(await page.locator(".conversations li").count(), 0);
+  assert.deepEqual((await (await fetch(`${node.url}/api/conversations`)).json()).data, []);
+  assert.deepEqual(errors, []);
+  await stopNode(node);
+});
+
+test("the models page searches the hub, lists a repository's files with what fits, pulls one, and the chat uses it", async () => {
+  const hub = await startHub();
+  const dir = mkdtempSync(join(tmpdir(), "rbee-browser-"));
+  dirs.push(dir);
+  const node = await startNode(dir, [], { HF_ENDPOINT: hub.url });
+  const { page, errors } = await openPage(`${node.url}/#/models`, { maxTokens: 8 });
+  const search = page.getByRole("searchbox", { name: "Search Hugging Face" });
+  await search.fill("nothing-like-this");
+  await search.press("Enter");
+  await page.getByText("No GGUF models match").waitFor();
+  await search.fill("gemma");
+  await search.press("Enter");
+  const repo = page.getByRole("button", { name: "unsloth/gemma-3-270m-it-GGUF" });
+  await repo.waitFor();
+  assert.equal(await page.locator(".hub-repos li").count(), 1, "only what matches");
+  await repo.click();
+  const q4 = page.locator('.hub-files tr[data-file="gemma-3-270m-it-Q4_K_M.gguf"]');
+  await q4.waitFor();
+  assert.equal(await page.locator(".hub-files tbody tr").count(), 2, "GGUF files only");
+  assert.match(await q4.textContent(), /Q4_K_M.*253 MB.*fits this machine/);
+  const f16 = page.locator('.hub-files tr[data-file="gemma-3-270m-it-F16.gguf"]');
+  assert.match(await f16.textContent(), /F16.*2000\.0 GB.*needs about 2400\.0 GB; this machine has/);
+  await page.screenshot({ path: join(SHOTS, "hub-search.png") });
+
+  // One click pulls it; then it answers in the chat.
+  await q4.getByRole("button", { name: "Pull gemma-3-270m-it-Q4_K_M.gguf" }).click();
+  await page.locator('tr[data-model="gemma-3-270m-it-q4_k_m"]').waitFor({ timeout: 60_000 });
+  await page.getByRole("link", { name: "Chat" }).click();
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill("Hello");
+  await box.press("Enter");
+  const meta = page.locator(".msg.assistant:not(.streaming) .meta");
+  await meta.waitFor({ timeout: 60_000 });
+  assert.match(await meta.textContent(), /^gemma-3-270m-it-q4_k_m · /);
+
+  // Bad input is refused in the API's own format before the hub is asked.
+  for (const [path, param] of [["/api/hub/search?q=", "q"], ["/api/hub/files?repo=../etc", "repo"]]) {
+    const r = await fetch(`${node.url}${path}`);
+    assert.equal(r.status, 400);
+    assert.equal((await r.json()).error.param, param);
+  }
+  assert.deepEqual(errors, []);
+  await stopNode(node);
+  await hub.close();
 });

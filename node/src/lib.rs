@@ -25,6 +25,7 @@ pub mod config;
 pub mod conversations;
 pub mod copy;
 pub mod dispatch;
+pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod pulls;

@@ -106,6 +106,23 @@ export interface Offer {
   installed: string | null;
 }
 
+/// A GGUF repository the hub search found (`GET /api/hub/search`).
+export interface HubRepo {
+  repo: string;
+  downloads: number;
+  likes: number;
+}
+
+/// One GGUF file of a repository (`GET /api/hub/files`).
+export interface HubFile {
+  file: string;
+  size_bytes: number;
+  quantization: string;
+  needs_bytes: number;
+  fits: boolean;
+  fits_on: string[];
+}
+
 export interface Settings {
   config_file: string | null;
   listen: string;
@@ -170,6 +187,8 @@ export const api = {
   swarm: () => call<Swarm>("GET", "/api/swarm"),
   deleteModel: (id: string) => call<unknown>("DELETE", `/v1/models/${encodeURIComponent(id)}`),
   pull: (repo: string, file: string) => call<Pull>("POST", "/api/models/pull", { repo, file }),
+  hubSearch: (q: string) => call<{ data: HubRepo[] }>("GET", `/api/hub/search?q=${encodeURIComponent(q)}`).then((r) => r.data),
+  hubFiles: (repo: string) => call<{ memory_bytes: number; data: HubFile[] }>("GET", `/api/hub/files?repo=${encodeURIComponent(repo)}`),
   pulls: () => call<{ data: Pull[] }>("GET", "/api/models/pulls").then((r) => r.data),
   cancelPull: (id: number) => call<Pull>("DELETE", `/api/models/pulls/${id}`),
   recommended: () => call<{ memory_bytes: number; data: Offer[] }>("GET", "/api/models/recommended"),

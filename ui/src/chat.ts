@@ -271,6 +271,7 @@ export class ChatPage {
     this.log.replaceChildren();
     if (failed) this.error(failed);
     for (const m of this.current?.messages ?? []) this.log.append(this.bubble(m));
+    this.offerRetry();
     if (!this.current?.messages?.length) this.log.append(h("p", { class: "empty" }, "Ask anything. The answer runs on the best machine in your office that has the model."));
     for (const li of this.list.querySelectorAll("li")) li.classList.toggle("active", li.getAttribute("data-id") === id);
     this.cancelEdit = null;
@@ -394,7 +395,7 @@ export class ChatPage {
       div.replaceWith(this.bubble(saved));
     } catch (e) {
       div.remove();
-      if (!this.gone.has(conv.id)) this.error(e);
+      if (!this.gone.has(conv.id)) this.error(e, () => this.retry());
     } finally {
       this.running = null;
       this.send.textContent = "Send";
@@ -465,10 +466,37 @@ export class ChatPage {
     }
   }
 
-  private error(e: unknown): void {
+  private error(e: unknown, retry?: () => void): void {
     const div = h("div", { class: "msg error", role: "alert" }, (e as Error).message ?? String(e));
+    if (retry) div.append(" ", this.retryButton(div, retry));
     this.log.append(div);
     this.scroll();
+  }
+
+  private retryButton(holder: HTMLElement, retry: () => void): HTMLButtonElement {
+    const b = h("button", { class: "link retry", type: "button" }, "Retry");
+    b.onclick = () => {
+      if (this.running) return;
+      holder.remove();
+      retry();
+    };
+    return b;
+  }
+
+  /// A question with no answer after it (the page was closed or reloaded
+  /// while it was answered, or the answer failed): Retry asks again.
+  private offerRetry(): void {
+    const last = this.current?.messages?.at(-1);
+    if (!last || last.role !== "user" || this.running) return;
+    const div = h("div", { class: "msg unanswered" }, "No answer was kept for this question. ");
+    div.append(this.retryButton(div, () => this.retry()));
+    this.log.append(div);
+  }
+
+  private async retry(): Promise<void> {
+    const problem = this.modelProblem();
+    if (problem) return this.error(new Error(problem), () => this.retry());
+    await this.answer();
   }
 
   /// Downloads the open conversation: Markdown to read or paste, JSON with

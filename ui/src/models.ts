@@ -1,7 +1,7 @@
 // The models page: pull from Hugging Face with progress and cancel, import a
 // file from this computer, delete; every model in the swarm and which
 // machines hold it.
-import { api, importModel, type Model, type Offer, type Pull, whereLabel } from "./api";
+import { api, type HubFile, importModel, type Model, type Offer, type Pull, whereLabel } from "./api";
 import { h } from "./dom";
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
@@ -13,6 +13,7 @@ export class ModelsPage {
   private offers = h("div", { class: "recommended" });
   private pullList = h("ul", { class: "pulls" });
   private message = h("div", { class: "page-message" });
+  private found = h("div", { class: "hub-results" });
   private timer = 0;
   private watching = false;
   /// Finished pulls whose model the list already shows.
@@ -52,12 +53,41 @@ export class ModelsPage {
         picker.value = "";
       }
     });
+    // Search the hub: repositories, then a repository's files with their
+    // size, quantization and where they fit, each one click to pull.
+    const query = h("input", { type: "search", name: "hub-search", placeholder: "Search Hugging Face, e.g. qwen coder", "aria-label": "Search Hugging Face" });
+    const searchForm = h("form", { class: "pull hub-search" });
+    searchForm.append(h("h3", {}, "Find a model"), query, h("button", { type: "submit" }, "Search"));
+    searchForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      this.found.replaceChildren(h("p", { class: "hint" }, "Searching…"));
+      try {
+        const repos = await api.hubSearch(query.value.trim());
+        if (repos.length === 0) {
+          this.found.replaceChildren(h("p", { class: "hint" }, `No GGUF models match “${query.value.trim()}”.`));
+          return;
+        }
+        const list = h("ul", { class: "hub-repos" });
+        for (const r of repos) {
+          const li = h("li");
+          const open = h("button", { type: "button", class: "link hub-repo" }, r.repo);
+          open.addEventListener("click", () => this.showFiles(r.repo, li));
+          li.append(open, h("span", { class: "hint" }, ` ${r.downloads.toLocaleString("en")} downloads`));
+          list.append(li);
+        }
+        this.found.replaceChildren(list);
+      } catch (err) {
+        this.found.replaceChildren(h("p", { class: "msg error" }, (err as Error).message));
+      }
+    });
     const importForm = h("div", { class: "import" });
     importForm.append(h("h3", {}, "Import a GGUF file from this computer"), picker, importBar);
     this.root.append(
       this.message,
       h("h3", {}, "Recommended models"),
       this.offers,
+      searchForm,
+      this.found,
       pullForm,
       this.pullList,
       importForm,
@@ -108,6 +138,54 @@ export class ModelsPage {
       return row;
     });
     this.offers.replaceChildren(...rows);
+  }
+
+  /// A repository's GGUF files under its entry in the search results.
+  private async showFiles(repo: string, under: HTMLElement): Promise<void> {
+    under.querySelector(".hub-files")?.remove();
+    const box = h("div", { class: "hub-files table-wrap" });
+    under.append(box);
+    let files: HubFile[];
+    let memory: number;
+    try {
+      ({ data: files, memory_bytes: memory } = await api.hubFiles(repo));
+    } catch (err) {
+      box.replaceChildren(h("p", { class: "msg error" }, (err as Error).message));
+      return;
+    }
+    if (files.length === 0) {
+      box.replaceChildren(h("p", { class: "hint" }, "This repository has no GGUF file."));
+      return;
+    }
+    const table = h("table");
+    table.innerHTML = "<thead><tr><th>File</th><th>Quantization</th><th>Size</th><th>Fits</th><th></th></tr></thead>";
+    const body = h("tbody");
+    for (const f of files) {
+      const tr = h("tr", { "data-file": f.file });
+      const where = f.fits
+        ? h("span", { class: "fits" }, `fits this machine${f.fits_on.length ? `, and ${f.fits_on.join(", ")}` : ""}`)
+        : f.fits_on.length
+          ? h("span", { class: "fits" }, `fits ${f.fits_on.join(", ")} (not this machine: it needs about ${gb(f.needs_bytes)})`)
+          : h("span", { class: "too-big" }, `needs about ${gb(f.needs_bytes)}; this machine has ${gb(memory)}`);
+      const pull = h("button", { type: "button" }, "Pull");
+      pull.setAttribute("aria-label", `Pull ${f.file}`);
+      pull.addEventListener("click", async () => {
+        try {
+          await api.pull(repo, f.file);
+          this.say(`Pulling ${f.file} from ${repo}.`);
+          this.watchPulls();
+        } catch (err) {
+          this.say((err as Error).message, true);
+        }
+      });
+      const cells = [h("td", {}, f.file), h("td", {}, f.quantization || "—"), h("td", {}, gb(f.size_bytes)), h("td"), h("td")];
+      cells[3].append(where);
+      cells[4].append(pull);
+      tr.append(...cells);
+      body.append(tr);
+    }
+    table.append(body);
+    box.replaceChildren(table);
   }
 
   hide(): void {

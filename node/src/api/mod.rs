@@ -50,6 +50,8 @@ pub fn router(state: Service) -> Router {
         .route("/api/models/pull", post(models::pull))
         .route("/api/models/pulls", get(models::pulls))
         .route("/api/models/recommended", get(models::recommended))
+        .route("/api/hub/search", get(models::hub_search))
+        .route("/api/hub/files", get(models::hub_files))
         .route("/api/models/pulls/{id}", delete(models::cancel_pull))
         .route("/api/models/import", post(models::import).layer(DefaultBodyLimit::disable()))
         .route("/v1/chat/completions", post(chat::chat))

@@ -199,3 +199,43 @@ async fn receive_and_import(s: &Service, dir: &std::path::Path, name: &str, body
         e => ApiError::from_engine(&e, "file"),
     })
 }
+
+#[derive(Debug, Deserialize)]
+pub struct HubQuery {
+    q: Option<String>,
+    repo: Option<String>,
+}
+
+fn upstream(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "api_error", message)
+}
+
+/// `GET /api/hub/search?q=TEXT`: GGUF repositories on the hub this node
+/// pulls from, most downloaded first.
+pub async fn hub_search(State(s): State<Service>, Query(q): Query<HubQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let text = q.q.unwrap_or_default();
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > 100 {
+        return Err(ApiError::invalid("q", "search for 1 to 100 characters, e.g. \"qwen coder\""));
+    }
+    let data = crate::hub::search(&s.config.hf_endpoint, text).await.map_err(upstream)?;
+    Ok(Json(serde_json::json!({ "object": "list", "data": data })))
+}
+
+/// `GET /api/hub/files?repo=OWNER/NAME`: the repository's GGUF files with
+/// size, quantization, and whether each fits this machine or another live
+/// one of the swarm.
+pub async fn hub_files(State(s): State<Service>, Query(q): Query<HubQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let repo = q.repo.unwrap_or_default();
+    if !crate::hub::valid_repo(&repo) {
+        return Err(ApiError::invalid("repo", "a repository is OWNER/NAME, e.g. unsloth/gemma-3-270m-it-GGUF"));
+    }
+    let peers: Vec<(String, u64)> = s
+        .swarm
+        .as_ref()
+        .map(|c| c.peers().iter().filter(|p| p.up && !p.local).map(|p| (p.record.hostname.clone(), p.record.ram_total_bytes)).collect())
+        .unwrap_or_default();
+    let memory = rbee_engine::hardware::total_memory();
+    let data = crate::hub::files(&s.config.hf_endpoint, &repo, memory, &peers).await.map_err(upstream)?;
+    Ok(Json(serde_json::json!({ "object": "list", "repo": repo, "memory_bytes": memory, "data": data })))
+}
