@@ -29,7 +29,7 @@ pub struct File {
 }
 
 /// What a file needs to run: its weights plus a fifth (at least 256 MB)
-/// for the KV cache and buffers, as the recommended list reckons it.
+/// for the KV cache and buffers (the recommended list reckons the same).
 pub fn needs(size: u64) -> u64 {
     size + (size / 5).max(256_000_000)
 }

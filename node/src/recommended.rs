@@ -99,7 +99,7 @@ pub fn offers(memory: u64, have: &[(String, Option<(String, String)>)]) -> Vec<O
     MODELS
         .iter()
         .map(|m| {
-            let needs_bytes = m.size_bytes + (m.size_bytes / 5).max(256 * MB);
+            let needs_bytes = crate::hub::needs(m.size_bytes);
             let id = rbee_engine::store::id_for_file(m.file);
             let installed = have
                 .iter()

@@ -142,6 +142,9 @@ export interface SettingsChange {
   swarm_key?: string | null;
 }
 
+/// A size as people read it: "253 MB", "1.1 GB".
+export const sizeLabel = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : `${Math.round(b / 1e6)} MB`);
+
 /// Where a model is: "this machine (loaded), ada-pc" and so on.
 export function whereLabel(m: Model): string {
   return m.rbee.nodes.map((n) => (n.local ? "this machine" : n.hostname) + (n.loaded ? " (loaded)" : "")).join(", ");

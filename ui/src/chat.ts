@@ -1,6 +1,6 @@
 // The chat page: conversations kept by the node, answers streamed from
 // whichever machine of the swarm runs the chosen model.
-import { api, maxTokens, streamChat, whereLabel, type ChatSettings, type Conversation, type Message, type Model } from "./api";
+import { api, maxTokens, sizeLabel, streamChat, whereLabel, type ChatSettings, type Conversation, type Message, type Model } from "./api";
 import { h } from "./dom";
 import { renderMarkdown } from "./markdown";
 
@@ -187,12 +187,11 @@ export class ChatPage {
   /// machine has it now (offline, or removed), and says so, rather than
   /// quietly answering with another one.
   private renderPicker(want: string): void {
-    const mb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : `${Math.round(b / 1e6)} MB`);
     this.picker.replaceChildren(
-      ...this.models.map((m) => h("option", { value: m.id }, `${m.id} · ${m.rbee.quantization} · ${mb(m.rbee.size_bytes)} — ${whereLabel(m) || "nowhere"}`)),
+      ...this.models.map((m) => h("option", { value: m.id }, `${m.id} · ${m.rbee.quantization} · ${sizeLabel(m.rbee.size_bytes)} — ${whereLabel(m) || "nowhere"}`)),
     );
     const missing = Boolean(want) && !this.models.some((m) => m.id === want);
-    if (missing) this.picker.prepend(h("option", { value: want, "data-offline": "" }, `${want} — not available now`));
+    if (missing) this.picker.prepend(h("option", { value: want }, `${want} — not available now`));
     if (want) this.picker.value = want;
     if (this.models.length === 0 && !missing) this.picker.append(h("option", { value: "" }, "No models: add one on the Models page"));
     this.notice.hidden = !missing;

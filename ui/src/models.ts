@@ -1,11 +1,10 @@
 // The models page: pull from Hugging Face with progress and cancel, import a
 // file from this computer, delete; every model in the swarm and which
 // machines hold it.
-import { api, type HubFile, importModel, type Model, type Offer, type Pull, whereLabel } from "./api";
+import { api, type HubFile, importModel, type Model, type Offer, type Pull, sizeLabel as gb, whereLabel } from "./api";
 import { h } from "./dom";
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
-const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : `${Math.round(b / 1e6)} MB`);
 
 export class ModelsPage {
   root = document.createElement("div");
