@@ -28,6 +28,24 @@ ui/build.sh
 
 # One target directory outside the clone, reused between runs and clones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rbee/target}"
+# Reused, it grows by a copy of each test binary (~200 MB) and rbee library
+# whenever their dependencies change, and by incremental state that a new
+# commit hardly reuses. So: no incremental state, and of each test binary and
+# rbee library only the two newest builds are kept (cargo rebuilds whatever
+# it still needs). A warm target then stays near 20 GB instead of passing 60.
+export CARGO_INCREMENTAL=0
+rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+for dir in "$CARGO_TARGET_DIR/debug/deps" "$CARGO_TARGET_DIR/debug/examples"; do
+  [ -d "$dir" ] || continue
+  # name-<16 hex> (an executable) or librbee*-<16 hex>.rlib/.rmeta/.so
+  (cd "$dir" && ls -t | grep -E '^([a-z0-9_]+-[0-9a-f]{16}|librbee[a-z0-9_]*-[0-9a-f]{16}\.(rlib|rmeta|so))$' \
+    | awk '{ key = $0; sub(/-[0-9a-f]+/, "", key); if (++seen[key] > 2) print }' | xargs -r rm -f)
+done
+mkdir -p "$CARGO_TARGET_DIR"
+free_gb=$(( $(df --output=avail -k "$CARGO_TARGET_DIR" | tail -1) / 1048576 ))
+if [ "$free_gb" -lt 12 ]; then
+  echo "warning: only ${free_gb} GB free on the disk of $CARGO_TARGET_DIR; a cold build needs about 20 GB and the tests about 4 GB more" >&2
+fi
 RBEE_FIXTURE="$(e2e/fetch-fixture.sh)"
 export RBEE_FIXTURE
 # The instruct fixtures land in the same cache, where the tests look.
